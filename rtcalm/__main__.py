@@ -1,0 +1,5 @@
+import sys
+
+from rtcalm.cli import main
+
+sys.exit(main())
