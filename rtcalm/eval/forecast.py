@@ -215,3 +215,48 @@ def baseline_forecasters(pooled_ar: PooledAR | None, horizon: int) -> dict[str, 
             raise EvaluationError(f"the pooled AR baseline covers {pooled_ar.horizon} frames, {horizon} requested")
         out["pooled_ar"] = pooled_ar
     return out
+
+
+def model_forecaster(model, chunk_frames: int = 512) -> Forecaster:
+    """Wrap a CalM model (``model.forward(frames (B, T, N)) -> .forecast (B, T, N, H)``) as a forecaster.
+
+    The model's output at frame t depends only on its receptive field. When ``context_frames`` covers it,
+    one forward pass over consecutive frames gives exactly the per-t forecasts, so the recording is
+    processed in chunks that start ``context_frames - 1`` frames before their first test time. With a
+    shorter context every test time gets its own window of exactly ``context_frames`` frames.
+    """
+    import torch
+
+    receptive_field = model.config.receptive_field_frames
+
+    def forecast(z: np.ndarray, test_times: np.ndarray, context_frames: int) -> np.ndarray:
+        model.eval()
+        frames = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
+        outputs = []
+        with torch.inference_mode():
+            if context_frames >= receptive_field:
+                for lo in range(0, test_times.size, chunk_frames):
+                    times = test_times[lo:lo + chunk_frames]
+                    start = max(int(times[0]) - context_frames + 1, 0)
+                    out = model(frames[start:int(times[-1]) + 1].unsqueeze(0)).forecast[0]  # (T', N, H)
+                    outputs.append(out[torch.from_numpy(times - start)].numpy())
+            else:
+                batch = max(1, chunk_frames // max(context_frames, 1))
+                for lo in range(0, test_times.size, batch):
+                    times = test_times[lo:lo + batch]
+                    windows = torch.stack([_left_pad(frames[max(int(t) - context_frames + 1, 0):int(t) + 1],
+                                                     context_frames) for t in times])
+                    outputs.append(model(windows).forecast[:, -1].numpy())
+        return np.concatenate(outputs).astype(np.float32)
+
+    return forecast
+
+
+def _left_pad(window, length: int):
+    """Pad a window that would reach before the recording start with NaN (missing data)."""
+    import torch
+
+    if window.shape[0] == length:
+        return window
+    pad = torch.full((length - window.shape[0], window.shape[1]), float("nan"))
+    return torch.cat([pad, window])

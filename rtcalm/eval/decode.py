@@ -1,0 +1,165 @@
+"""Decoding evaluation: the protocol behind ``rtcalm decode-eval`` (keep it stable).
+
+For a trial-structured recording, every trial is one sample. k-fold cross-validation over trials
+(stratified by class for classification; shuffled with a fixed seed) fits each decoder on the training
+folds of that same recording and scores it on the held-out fold; scores are pooled over the held-out
+predictions of all folds (accuracy, or R² = 1 - SSE/SST over all trials).
+
+Tasks:
+
+=========== ============== =================================================================
+task        metric         target per trial
+=========== ============== =================================================================
+direction   accuracy       ``trials["direction_deg"]`` (8 classes on the grating files)
+orientation accuracy       ``trials["orientation_deg"]`` (direction mod 180)
+speed       r2             mean ``running_speed`` over the response window
+pupil       r2             mean ``pupil`` over the response window
+=========== ============== =================================================================
+
+The response window is ``0 <= trial_time_s < response_end_s`` (stimulus on; 2 s on the grating files).
+
+Decoders compared on the same folds:
+
+- ``model``: a linear head (logistic / ridge) on features from the model (``feature_fn``);
+- ``linear_mean_response``: the same kind of head on each neuron's mean ΔF/F in the response window;
+- ``chance``: the majority class of the training folds (classification) or their mean (regression).
+
+Heads standardise their features on the training folds and use a fixed L2 penalty (no tuning on the
+test fold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtcalm.data.recording import Recording
+from rtcalm.errors import RtcalmError
+
+TASKS = {"direction": "accuracy", "orientation": "accuracy", "speed": "r2", "pupil": "r2"}
+FeatureFn = Callable[[Recording], np.ndarray]  # recording -> (trials, features)
+
+
+class DecodingError(RtcalmError, ValueError):
+    pass
+
+
+@dataclass
+class TaskData:
+    targets: np.ndarray  # (trials,) class labels (int) or values (float)
+    metric: str
+    response_frames: np.ndarray  # bool (frames_per_trial,)
+
+
+def task_data(recording: Recording, task: str, response_end_s: float = 2.0) -> TaskData:
+    if task not in TASKS:
+        raise DecodingError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    source = recording.meta.source
+    if not recording.is_trial_structured:
+        raise DecodingError(f"{source}: decode-eval needs a trial-structured recording (epochs around stimulus onsets)")
+    response = (recording.trial_time_s >= 0) & (recording.trial_time_s < response_end_s)
+    if not response.any():
+        raise DecodingError(f"{source}: no frames in the response window 0..{response_end_s} s")
+    if TASKS[task] == "accuracy":
+        column = f"{task}_deg"
+        if recording.trials is None or column not in recording.trials:
+            raise DecodingError(f"{source}: task {task!r} needs a trial column {column!r}; this file has "
+                                f"{recording.label_names or 'no labels'}")
+        values = np.asarray(recording.trials[column], dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise DecodingError(f"{source}: trial column {column!r} has missing values")
+        _, targets = np.unique(values, return_inverse=True)
+    else:
+        label = {"speed": "running_speed", "pupil": "pupil"}[task]
+        if label not in recording.continuous_labels:
+            raise DecodingError(f"{source}: task {task!r} needs a {label!r} label; this file has "
+                                f"{recording.label_names or 'no labels'}")
+        targets = recording.continuous_labels[label][:, response].mean(axis=1).astype(np.float64)
+    return TaskData(targets=targets, metric=TASKS[task], response_frames=response)
+
+
+def mean_response_features(recording: Recording, response_frames: np.ndarray) -> np.ndarray:
+    return recording.dff[:, response_frames, :].mean(axis=1)  # (trials, neurons)
+
+
+def fold_indices(targets: np.ndarray, metric: str, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) trial indices; every trial is in exactly one test fold."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    n = targets.shape[0]
+    if folds < 2 or folds > n:
+        raise DecodingError(f"--folds must be between 2 and the number of trials ({n}), got {folds}")
+    if metric == "accuracy":
+        smallest = np.bincount(targets).min()
+        if smallest < folds:
+            raise DecodingError(f"the rarest class has {smallest} trials, fewer than --folds {folds}")
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros(n), targets))
+    return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n)))
+
+
+def _fit_predict(features: np.ndarray, targets: np.ndarray, train: np.ndarray, test: np.ndarray, metric: str):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if metric == "accuracy":
+        head = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    else:
+        head = make_pipeline(StandardScaler(), Ridge(alpha=10.0))
+    head.fit(features[train], targets[train])
+    return head.predict(features[test])
+
+
+def _chance_predict(targets, train, test, metric):
+    if metric == "accuracy":
+        return np.full(test.shape[0], np.bincount(targets[train]).argmax())
+    return np.full(test.shape[0], targets[train].mean())
+
+
+def _score(predictions: np.ndarray, targets: np.ndarray, metric: str) -> float:
+    if metric == "accuracy":
+        return float(np.mean(predictions == targets))
+    total = float(np.sum((targets - targets.mean()) ** 2))
+    return 1.0 - float(np.sum((targets - predictions) ** 2)) / total if total > 0 else float("nan")
+
+
+def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | None, folds: int = 5,
+                       seed: int = 0) -> dict:
+    data = task_data(recording, task)
+    splits = fold_indices(data.targets, data.metric, folds, seed)
+    decoders: dict[str, Callable] = {
+        "linear_mean_response": lambda tr, te, x=mean_response_features(recording, data.response_frames):
+            _fit_predict(x, data.targets, tr, te, data.metric),
+        "chance": lambda tr, te: _chance_predict(data.targets, tr, te, data.metric),
+    }
+    if feature_fn is not None:
+        model_features = feature_fn(recording)
+        if model_features.shape[0] != data.targets.shape[0]:
+            raise AssertionError("feature_fn must return one row per trial")
+        decoders = {"model": lambda tr, te: _fit_predict(model_features, data.targets, tr, te, data.metric), **decoders}
+    scores = {}
+    for name, decoder in decoders.items():
+        predictions = np.empty_like(data.targets, dtype=np.float64)
+        for train, test in splits:
+            predictions[test] = decoder(train, test)
+        scores[name] = _score(predictions, data.targets, data.metric)
+    return {"file": recording.meta.source, "mouse": recording.meta.mouse, "trials": int(data.targets.shape[0]),
+            "neurons": recording.n_neurons, **scores}
+
+
+def evaluate(recordings: Sequence[Recording], task: str, feature_fn: FeatureFn | None, folds: int = 5,
+             seed: int = 0) -> dict:
+    """The ``--json`` document of ``rtcalm decode-eval``: means over files of the per-file scores."""
+    if task not in TASKS:
+        raise DecodingError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    per_file = [evaluate_recording(rec, task, feature_fn, folds, seed) for rec in recordings]
+    result = {"task": task, "metric": TASKS[task], "folds": folds}
+    if feature_fn is not None:
+        result["model"] = float(np.mean([f["model"] for f in per_file]))
+    result["baselines"] = {name: float(np.mean([f[name] for f in per_file]))
+                           for name in ("linear_mean_response", "chance")}
+    result["per_file"] = per_file
+    return result
