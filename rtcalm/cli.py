@@ -18,6 +18,7 @@ from rtcalm.errors import RtcalmError
 COMMAND_MODULES = [
     "rtcalm.commands.info",
     "rtcalm.commands.stats",
+    "rtcalm.commands.forecast_eval",
 ]
 
 

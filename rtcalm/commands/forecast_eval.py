@@ -1,0 +1,97 @@
+"""``rtcalm forecast-eval FILE... [--model default|PATH] [--context FRAMES] [--horizons 1,5,15,30] [--json]``.
+
+The protocol (targets, normalisation, metrics, baselines) is in :mod:`rtcalm.eval.forecast`. The
+``pooled_ar`` baseline is the one fitted on the model's own training data, stored in the checkpoint's
+metadata (``metadata["pooled_ar"]``) by the trainer; a checkpoint without it reports no ``pooled_ar`` row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rtcalm.errors import RtcalmError
+
+
+def parse_horizons(text: str) -> list[int]:
+    try:
+        horizons = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"horizons must be comma-separated integers, got {text!r}") from None
+    if not horizons or min(horizons) < 1:
+        raise argparse.ArgumentTypeError(f"horizons must be positive integers, got {text!r}")
+    return sorted(set(horizons))
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "forecast-eval", help="score a model's forecasts against baselines on recordings",
+        description="For each file, forecast the frames t+h for every t in the last 30%% of the recording from the "
+                    "--context frames up to t; report mse_ratio (vs copy-last) and Pearson per horizon for the "
+                    "model and the copy_last, context_mean and pooled_ar baselines. Contiguous recordings only.")
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--model", default="default", help="'default' (shipped model) or a checkpoint directory")
+    parser.add_argument("--context", type=positive_int, default=None,
+                        help="context frames up to and including t (default: the model's receptive field)")
+    parser.add_argument("--horizons", type=parse_horizons, default=[1, 5, 15, 30], help="e.g. 1,5,15,30")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(handler=run)
+
+
+def model_and_baselines(model_spec: str, horizon: int):
+    """(forecasters dict with 'model' first, the loaded model)."""
+    from rtcalm.eval.forecast import PooledAR, baseline_forecasters, model_forecaster
+    from rtcalm.model.checkpoint import load_model, read_checkpoint_config, resolve_model
+
+    directory = resolve_model(model_spec)
+    model = load_model(directory)
+    _, metadata = read_checkpoint_config(directory)
+    if horizon > model.config.forecast_horizon_frames:
+        raise RtcalmError(f"the model forecasts {model.config.forecast_horizon_frames} frames; horizon {horizon} requested")
+    pooled_ar = None
+    if "pooled_ar" in metadata:
+        try:
+            pooled_ar = PooledAR.from_dict(metadata["pooled_ar"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RtcalmError(f"{directory}: bad pooled_ar baseline in the checkpoint metadata ({exc})") from None
+    return {"model": model_forecaster(model), **baseline_forecasters(pooled_ar, horizon)}, model
+
+
+def format_table(result: dict) -> str:
+    """One row per horizon, one column per forecaster: ``mse_ratio / pearson``."""
+    columns = ([("model", result["model"])] if "model" in result else []) + list(result["baselines"].items())
+    lines = [f"{len(result['files'])} file(s), context {result['context']} frames; cells: mse_ratio / pearson",
+             f"{'horizon':>8s}" + "".join(f"  {name:>17s}" for name, _ in columns)]
+    for h in map(str, result["horizons"]):
+        lines.append(f"{h:>8s}" + "".join(f"  {scores[h]['mse_ratio']:8.4f} / {scores[h]['pearson']:6.3f}"
+                                          for _, scores in columns))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rtcalm.data import load_recording
+    from rtcalm.data.resample import resample_recording
+    from rtcalm.eval.forecast import evaluate
+
+    forecasters, model = model_and_baselines(args.model, max(args.horizons))
+    recordings = []
+    for path in args.files:
+        recording = load_recording(path)
+        if recording.is_trial_structured:
+            raise RtcalmError(f"{path}: trial-structured recordings (separate epochs) are not supported by "
+                              "forecast-eval; it needs a contiguous recording")
+        recordings.append(resample_recording(recording, model.config.rate_hz))
+    context = args.context or model.config.receptive_field_frames
+    result = evaluate(recordings, forecasters, args.horizons, context)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
