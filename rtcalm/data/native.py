@@ -28,9 +28,10 @@ FORMAT_NAME = "rtcalm-recording"
 FORMAT_VERSION = 1
 
 
-def save_recording(recording: Recording, path) -> Path:
+def save_recording(recording: Recording, path, compress: bool = True) -> Path:
     """Write ``recording`` to ``path`` atomically (a temporary file renamed into place), so a crash
-    mid-write never leaves a half-written file under the final name."""
+    mid-write never leaves a half-written file under the final name. ``compress=False`` writes ``/dff``
+    contiguous and uncompressed, so it can be memory-mapped (see :mod:`rtcalm.data.store`)."""
     import h5py
 
     path = Path(path)
@@ -40,7 +41,10 @@ def save_recording(recording: Recording, path) -> Path:
         f.attrs["version"] = FORMAT_VERSION
         f.attrs["rate_hz"] = recording.rate_hz
         f.attrs["meta_json"] = json.dumps(recording.meta.to_dict())
-        f.create_dataset("dff", data=recording.dff, chunks=True, compression="gzip", compression_opts=1)
+        if compress:
+            f.create_dataset("dff", data=recording.dff, chunks=True, compression="gzip", compression_opts=1)
+        else:
+            f.create_dataset("dff", data=recording.dff)
         f.create_dataset("neuron_ids", data=recording.neuron_ids)
         if recording.trial_time_s is not None:
             f.create_dataset("trial_time_s", data=recording.trial_time_s)
