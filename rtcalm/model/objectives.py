@@ -1,0 +1,70 @@
+"""Training objectives shared by the pretraining trainer and per-session calibration.
+
+A training example is a crop of ``context + horizon`` consecutive normalised frames (B, context + H, N):
+the model reads the first ``context`` frames, and its forecast at position t is scored against frames
+t + 1 ... t + H of the crop. Frames past the end of the crop, and missing (NaN) frames, are masked out.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rtcalm.model.calm import Calm, CalmOutput
+
+
+def future_targets(crop: torch.Tensor, n_context: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """crop (B, T, N) -> (targets (B, n_context, N, horizon), mask (same shape, bool)).
+
+    targets[b, t, n, k] = crop[b, t + 1 + k, n]; positions past the end of the crop or non-finite are
+    masked (target value 0)."""
+    B, T, N = crop.shape
+    needed = n_context + horizon
+    if T < needed:
+        crop = torch.cat([crop, crop.new_full((B, needed - T, N), float("nan"))], dim=1)
+    future = crop[:, 1:needed].unfold(1, horizon, 1)  # (B, n_context, N, horizon)
+    mask = torch.isfinite(future)
+    return torch.where(mask, future, 0.0), mask
+
+
+def forecast_loss(forecast: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the unmasked (position, neuron, horizon) entries."""
+    err = (forecast - targets).square() * mask
+    return err.sum() / mask.sum().clamp(min=1)
+
+
+def next_code_targets(model: Calm, crop: torch.Tensor, n_context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token of the next frame for every position: (codes (B, n_context, N), mask (B, n_context, N)).
+    The mask drops positions whose next frame is missing or past the end of the crop."""
+    B, T, N = crop.shape
+    if T < n_context + 1:
+        crop = torch.cat([crop, crop.new_full((B, n_context + 1 - T, N), float("nan"))], dim=1)
+    with torch.no_grad():
+        windows, _ = model.token_windows(crop[:, :n_context + 1])
+        codes = model.tokenizer.encode(windows)[:, 1:]  # (B, n_context, N)
+    return codes, torch.isfinite(crop[:, 1:n_context + 1])
+
+
+def next_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the next token over unmasked positions."""
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="none")
+    mask = mask.reshape(-1).to(ce.dtype)
+    return (ce * mask).sum() / mask.sum().clamp(min=1)
+
+
+def crop_losses(model: Calm, crop: torch.Tensor, n_context: int, next_code_weight: float,
+                neuron_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float], CalmOutput]:
+    """Total loss on one batch of crops (B, >= n_context + 1, N) and its parts as floats."""
+    horizon = model.config.forecast_horizon_frames
+    out = model(crop[:, :n_context], neuron_embedding=neuron_embedding, with_code_logits=next_code_weight > 0)
+    targets, mask = future_targets(crop, n_context, horizon)
+    loss_forecast = forecast_loss(out.forecast, targets, mask)
+    parts = {"forecast_mse": float(loss_forecast.detach())}
+    loss = loss_forecast
+    if next_code_weight > 0:
+        codes, code_mask = next_code_targets(model, crop, n_context)
+        loss_code = next_code_loss(out.next_code_logits, codes, code_mask)
+        parts["next_code_ce"] = float(loss_code.detach())
+        loss = loss + next_code_weight * loss_code
+    parts["loss"] = float(loss.detach())
+    return loss, parts, out
