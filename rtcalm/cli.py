@@ -18,7 +18,11 @@ from rtcalm.errors import RtcalmError
 COMMAND_MODULES = [
     "rtcalm.commands.info",
     "rtcalm.commands.stats",
+    "rtcalm.commands.bench",
     "rtcalm.commands.forecast_eval",
+    "rtcalm.commands.serve",
+    "rtcalm.commands.replay",
+    "rtcalm.commands.demo",
 ]
 
 
