@@ -14,6 +14,7 @@ caller does. NaN/Inf mark missing values (a neuron or a whole frame the daemon c
            cross-neuron attention: within one time step, through n_latents learned latents (linear in N)
            MLP
       -> forecast_head: the next forecast_horizon_frames values of each neuron (normalised units)
+         [+ autoregressive_skip: a linear map of the neuron's raw window, shared by all neurons]
          next_code_head: logits over the codebook for the token of the next frame
 
 Two ways to run the same function:
@@ -44,10 +45,12 @@ from rtcalm.model.tokenizer import TraceTokenizer
 
 @dataclass
 class CalmConfig:
+    """Defaults are the shipped default model's (configs/pretrain_default.json)."""
+
     # tokenizer (stage 1)
-    token_window_frames: int = 8  # frames per token window (stride 1: one token per frame and neuron)
+    token_window_frames: int = 4  # frames per token window (stride 1: one token per frame and neuron)
     codebook_size: int = 256
-    code_dim: int = 8
+    code_dim: int = 4
     tokenizer_hidden: int = 64
     # transformer (stage 2)
     input_mode: str = "tokens"  # "tokens" (codes) | "continuous" (Linear on the raw window; ablation)
@@ -58,7 +61,11 @@ class CalmConfig:
     attention_window_frames: int = 32  # keys per neuron and layer that a query sees (incl. itself)
     n_latents: int = 8  # learned latents of the cross-neuron attention
     forecast_horizon_frames: int = 30
-    dropout: float = 0.0
+    # forecast += Linear(raw [value, missing] window -> horizon), shared by all neurons: a linear
+    # autoregressive path around the transformer, so the forecast has the exact recent values even
+    # when the transformer reads quantised tokens (the transformer learns the correction)
+    autoregressive_skip: bool = True
+    dropout: float = 0.1  # training only
     rate_hz: float = 30.0  # frame rate of the training data; the model is only valid at this rate
 
     def __post_init__(self):
@@ -166,12 +173,13 @@ class TemporalAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, N, D) -> (B, T, N, D)."""
         B, T, N, D = x.shape
-        q, k, v = self.qkv(x).split([D, self.head_dim, self.head_dim], dim=-1)
-        q = q.reshape(B, T, N, self.n_heads, self.head_dim).permute(0, 2, 3, 1, 4).reshape(B * N, self.n_heads, T, self.head_dim)
-        k = k.permute(0, 2, 1, 3).reshape(B * N, 1, T, self.head_dim).expand(-1, self.n_heads, -1, -1)
-        v = v.permute(0, 2, 1, 3).reshape(B * N, 1, T, self.head_dim).expand(-1, self.n_heads, -1, -1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.window_bias(T), scale=self.scale)
-        y = y.reshape(B, N, self.n_heads, T, self.head_dim).permute(0, 3, 1, 2, 4).reshape(B, T, N, D)
+        H, hd = self.n_heads, self.head_dim
+        q, k, v = self.qkv(x).split([D, hd, hd], dim=-1)  # (B, T, N, D), (B, T, N, hd), (B, T, N, hd)
+        q = q.reshape(B, T, N, H, hd).permute(0, 2, 3, 1, 4).reshape(B * N, H, T, hd)
+        k = k.permute(0, 2, 1, 3).reshape(B * N, 1, T, hd).expand(-1, H, -1, -1)  # one head shared by all
+        v = v.permute(0, 2, 1, 3).reshape(B * N, 1, T, hd).expand(-1, H, -1, -1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.window_bias(T), scale=self.scale)  # (B*N, H, T, hd)
+        y = y.reshape(B, N, H, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, N, D)
         return self.dropout(self.proj(y))
 
     def step(self, x: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, slot: int, bias: torch.Tensor,
@@ -184,8 +192,7 @@ class TemporalAttention(nn.Module):
         q = qkv[:, :D].view(N, self.n_heads, self.head_dim)
         keys_t[:, :, slot].copy_(qkv[:, D:D + self.head_dim])
         values[:, slot, :].copy_(qkv[:, D + self.head_dim:])
-        scores = torch.bmm(q, keys_t, out=scratch.scores)  # (N, H, W)
-        scores.mul_(self.scale).add_(bias)
+        scores = torch.baddbmm(bias, q, keys_t, alpha=self.scale, out=scratch.scores)  # (N, H, W) = bias + scale q.k
         probs = torch.softmax(scores, dim=-1, out=scratch.probs)
         y = torch.bmm(probs, values, out=scratch.temporal_out)  # (N, H, head_dim)
         return linear_into(scratch.residual_update, y.view(N, D), self.proj)
@@ -195,13 +202,19 @@ class CrossNeuronAttention(nn.Module):
     """Attention across the neurons of one time step through ``n_latents`` learned latents (the induced
     set attention block of Lee et al. 2019, "Set Transformer"): the latents read all N neurons, then every
     neuron reads the latents. Cost O(N * n_latents) instead of O(N^2); permutation-equivariant in the
-    neurons and blind to their identity, so any population size and any new session work."""
+    neurons and blind to their identity, so any population size and any new session work.
+
+    Multi-head attention with few latents is written with block-diagonal matrices instead of a head axis:
+    a (H * L, D) matrix whose row (h, l) holds latent l's head-h vector in head h's columns and zeros
+    elsewhere. Then every product is a plain matmul over the (..., N, D) activations (no head transposes,
+    no copies), which is what makes the streaming step fast on a CPU; the extra zeros cost H x a few
+    thousand multiply-adds per neuron."""
 
     def __init__(self, config: CalmConfig):
         super().__init__()
-        D = config.d_model
-        self.n_heads, self.head_dim, self.d_model = config.n_heads, config.head_dim, D
-        self.latents = nn.Parameter(torch.randn(config.n_latents, D) * 0.02)  # (L, D)
+        D, H, L = config.d_model, config.n_heads, config.n_latents
+        self.n_heads, self.n_latents, self.d_model = H, L, D
+        self.latents = nn.Parameter(torch.randn(L, D) * 0.02)  # (L, D)
         self.latent_query = nn.Linear(D, D)
         # From each (already normalised) neuron token: key and value for the latents to read, and the
         # neuron's query for reading the latents back; fused into one matmul.
@@ -211,30 +224,36 @@ class CrossNeuronAttention(nn.Module):
         self.latent_kv = nn.Linear(D, 2 * D)
         self.proj = nn.Linear(D, D)
         self.dropout = nn.Dropout(config.dropout)
-        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.scale = 1.0 / math.sqrt(config.head_dim)
+        head_of_column = torch.arange(D) // config.head_dim
+        # head_mask[h, 0, d] = 1 where column d belongs to head h
+        self.register_buffer("head_mask", (head_of_column[None, None, :] == torch.arange(H)[:, None, None]).float(),
+                             persistent=False)
 
-    def heads(self, t: torch.Tensor) -> torch.Tensor:
-        """(..., S, D) -> (..., H, S, head_dim)"""
-        return t.unflatten(-1, (self.n_heads, self.head_dim)).transpose(-3, -2)
+    def block_diagonal(self, per_latent: torch.Tensor) -> torch.Tensor:
+        """(..., L, D) -> (..., H * L, D): row (h, l) keeps only head h's columns of row l."""
+        return (per_latent.unsqueeze(-3) * self.head_mask).flatten(-3, -2)
 
     def forward(self, x: torch.Tensor, kvq_out: torch.Tensor | None = None,
                 proj_out: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., N, D) -> (..., N, D). kvq_out (N, 3D) / proj_out (N, D): optional preallocated
-        buffers for the two per-neuron matmuls (the streaming step passes them, x must then be 2-D)."""
-        D = self.d_model
+        buffers for the two per-neuron linear layers (the streaming step passes them; x is then 2-D)."""
+        D, H, L = self.d_model, self.n_heads, self.n_latents
         kvq = self.neuron_kvq(x) if kvq_out is None else linear_into(kvq_out, x, self.neuron_kvq)
-        key, value, query = (self.heads(t) for t in kvq.split(D, dim=-1))  # each (..., H, N, hd)
-        # 1. latents read the neurons (softmax over neurons)
-        latent_q = self.heads(self.latent_query(self.latents))  # (H, L, hd); constant, no neuron input
-        read = torch.softmax(latent_q @ key.transpose(-1, -2) * self.scale, dim=-1) @ value  # (..., H, L, hd)
-        summary = self.latents + self.latent_proj(read.transpose(-3, -2).flatten(-2))  # (..., L, D)
-        # 2. every neuron reads the latents (softmax over latents)
-        latent_key, latent_value = (self.heads(t) for t in self.latent_kv(self.latent_norm(summary)).split(D, dim=-1))
-        # Scores are laid out (..., H, L, N) and normalised over L (dim -2): torch's CPU softmax is many
-        # times slower over a short last dim (L ~ 8) than over a short middle dim with a long last one.
-        weights = torch.softmax(latent_key @ query.transpose(-1, -2) * self.scale, dim=-2)  # (..., H, L, N)
-        y = weights.transpose(-1, -2) @ latent_value  # (..., H, N, hd)
-        y = y.transpose(-3, -2).flatten(-2)  # (..., N, D)
+        key, value, query = kvq.split(D, dim=-1)  # each (..., N, D)
+        # 1. latents read the neurons: weights normalised over the neurons
+        # (the score scale is applied to the small latent-side matrices, not to the (N, H*L) scores)
+        latent_query = self.block_diagonal(self.latent_query(self.latents) * self.scale)  # (H*L, D), no neuron input
+        weights = torch.softmax(key @ latent_query.t(), dim=-2)  # (..., N, H*L)
+        read = weights.transpose(-1, -2) @ value  # (..., H*L, D)
+        summary = (read.unflatten(-2, (H, L)) * self.head_mask).sum(-3)  # (..., L, D): head h's columns from head h
+        summary = self.latents + self.latent_proj(summary)
+        # 2. every neuron reads the latents: weights normalised over the latents of each head
+        latent_key, latent_value = self.latent_kv(self.latent_norm(summary)).split(D, dim=-1)  # (..., L, D)
+        scores = self.block_diagonal(latent_key * self.scale) @ query.transpose(-1, -2)  # (..., H*L, N)
+        # (..., H, L, N) normalised over L: a middle dim with a long last dim is torch's fast softmax
+        weights = torch.softmax(scores.unflatten(-2, (H, L)), dim=-2).flatten(-3, -2)  # (..., H*L, N)
+        y = weights.transpose(-1, -2) @ self.block_diagonal(latent_value)  # (..., N, D)
         if proj_out is None:
             return self.dropout(self.proj(y))
         return linear_into(proj_out, y, self.proj)
@@ -333,6 +352,8 @@ class Calm(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(D)
         self.forecast_head = nn.Linear(D, config.forecast_horizon_frames)
+        if config.autoregressive_skip:
+            self.forecast_skip = nn.Linear(2 * config.token_window_frames, config.forecast_horizon_frames)
         self.next_code_head = nn.Linear(D, config.codebook_size)
         self.apply(self._init_weights)
 
@@ -354,9 +375,14 @@ class Calm(nn.Module):
             raise ValueError(f"neuron_embedding must be (N={n_neurons}, d_model={self.config.d_model}), "
                              f"got {tuple(neuron_embedding.shape)}")
 
-    def _heads(self, x: torch.Tensor, codes: torch.Tensor | None, with_code_logits: bool) -> CalmOutput:
+    def _heads(self, x: torch.Tensor, windows: torch.Tensor, codes: torch.Tensor | None,
+               with_code_logits: bool) -> CalmOutput:
+        """x (..., N, D) final residual stream, windows (..., N, 2 Wt) raw token windows."""
         h = self.final_norm(x)
-        return CalmOutput(forecast=self.forecast_head(h), codes=codes,
+        forecast = self.forecast_head(h)
+        if self.config.autoregressive_skip:
+            forecast = forecast + self.forecast_skip(windows)
+        return CalmOutput(forecast=forecast, codes=codes,
                           next_code_logits=self.next_code_head(h) if with_code_logits else None)
 
     # --- full pass ---
@@ -398,7 +424,7 @@ class Calm(nn.Module):
             x = x + (neuron_embedding if neuron_embedding.dim() == 2 else neuron_embedding.unsqueeze(1))
         for block in self.blocks:
             x = block(x)
-        out = self._heads(x, codes, with_code_logits)
+        out = self._heads(x, windows, codes, with_code_logits)
         if unbatched:
             out = CalmOutput(out.forecast[0], None if out.codes is None else out.codes[0],
                              None if out.next_code_logits is None else out.next_code_logits[0])
@@ -469,7 +495,7 @@ class Calm(nn.Module):
             bias = state.warmup_bias[layer][t] if t < cfg.attention_window_frames else state.steady_bias[layer][slot]
             block.step(x, state.keys_t[layer], state.values[layer], slot, bias, s)
         state.frames_seen = t + 1
-        return self._heads(x, codes, with_code_logits), state
+        return self._heads(x, window, codes, with_code_logits), state
 
     @torch.inference_mode()
     def step_many(self, frames, state: StreamState, with_code_logits: bool = False) -> tuple[CalmOutput, StreamState]:

@@ -49,6 +49,7 @@ def _write_atomically(path: Path, write) -> None:
     under the real name."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    os.chmod(tmp, 0o644)  # readable by all, like any package data file (some writers create 0600)
     os.replace(tmp, path)
 
 

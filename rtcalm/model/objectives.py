@@ -53,10 +53,16 @@ def next_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor
 
 
 def crop_losses(model: Calm, crop: torch.Tensor, n_context: int, next_code_weight: float,
-                neuron_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float], CalmOutput]:
-    """Total loss on one batch of crops (B, >= n_context + 1, N) and its parts as floats."""
+                neuron_embedding: torch.Tensor | None = None,
+                model_input: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float], CalmOutput]:
+    """Total loss on one batch of crops (B, >= n_context + 1, N) and its parts as floats.
+
+    ``model_input`` (B, n_context, N) replaces ``crop[:, :n_context]`` as what the model reads (e.g. with
+    frames dropped as augmentation) while the targets still come from ``crop``."""
     horizon = model.config.forecast_horizon_frames
-    out = model(crop[:, :n_context], neuron_embedding=neuron_embedding, with_code_logits=next_code_weight > 0)
+    if model_input is None:
+        model_input = crop[:, :n_context]
+    out = model(model_input, neuron_embedding=neuron_embedding, with_code_logits=next_code_weight > 0)
     targets, mask = future_targets(crop, n_context, horizon)
     loss_forecast = forecast_loss(out.forecast, targets, mask)
     parts = {"forecast_mse": float(loss_forecast.detach())}

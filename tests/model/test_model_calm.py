@@ -217,3 +217,27 @@ def test_full_forward_is_differentiable_and_tokenizer_gets_no_gradient_through_c
     assert model.blocks[0].cross.latents.grad is not None
     assert model.code_embedding.weight.grad is not None
     assert all(p.grad is None for p in model.tokenizer.encoder.parameters())  # codes are discrete
+
+
+def test_without_the_autoregressive_skip():
+    model = randomised_model(autoregressive_skip=False)
+    assert not hasattr(model, "forecast_skip")
+    frames = frames_with_gaps(60, 5)
+    with torch.no_grad():
+        full = model(frames).forecast
+    stepped, _ = model.step_many(frames, model.new_state(5))
+    assert (stepped.forecast - full).abs().max().item() <= 1e-4
+
+
+
+def test_the_autoregressive_skip_adds_a_linear_function_of_the_raw_window():
+    model = randomised_model(autoregressive_skip=True)
+    frames = frames_with_gaps(60, 5)
+    with torch.no_grad():
+        full = model(frames).forecast
+        skip_part = model.forecast_skip(model.token_windows(frames[None])[0])[0]  # (T, N, H)
+        model.forecast_skip.weight.zero_()
+        model.forecast_skip.bias.zero_()
+        transformer_part = model(frames).forecast
+    assert skip_part.abs().max().item() > 1e-2
+    assert (transformer_part + skip_part - full).abs().max().item() <= 1e-5

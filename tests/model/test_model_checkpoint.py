@@ -154,3 +154,9 @@ def test_nan_weights_are_refused(tmp_path):
     directory = save_checkpoint(model, tmp_path / "nan")
     with pytest.raises(CheckpointError, match="forecast_head.weight.*NaN"):
         load_checkpoint(directory)
+
+
+def test_default_model_checkpoint_is_small(tmp_path):
+    directory = save_checkpoint(Calm(CalmConfig()), tmp_path / "default")
+    size = sum(p.stat().st_size for p in directory.iterdir())
+    assert size <= 20 * 1024 * 1024, size  # the limit for a model shipped inside the package

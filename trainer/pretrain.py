@@ -1,0 +1,430 @@
+"""Self-supervised pretraining: stage 1 trains the tokenizer, stage 2 the transformer on frozen tokens.
+
+    python -m trainer pretrain --config configs/pretrain_default.json [--data-root ../shared/data/real]
+                               [--out runs/<name>] [--resume]
+
+Stage 1 (tokenizer): random single-neuron windows of all training recordings, with missing-frame and
+stream-start augmentation; masked reconstruction MSE + commitment loss; the codebook follows EMA updates
+and restarts dead codes (rtcalm.model.tokenizer). Validation: reconstruction R² and codebook perplexity on
+the validation mice.
+
+Stage 2 (transformer): random crops (context + horizon frames x up to max_neurons neurons) of one
+recording per step; loss = forecast MSE over every position and horizon step + next_code_weight x
+next-token cross-entropy; AdamW, linear warm-up then cosine decay, gradient clipping. Validation: the
+same losses on fixed crops of the validation mice, next to the copy-last and mean forecasts on the same
+crops; the best validation forecast MSE is kept as ``checkpoints/best``.
+
+Finally the best model is scored with the project's forecast protocol (rtcalm.eval.forecast) on the
+validation and test mice, next to copy-last, context-mean and a pooled AR model fitted on the training
+recordings, and everything is written to ``metrics.json`` and a model card in ``checkpoints/best``.
+
+Everything is seeded (``seed``); ``--resume`` continues from ``checkpoints/last`` (weights, optimizer,
+RNG states, step) and gives the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rtcalm.errors import RtcalmError
+from rtcalm.model import Calm, codebook_perplexity, load_checkpoint, save_checkpoint
+from rtcalm.model.objectives import crop_losses, future_targets
+from trainer.config import TrainConfig
+from trainer.data import (
+    CropSampler,
+    Session,
+    WindowSampler,
+    fixed_crops,
+    interleave,
+    load_sessions,
+    split_by_mouse,
+    tokenizer_batch,
+)
+from trainer.state import load_training_state, read_trainer_state, save_training_state
+
+
+class TrainingError(RtcalmError):
+    pass
+
+
+def lr_at(step: int, total: int, base: float, warmup: int, minimum: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``base`` to ``minimum``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * progress))
+
+
+# --- stage 1 ---------------------------------------------------------------------------------------------
+
+def tokenizer_loss(model: Calm, encoder_input: torch.Tensor, values: torch.Tensor, missing: torch.Tensor):
+    recon, codes, commitment = model.tokenizer(encoder_input)
+    observed = 1.0 - missing
+    mse = ((recon - values).square() * observed).sum() / observed.sum().clamp(min=1)
+    return mse + commitment, mse, codes
+
+
+@torch.no_grad()
+def tokenizer_metrics(model: Calm, windows: torch.Tensor) -> dict:
+    """Reconstruction R² (pooled over all values) and codebook usage on clean windows (n, W)."""
+    if windows.numel() == 0:
+        return {}
+    was_training = model.tokenizer.training
+    model.tokenizer.eval()
+    codes = model.tokenizer.encode(interleave(windows, torch.zeros_like(windows)))
+    recon = model.tokenizer.decode(codes)
+    model.tokenizer.train(was_training)
+    sse = float((recon - windows).double().square().sum())
+    sst = float((windows.double() - windows.double().mean()).square().sum())
+    used = int(torch.bincount(codes, minlength=model.config.codebook_size).gt(0).sum())
+    return {"reconstruction_r2": 1.0 - sse / sst, "perplexity": codebook_perplexity(codes, model.config.codebook_size),
+            "codes_used": used, "codebook_size": model.config.codebook_size, "windows": int(windows.shape[0])}
+
+
+def validation_windows(sessions: list[Session], window: int, n: int, seed: int) -> torch.Tensor:
+    if not sessions:
+        return torch.empty(0, window)
+    return WindowSampler(sessions, window).sample(n, torch.Generator().manual_seed(seed))
+
+
+# --- stage 2 ---------------------------------------------------------------------------------------------
+
+def transformer_parameter_groups(model: Calm, weight_decay: float) -> list[dict]:
+    """Everything except the (frozen) tokenizer; weight decay on matrices only (as nanoGPT)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if name.startswith("tokenizer."):
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def drop_frames(frames: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    if probability <= 0:
+        return frames
+    dropped = torch.rand(frames.shape, generator=generator) < probability
+    return frames.masked_fill(dropped, float("nan"))
+
+
+@torch.no_grad()
+def forecast_validation(model: Calm, crops: list[torch.Tensor], context: int, next_code_weight: float) -> dict:
+    """Losses on fixed crops, next to the copy-last and mean (zero in normalised units) forecasts."""
+    model.eval()
+    horizon = model.config.forecast_horizon_frames
+    sums = {"forecast_mse": 0.0, "copy_last_mse": 0.0, "mean_mse": 0.0, "next_code_ce": 0.0}
+    total = 0.0
+    for crop in crops:
+        _, parts, out = crop_losses(model, crop, context, next_code_weight)
+        targets, mask = future_targets(crop, context, horizon)
+        count = float(mask.sum())
+        last = crop[:, :context].unsqueeze(-1)  # (B, context, N, 1): x(t) for every horizon step
+        sums["copy_last_mse"] += float(((last - targets).square() * mask).sum())
+        sums["mean_mse"] += float((targets.square() * mask).sum())
+        sums["forecast_mse"] += parts["forecast_mse"] * count
+        sums["next_code_ce"] += parts.get("next_code_ce", float("nan")) * count
+        total += count
+    model.train()
+    if total == 0:
+        return {}
+    result = {k: v / total for k, v in sums.items()}
+    result["mse_ratio_vs_copy_last"] = result["forecast_mse"] / result["copy_last_mse"]
+    result["r2_vs_mean"] = 1.0 - result["forecast_mse"] / result["mean_mse"]
+    return result
+
+
+# --- final report ----------------------------------------------------------------------------------------
+
+def protocol_scores(model: Calm, sessions: list[Session], pooled_ar, horizons: list[int]) -> dict | None:
+    """rtcalm.eval.forecast on whole held-out recordings (contiguous ones), model vs baselines."""
+    from rtcalm.eval.forecast import baseline_forecasters, evaluate, model_forecaster
+
+    recordings = [s.recording for s in sessions if not s.recording.is_trial_structured]
+    if not recordings:
+        return None
+    forecasters = {"model": model_forecaster(model),
+                   **baseline_forecasters(pooled_ar, model.config.forecast_horizon_frames)}
+    return evaluate(recordings, forecasters, horizons, model.config.receptive_field_frames)
+
+
+def describe_split(sessions: list[Session]) -> dict:
+    return {"mice": sorted({s.mouse for s in sessions}), "files": [s.source for s in sessions],
+            "neurons": sum(s.n_neurons for s in sessions),
+            "neuron_frames": sum(int(e.numel()) for s in sessions for e in s.epochs)}
+
+
+def model_card(config: TrainConfig, metrics: dict, size_bytes: int) -> str:
+    cfg = config.model
+    lines = [
+        f"# CalM streaming model `{config.name}`",
+        "",
+        "Forecasts every neuron's next "
+        f"{cfg.forecast_horizon_frames} frames ({cfg.forecast_horizon_frames / cfg.rate_hz:g} s at {cfg.rate_hz:g} Hz) "
+        "from per-neuron z-scored ΔF/F, one frame at a time (`Calm.step`).",
+        "",
+        "## Inputs and outputs",
+        "- Input: one frame per step, `(x - running_mean) / running_std` per neuron, NaN = missing; any number of neurons.",
+        f"- Output: point forecasts in the same normalised units (multiply by std, add mean for ΔF/F), and "
+        f"optionally next-token logits over {cfg.codebook_size} codes.",
+        f"- Only valid at {cfg.rate_hz:g} Hz (resample other rates first).",
+        "",
+        "## Architecture",
+        f"- Tokenizer: windows of {cfg.token_window_frames} frames -> {cfg.codebook_size}-code VQ codebook (EMA, dead-code restarts).",
+        f"- Input mode: {cfg.input_mode}. Transformer: d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
+        f"causal temporal attention over {cfg.attention_window_frames} frames, cross-neuron attention through "
+        f"{cfg.n_latents} latents; linear autoregressive skip {'on' if cfg.autoregressive_skip else 'off'}. "
+        f"Receptive field {cfg.receptive_field_frames} frames.",
+        f"- Checkpoint size {size_bytes / 1e6:.2f} MB (safetensors + JSON).",
+        "",
+        "## Training data (split by mouse)",
+    ]
+    for split in ("train", "validation", "test"):
+        d = metrics["data"][split]
+        lines.append(f"- {split}: mice {', '.join(d['mice']) or '-'}; {len(d['files'])} recordings, {d['neurons']} neurons")
+    if metrics["data"]["skipped"]:
+        lines.append("- skipped: " + "; ".join(f"{f} ({r})" for f, r in metrics["data"]["skipped"]))
+    lines += ["", "## Results on held-out mice"]
+    for split in ("validation", "test"):
+        tok = metrics["tokenizer"].get(split) or {}
+        if tok:
+            lines.append(f"- {split} tokenizer: reconstruction R² {tok['reconstruction_r2']:.3f}, "
+                         f"perplexity {tok['perplexity']:.1f} of {tok['codebook_size']} codes")
+        scores = (metrics.get("forecast_protocol") or {}).get(split)
+        if scores:
+            lines.append(f"- {split} forecast (rtcalm forecast-eval protocol; mse_ratio vs copy-last / Pearson):")
+            names = ["model", *scores["baselines"]]
+            for h in map(str, scores["horizons"]):
+                cells = [f"{name} {((scores['model'] if name == 'model' else scores['baselines'][name])[h]['mse_ratio']):.3f}"
+                         f" / {((scores['model'] if name == 'model' else scores['baselines'][name])[h]['pearson']):.3f}"
+                         for name in names]
+                lines.append(f"  - h={h}: " + ", ".join(cells))
+    lines += ["", "## Limitations",
+              "- Trained on a small public set of Allen Brain Observatory excerpts (GCaMP6f, mouse visual cortex); "
+              "other indicators, areas, species or frame rates are out of distribution.",
+              "- Normalisation in training used whole-recording statistics; the daemon uses running statistics.",
+              "", f"Trained with `python -m trainer pretrain --config` ({config.name}), seed {config.seed}, "
+              f"on {platform.machine()} / torch {torch.__version__}."]
+    return "\n".join(lines) + "\n"
+
+
+# --- driver ----------------------------------------------------------------------------------------------
+
+def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, progress: bool = True,
+             stop_after_steps: int | None = None, log=print) -> dict:
+    """Run (or continue) pretraining. Returns the final metrics, or ``{"stopped_at": ...}`` when
+    ``stop_after_steps`` optimizer steps were taken in this call (used to test resuming)."""
+    start_time = time.time()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    out_dir = Path(out_dir)
+    last_dir, best_dir = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
+    if last_dir.exists() and not resume:
+        raise TrainingError(f"{out_dir} already holds a training run; pass --resume to continue it or choose "
+                            "another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    sessions, skipped = load_sessions(data_root, config.data, log=log)
+    train, validation, test = split_by_mouse(sessions, config.data.validation_mice, config.data.test_mice)
+    log(f"train: {len(train)} recordings ({sum(s.n_neurons for s in train)} neurons) of mice "
+        f"{sorted({s.mouse for s in train})}; validation mice {config.data.validation_mice}; "
+        f"test mice {config.data.test_mice}")
+
+    torch.manual_seed(config.seed)
+    model = Calm(config.model)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    tcfg, scfg, W = config.tokenizer, config.transformer, config.model.token_window_frames
+    horizon = config.model.forecast_horizon_frames
+    state = {"stage": "tokenizer", "step": 0, "config_fingerprint": config.fingerprint(), "history": [],
+             "best_validation_forecast_mse": None, "best_step": None, "tokenizer_metrics": {},
+             "elapsed_s": 0.0}
+    resume_from_checkpoint = False
+    elapsed_before = 0.0  # wall time of earlier invocations of this run
+    if resume and last_dir.exists():
+        state = read_trainer_state(last_dir)
+        if state["config_fingerprint"] != config.fingerprint():
+            raise TrainingError(f"{last_dir}: was trained with a different config (fingerprint "
+                                f"{state['config_fingerprint']} != {config.fingerprint()}); resume with the same config")
+        resume_from_checkpoint = True
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        log(f"resuming from {last_dir}: stage {state['stage']}, step {state['step']}")
+    steps_taken = 0
+
+    def budget_exhausted() -> bool:
+        return stop_after_steps is not None and steps_taken >= stop_after_steps
+
+    def model_metadata() -> dict:
+        return {"training_config": config.to_dict(), "stage": state["stage"], "step": state["step"]}
+
+    def save_last(optimizer) -> None:
+        state["elapsed_s"] = elapsed_before + (time.time() - start_time)
+        save_training_state(last_dir, model, optimizer, generator,
+                            {k: v for k, v in state.items() if k != "optimizer_param_groups"}, model_metadata())
+
+    # ---- stage 1: tokenizer ----
+    token_params = [*model.tokenizer.encoder.parameters(), *model.tokenizer.decoder.parameters()]
+    if state["stage"] == "tokenizer":
+        optimizer = torch.optim.Adam(token_params, lr=tcfg.lr)
+        if resume_from_checkpoint:
+            load_training_state(last_dir, model, optimizer, generator, state)
+        val_windows = validation_windows(validation, W, tcfg.validation_windows, config.seed + 2)
+        sampler = WindowSampler(train, W)
+        model.tokenizer.train()
+        bar = tqdm(total=tcfg.steps, initial=state["step"], desc="tokenizer", disable=not progress,
+                   dynamic_ncols=True, mininterval=2.0)
+        while state["step"] < tcfg.steps:
+            if budget_exhausted():
+                bar.close()
+                save_last(optimizer)
+                return {"stopped_at": {"stage": "tokenizer", "step": state["step"]}}
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(state["step"], tcfg.steps, tcfg.lr, tcfg.warmup_steps, tcfg.lr * 0.1)
+            values = sampler.sample(tcfg.batch_windows, generator)
+            encoder_input, missing = tokenizer_batch(values, generator, tcfg.missing_probability,
+                                                     tcfg.stream_start_probability)
+            loss, mse, _ = tokenizer_loss(model, encoder_input, values, missing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state["step"] += 1
+            steps_taken += 1
+            bar.update(1)
+            if state["step"] % tcfg.validate_every == 0 or state["step"] == tcfg.steps:
+                metrics = tokenizer_metrics(model, val_windows)
+                state["history"].append({"stage": "tokenizer", "step": state["step"], "train_mse": float(mse.detach()),
+                                         **{f"validation_{k}": v for k, v in metrics.items()}})
+                bar.set_postfix(mse=f"{float(mse.detach()):.3f}", val_r2=f"{metrics.get('reconstruction_r2', float('nan')):.3f}",
+                                ppl=f"{metrics.get('perplexity', float('nan')):.0f}")
+                _append_log(out_dir, state["history"][-1])
+        bar.close()
+        model.tokenizer.eval()
+        state["tokenizer_metrics"] = {
+            "validation": tokenizer_metrics(model, val_windows),
+            "test": tokenizer_metrics(model, validation_windows(test, W, tcfg.validation_windows, config.seed + 3)),
+        }
+        log(f"tokenizer: {json.dumps(state['tokenizer_metrics'])}")
+        state["stage"], state["step"] = "transformer", 0
+        resume_from_checkpoint = False
+
+    # ---- stage 2: transformer ----
+    model.tokenizer.requires_grad_(False)
+    model.tokenizer.eval()
+    optimizer = torch.optim.AdamW(transformer_parameter_groups(model, scfg.weight_decay), lr=scfg.lr,
+                                  betas=(0.9, 0.95))
+    if state["stage"] == "transformer":
+        if resume_from_checkpoint:
+            load_training_state(last_dir, model, optimizer, generator, state)
+        else:
+            save_last(optimizer)  # the tokenizer is done: never train it again after a crash
+        context = scfg.context_frames
+        crop_frames = context + horizon
+        sampler = CropSampler(train, crop_frames, scfg.max_neurons)
+        val_crops = fixed_crops(validation, crop_frames, scfg.validation_crops_per_epoch)
+        if not val_crops:
+            raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
+        model.train()
+        model.tokenizer.eval()
+        bar = tqdm(total=scfg.steps, initial=state["step"], desc="transformer", disable=not progress,
+                   dynamic_ncols=True, mininterval=2.0)
+        while state["step"] < scfg.steps:
+            if budget_exhausted():
+                bar.close()
+                save_last(optimizer)
+                return {"stopped_at": {"stage": "transformer", "step": state["step"]}}
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(state["step"], scfg.steps, scfg.lr, scfg.warmup_steps, scfg.min_lr)
+            crop = sampler.sample(scfg.batch_crops, generator)
+            model_input = drop_frames(crop[:, :context], scfg.missing_probability, generator)
+            loss, parts, _ = crop_losses(model, crop, context, scfg.next_code_weight, model_input=model_input)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if scfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], scfg.grad_clip)
+            optimizer.step()
+            state["step"] += 1
+            steps_taken += 1
+            bar.update(1)
+            if state["step"] % scfg.validate_every == 0 or state["step"] == scfg.steps:
+                metrics = forecast_validation(model, val_crops, context, scfg.next_code_weight)
+                record = {"stage": "transformer", "step": state["step"], **{f"train_{k}": v for k, v in parts.items()},
+                          **{f"validation_{k}": v for k, v in metrics.items()}}
+                state["history"].append(record)
+                _append_log(out_dir, record)
+                best = state["best_validation_forecast_mse"]
+                if best is None or metrics["forecast_mse"] < best:
+                    state["best_validation_forecast_mse"], state["best_step"] = metrics["forecast_mse"], state["step"]
+                    save_checkpoint(model, best_dir, metadata={**model_metadata(), "validation": metrics})
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", val=f"{metrics['forecast_mse']:.3f}",
+                                vs_copy=f"{metrics['mse_ratio_vs_copy_last']:.3f}")
+            if state["step"] % scfg.checkpoint_every == 0 and state["step"] < scfg.steps:
+                save_last(optimizer)
+        bar.close()
+        state["stage"] = "done"
+        save_last(optimizer)
+
+    # ---- final report ----
+    return final_report(config, out_dir, train, validation, test, skipped, state, log)
+
+
+def _append_log(out_dir: Path, record: dict) -> None:
+    with open(out_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def final_report(config: TrainConfig, out_dir: Path, train, validation, test, skipped, state, log) -> dict:
+    from rtcalm.eval.forecast import fit_pooled_ar
+
+    best_dir = out_dir / "checkpoints" / "best"
+    if not best_dir.exists():  # zero transformer steps: ship the current weights
+        save_checkpoint(load_checkpoint(out_dir / "checkpoints" / "last"), best_dir)
+    model = load_checkpoint(best_dir)
+    horizon = config.model.forecast_horizon_frames
+    train_traces = [epoch for s in train for epoch in s.recording.epochs()
+                    if epoch.shape[0] > 16 + horizon]
+    pooled_ar = fit_pooled_ar(train_traces, order=16, horizon=horizon, seed=config.seed) if train_traces else None
+    metrics = {
+        "name": config.name,
+        "data": {"train": describe_split(train), "validation": describe_split(validation),
+                 "test": describe_split(test), "skipped": [list(s) for s in skipped]},
+        "tokenizer": state.get("tokenizer_metrics", {}),
+        "transformer": {"best_step": state.get("best_step"),
+                        "best_validation_forecast_mse": state.get("best_validation_forecast_mse"),
+                        "steps": config.transformer.steps},
+        "forecast_protocol": {"validation": protocol_scores(model, validation, pooled_ar, config.eval_horizons),
+                              "test": protocol_scores(model, test, pooled_ar, config.eval_horizons)},
+        "model": {"parameters": model.n_parameters(), "config": config.model.to_dict()},
+        "training_wall_time_s": state.get("elapsed_s"),
+    }
+    _, metadata = _read_metadata(best_dir)
+    metadata.update({"training_config": config.to_dict(), "metrics": metrics})
+    if pooled_ar is not None:
+        metadata["pooled_ar"] = pooled_ar.to_dict()
+    save_checkpoint(model, best_dir, metadata=metadata)
+    size = sum(p.stat().st_size for p in best_dir.iterdir() if p.is_file())
+    metrics["model"]["checkpoint_bytes"] = size
+    (best_dir / "README.md").write_text(model_card(config, metrics, size))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for split in ("validation", "test"):
+        scores = metrics["forecast_protocol"][split]
+        if scores:
+            for h in map(str, scores["horizons"]):
+                log(f"{split} h={h}: model mse_ratio {scores['model'][h]['mse_ratio']:.3f} pearson "
+                    f"{scores['model'][h]['pearson']:.3f} | copy_last pearson {scores['baselines']['copy_last'][h]['pearson']:.3f}"
+                    + (f" | pooled_ar mse_ratio {scores['baselines']['pooled_ar'][h]['mse_ratio']:.3f}"
+                       if "pooled_ar" in scores["baselines"] else ""))
+    log(f"wrote {out_dir / 'metrics.json'} and {best_dir}")
+    return metrics
+
+
+def _read_metadata(directory):
+    from rtcalm.model import read_checkpoint_config
+
+    return read_checkpoint_config(directory)
+
+
