@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "rtcalm.commands.stats",
     "rtcalm.commands.bench",
     "rtcalm.commands.forecast_eval",
+    "rtcalm.commands.decode_eval",
     "rtcalm.commands.serve",
     "rtcalm.commands.replay",
     "rtcalm.commands.demo",

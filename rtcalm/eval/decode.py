@@ -163,3 +163,30 @@ def evaluate(recordings: Sequence[Recording], task: str, feature_fn: FeatureFn |
                            for name in ("linear_mean_response", "chance")}
     result["per_file"] = per_file
     return result
+
+
+def model_features(model, response_end_s: float = 2.0) -> FeatureFn:
+    """Features for the ``model`` decoder: CalM's per-neuron hidden states (``CalmOutput.hidden``),
+    averaged over the response window of each trial and flattened to (trials, N * D).
+
+    Each epoch is resampled to the model's rate (:mod:`rtcalm.data.resample`), z-scored per neuron with
+    the statistics of all the recording's frames (label-free, so nothing about the held-out fold's labels
+    leaks), and run through the model from the epoch's first frame (1 s before onset on the grating files)."""
+    import torch
+
+    from rtcalm.data.resample import resample_recording
+    from rtcalm.stats import stats_of_recording
+
+    def features(recording: Recording) -> np.ndarray:
+        resampled = resample_recording(recording, model.config.rate_hz)
+        stats = stats_of_recording(resampled)
+        std = np.where(stats.std > 1e-8, stats.std, 1.0)
+        z = ((resampled.dff - stats.mean) / std).astype(np.float32)  # (trials, frames, N)
+        response = (resampled.trial_time_s >= 0) & (resampled.trial_time_s < response_end_s)
+        model.eval()
+        with torch.inference_mode():
+            hidden = model(torch.from_numpy(z)).hidden  # (trials, frames, N, D)
+            pooled = hidden[:, torch.from_numpy(response)].mean(dim=1)
+        return pooled.reshape(pooled.shape[0], -1).numpy()
+
+    return features

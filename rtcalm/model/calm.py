@@ -120,6 +120,8 @@ class CalmOutput:
     codes: torch.Tensor | None  # (..., N) int64: the input token (code of the window ending at this
     #                             frame); None in continuous mode, where the model does not tokenize
     next_code_logits: torch.Tensor | None = None  # (..., N, codebook_size), only when asked for
+    hidden: torch.Tensor | None = None  # (..., N, D): the normalised final residual stream, the population
+    #                                     state that decoding heads read (rtcalm.model.heads)
 
 
 # --- building blocks ------------------------------------------------------------------------------
@@ -383,7 +385,7 @@ class Calm(nn.Module):
         if self.config.autoregressive_skip:
             forecast = forecast + self.forecast_skip(windows)
         return CalmOutput(forecast=forecast, codes=codes,
-                          next_code_logits=self.next_code_head(h) if with_code_logits else None)
+                          next_code_logits=self.next_code_head(h) if with_code_logits else None, hidden=h)
 
     # --- full pass ---
     def token_windows(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -427,7 +429,7 @@ class Calm(nn.Module):
         out = self._heads(x, windows, codes, with_code_logits)
         if unbatched:
             out = CalmOutput(out.forecast[0], None if out.codes is None else out.codes[0],
-                             None if out.next_code_logits is None else out.next_code_logits[0])
+                             None if out.next_code_logits is None else out.next_code_logits[0], out.hidden[0])
         return out
 
     # --- streaming ---

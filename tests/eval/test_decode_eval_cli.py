@@ -1,0 +1,57 @@
+"""`rtcalm decode-eval` end to end with a small random checkpoint and a trial recording file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rtcalm.data import Recording, TrialTable, make_synthetic, save_recording
+from rtcalm.model import Calm
+from rtcalm.model.checkpoint import save_checkpoint
+
+from .test_forecast_eval_cli import SMALL
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(Calm(SMALL).eval(), tmp_path_factory.mktemp("ckpt") / "m")
+
+
+def _trial_file(tmp_path, labels=True):
+    rng = np.random.default_rng(0)
+    directions = np.tile(np.arange(8) * 45.0, 5)
+    dff = rng.standard_normal((40, 48, 6)).astype(np.float32)
+    rec = Recording(dff=dff, rate_hz=16.0, neuron_ids=np.arange(6), trial_time_s=-1 + np.arange(48) / 16,
+                    trials=TrialTable({"onset_s": np.full(40, np.nan), "direction_deg": directions}),
+                    continuous_labels={"running_speed": rng.random((40, 48))} if labels else {})
+    return save_recording(rec, tmp_path / ("trials.rtcalm.h5" if labels else "nolabels.rtcalm.h5"))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "rtcalm", "decode-eval", *map(str, args)], capture_output=True, text=True)
+
+
+def test_json_document(tmp_path, checkpoint):
+    result = _cli(_trial_file(tmp_path), "--task", "direction", "--model", checkpoint, "--folds", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["task"] == "direction" and doc["metric"] == "accuracy"
+    assert 0.0 <= doc["model"] <= 1.0
+    assert set(doc["baselines"]) == {"linear_mean_response", "chance"}
+    assert doc["per_file"][0]["trials"] == 40
+
+
+def test_bad_task_and_label_less_file(tmp_path, checkpoint):
+    bad = _cli(_trial_file(tmp_path), "--task", "colour", "--model", checkpoint)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    missing = _cli(_trial_file(tmp_path, labels=False), "--task", "speed", "--model", checkpoint)
+    assert missing.returncode == 2 and "running_speed" in missing.stderr and "Traceback" not in missing.stderr
+    contiguous = save_recording(make_synthetic(n_neurons=4, n_frames=100), tmp_path / "c.rtcalm.h5")
+    result = _cli(contiguous, "--task", "direction", "--model", checkpoint)
+    assert result.returncode == 2 and "trial-structured" in result.stderr
