@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "rtcalm.commands.bench",
     "rtcalm.commands.forecast_eval",
     "rtcalm.commands.decode_eval",
+    "rtcalm.commands.compile",
     "rtcalm.commands.serve",
     "rtcalm.commands.replay",
     "rtcalm.commands.demo",

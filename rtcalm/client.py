@@ -1,0 +1,236 @@
+"""Client side of the rtcalm daemon: send frames from a rig, receive predictions, send control commands.
+
+Imports pyzmq, msgpack and numpy only (no torch, no numba), so it runs on an acquisition PC with a
+minimal Python::
+
+    import numpy as np
+    from rtcalm.client import ErrorMessage, Prediction, PredictionSubscriber, RigSender
+
+    with RigSender("tcp://127.0.0.1:7750", session="rig1") as rig, \\
+         PredictionSubscriber("tcp://127.0.0.1:7751", sessions="rig1") as predictions:
+        for dff in frames:                       # one float32 (n_neurons,) vector per frame, NaN = missing
+            rig.send(dff)                        # never blocks; sequence numbers and timestamps added
+            message = predictions.receive(timeout_ms=100)
+            if isinstance(message, Prediction):
+                message.forecast                 # (n_neurons, horizon) dF/F; [:, k] predicts frame seq + 1 + k
+            elif isinstance(message, ErrorMessage):
+                print(message.code, message.message)
+
+The wire format is in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import zmq
+
+from rtcalm import protocol
+from rtcalm.errors import RtcalmError
+from rtcalm.protocol import ErrorMessage, Prediction
+
+DEFAULT_INGEST = "tcp://127.0.0.1:7750"
+DEFAULT_PUBLISH = "tcp://127.0.0.1:7751"
+DEFAULT_CONTROL = "tcp://127.0.0.1:7752"
+
+__all__ = ["ControlClient", "DaemonError", "ErrorMessage", "Prediction", "PredictionSubscriber", "RigSender"]
+
+
+class DaemonError(RtcalmError):
+    """The daemon answered a control request with an error. ``code`` is a protocol error code."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class RigSender:
+    """Sends frames to the daemon's ingest socket (PUSH). ``send`` never blocks the rig: if the daemon is
+    unreachable and ``hwm`` frames are already queued, the frame is dropped, counted in ``dropped``,
+    and ``send`` returns False.
+
+    Sequence numbers count up from ``first_seq`` unless given; acquisition timestamps default to
+    ``time.time_ns()`` at the call. A rig that restarts its numbering must send ``reset=True`` with the
+    first frame (or use a new session id): otherwise the restarted frames look old and are dropped.
+    """
+
+    def __init__(self, address: str = DEFAULT_INGEST, session: str = "rig", *, first_seq: int = 0,
+                 hwm: int = 10000, context: zmq.Context | None = None):
+        if not protocol.SESSION_ID_PATTERN.fullmatch(session):
+            raise ValueError(f"session id {session!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        self.session = session
+        self.next_seq = first_seq
+        self.sent = 0
+        self.dropped = 0
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, 1000)  # on close, give queued frames a second to leave
+        self._socket.connect(address)
+
+    def send(self, dff, *, seq: int | None = None, t_acq_ns: int | None = None, reset: bool = False) -> bool:
+        """Send one ΔF/F frame (one float per neuron; NaN = missing)."""
+        seq = self.next_seq if seq is None else int(seq)
+        message = protocol.build_frame(self.session, seq, time.time_ns() if t_acq_ns is None else t_acq_ns,
+                                       dff, reset=reset)
+        return self._send(message, seq)
+
+    def send_fluorescence(self, raw, neuropil, *, seq: int | None = None, t_acq_ns: int | None = None,
+                          reset: bool = False) -> bool:
+        """Send raw ROI fluorescence and its neuropil for the daemon to convert to ΔF/F."""
+        seq = self.next_seq if seq is None else int(seq)
+        message = protocol.build_frame(self.session, seq, time.time_ns() if t_acq_ns is None else t_acq_ns,
+                                       raw=raw, neuropil=neuropil, reset=reset)
+        return self._send(message, seq)
+
+    def _send(self, message: bytes, seq: int) -> bool:
+        self.next_seq = seq + 1
+        try:
+            self._socket.send(message, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> RigSender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PredictionSubscriber:
+    """Receives predictions and errors from the daemon's publish socket (SUB).
+
+    ``sessions``: one session id, several, or None for every session (and errors that could not be
+    attributed to a session). Filtering happens in ZeroMQ by exact topic. Like every ZeroMQ subscriber,
+    it misses what is published before its subscription reaches the daemon (a few milliseconds after
+    connecting).
+    """
+
+    def __init__(self, address: str = DEFAULT_PUBLISH, sessions: str | Iterable[str] | None = None, *,
+                 hwm: int = 1000, context: zmq.Context | None = None):
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.RCVHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        if sessions is None:
+            self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+        else:
+            for session in [sessions] if isinstance(sessions, str) else sessions:
+                self._socket.setsockopt(zmq.SUBSCRIBE, protocol.topic_for(session))
+        self._socket.connect(address)
+
+    def receive(self, timeout_ms: int | None = None) -> Prediction | ErrorMessage | None:
+        """The next prediction or error; None if nothing arrived within ``timeout_ms`` (None: wait).
+        Raises :class:`rtcalm.protocol.ProtocolError` for a message that does not parse."""
+        if timeout_ms is not None and not self._socket.poll(timeout_ms, zmq.POLLIN):
+            return None
+        # Zero-copy receive: msgpack reads the payload straight from ZeroMQ's buffer.
+        return protocol.parse_published([part.buffer for part in self._socket.recv_multipart(copy=False)])
+
+    def __iter__(self) -> Iterator[Prediction | ErrorMessage]:
+        while True:
+            yield self.receive()
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The underlying SUB socket, e.g. to add it to your own zmq.Poller."""
+        return self._socket
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> PredictionSubscriber:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ControlClient:
+    """Control commands (REQ). Each call sends one request and waits up to ``timeout_ms`` for the reply;
+    on a timeout the socket is replaced (a REQ socket cannot send again before it has a reply) and
+    TimeoutError is raised. Error replies raise :class:`DaemonError`."""
+
+    def __init__(self, address: str = DEFAULT_CONTROL, *, timeout_ms: int = 5000, context: zmq.Context | None = None):
+        self.address = address
+        self.timeout_ms = timeout_ms
+        self._context = context or zmq.Context.instance()
+        self._socket = self._new_socket()
+
+    def _new_socket(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.REQ)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.address)
+        return socket
+
+    def request(self, cmd: str, **args) -> dict:
+        self._socket.send(protocol.build_request(cmd, **args))
+        if not self._socket.poll(self.timeout_ms, zmq.POLLIN):
+            self._socket.close()
+            self._socket = self._new_socket()
+            raise TimeoutError(f"no reply to {cmd!r} from {self.address} within {self.timeout_ms} ms")
+        reply = protocol.parse_reply(self._socket.recv())
+        if isinstance(reply, ErrorMessage):
+            raise DaemonError(reply.code, reply.message)
+        return reply
+
+    def status(self) -> dict:
+        return self.request("status")
+
+    def start_session(self, session: str, n_neurons: int) -> dict:
+        """Start a session with a fixed neuron count (frames with another count are then rejected)."""
+        return self.request("start", session=session, n_neurons=int(n_neurons))
+
+    def stop_session(self, session: str) -> dict:
+        return self.request("stop", session=session)
+
+    def reset_session(self, session: str) -> dict:
+        """Restart a session's statistics and model state; its next frame's sequence number starts anew."""
+        return self.request("reset", session=session)
+
+    def get_stats(self, session: str) -> dict:
+        """Per-neuron statistics of a session: the reply with its ``vectors`` decoded to numpy arrays
+        (float32; ``predictable`` as bool)."""
+        reply = self.request("get_stats", session=session)
+        vectors = {}
+        for name, data in reply["vectors"].items():
+            dtype = protocol.UINT8 if name == "predictable" else protocol.FLOAT32_LE
+            vectors[name] = np.frombuffer(data, dtype=dtype)
+        vectors["predictable"] = vectors["predictable"].astype(bool)
+        reply["vectors"] = vectors
+        return reply
+
+    def load_model(self, model: str, *, wait: bool = True, timeout_s: float = 120.0, poll_s: float = 0.05) -> dict:
+        """Hot-swap the daemon's model (a shipped name or a checkpoint directory on the daemon's machine).
+        With ``wait``, block until the swap finished and return the new model's description; raises
+        DaemonError('model_load_failed') if it failed (the old model keeps serving)."""
+        self.request("load_model", model=model)
+        if not wait:
+            return {}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.status()["model"]
+            if status["loading"] is None:
+                if status["last_load_error"] is not None:
+                    raise DaemonError("model_load_failed", status["last_load_error"])
+                return status
+            time.sleep(poll_s)
+        raise TimeoutError(f"model {model!r} did not finish loading within {timeout_s} s")
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

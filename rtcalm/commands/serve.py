@@ -1,0 +1,76 @@
+"""``rtcalm serve``: run the real-time daemon until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the real-time daemon (ZeroMQ in, predictions out, Prometheus metrics)",
+        description="Run the real-time daemon: frames in on the ingest socket, running statistics and the "
+                    "incremental CalM step, predictions out on the publish socket, commands on the control "
+                    "socket, Prometheus metrics over HTTP. Settings: built-in defaults, then --config FILE "
+                    "(see configs/daemon.toml), then these flags. Addresses are loopback unless the config "
+                    "allows otherwise; port 0 picks a free port. Stops cleanly on Ctrl-C or SIGTERM.")
+    parser.add_argument("--model", help="shipped model name or checkpoint directory (default: config, 'default')")
+    parser.add_argument("--config", metavar="FILE", help="daemon TOML config (e.g. configs/daemon.toml)")
+    parser.add_argument("--ingest", metavar="ADDR", help="ingest (PULL) address, e.g. tcp://127.0.0.1:7750")
+    parser.add_argument("--publish", metavar="ADDR", help="publish (PUB) address, e.g. tcp://127.0.0.1:7751")
+    parser.add_argument("--control", metavar="ADDR", help="control (REP) address, e.g. tcp://127.0.0.1:7752")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="Prometheus metrics port on the metrics host (0: pick a free one; -1: no metrics)")
+    parser.add_argument("--ready-file", metavar="FILE",
+                        help="once listening, write the bound endpoints as JSON to FILE (for scripts and tests)")
+    parser.set_defaults(handler=run)
+
+
+def build_config(args: argparse.Namespace):
+    """Defaults < --config < flags, validated."""
+    from rtcalm.daemon.config import ConfigError, DaemonConfig, load_config
+
+    config = load_config(args.config) if args.config else DaemonConfig()
+    sockets = {name: getattr(args, name) for name in ("ingest", "publish", "control") if getattr(args, name)}
+    metrics = {}
+    if args.metrics_port is not None:
+        if args.metrics_port == -1:
+            metrics["enabled"] = False
+        elif not 0 <= args.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be 0-65535 (or -1 for no metrics), got {args.metrics_port}")
+        else:
+            metrics["port"] = args.metrics_port
+    model = {"name": args.model} if args.model else {}
+    return config.replace(sockets=sockets, metrics=metrics, model=model)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rtcalm.daemon import Daemon
+
+    config = build_config(args)
+    daemon = Daemon(config)
+    endpoints = daemon.start()
+    try:
+        engine = daemon.pipeline.engine
+        print(f"rtcalm serve: model {engine.version} ({engine.backend}, horizon {engine.horizon} frames at "
+              f"{engine.rate_hz:g} Hz)", file=sys.stderr)
+        for name, address in endpoints.items():
+            print(f"rtcalm serve: {name:8s} {address}", file=sys.stderr)
+        if args.ready_file:
+            with open(args.ready_file + ".tmp", "w") as f:
+                json.dump(endpoints, f)
+            os.replace(args.ready_file + ".tmp", args.ready_file)
+
+        def request_stop(signum, _frame):
+            daemon.stop()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        daemon.run()
+        print("rtcalm serve: stopped", file=sys.stderr)
+    finally:
+        daemon.close()
+    return 0

@@ -1,0 +1,263 @@
+"""Daemon configuration: defaults, the TOML file (``configs/daemon.toml``), and command-line overrides.
+
+Precedence: built-in defaults < ``--config FILE`` < command-line flags. Loading is strict: an unknown
+section or key, a value of the wrong type or out of range, or an address that is not loopback (unless
+``sockets.allow_non_loopback = true``) raises :class:`ConfigError` naming the file and the key, before
+anything is bound. Every section is a frozen dataclass, so a config that exists is a valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rtcalm.errors import RtcalmError
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_TCP_ADDRESS = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\*|\d{1,5})")
+
+
+class ConfigError(RtcalmError, ValueError):
+    """A bad daemon configuration (file, key, value or command-line flag)."""
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_address(value: str, *, allow_non_loopback: bool, what: str) -> str:
+    """Validate a ZeroMQ bind address and return it in the form ZeroMQ binds (port 0 -> ``*``,
+    an ephemeral port). Accepted: ``tcp://HOST:PORT`` and ``ipc://PATH``."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what}: an address must be a non-empty string, got {value!r}")
+    if value.startswith("ipc://"):
+        if len(value) <= len("ipc://"):
+            raise ConfigError(f"{what}: {value!r} has no path")
+        return value  # a filesystem socket: local by construction
+    match = _TCP_ADDRESS.fullmatch(value)
+    if match is None:
+        raise ConfigError(f"{what}: {value!r} is not an address of the form tcp://HOST:PORT or ipc://PATH")
+    host, port = match["host"], match["port"]
+    if port != "*" and not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what}: port {port} is outside 0-65535")
+    if not allow_non_loopback and not _is_loopback(host):
+        raise ConfigError(f"{what}: {value!r} is not a loopback address; the daemon has no authentication "
+                          "yet, so binding beyond this machine needs sockets.allow_non_loopback = true")
+    if port == "0":
+        value = value[: -len(port)] + "*"
+    return value
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SocketsConfig:
+    ingest: str = "tcp://127.0.0.1:7750"  # rig PUSH -> daemon PULL
+    publish: str = "tcp://127.0.0.1:7751"  # daemon PUB -> subscribers
+    control: str = "tcp://127.0.0.1:7752"  # REQ -> daemon REP
+    allow_non_loopback: bool = False
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9750  # 0: an ephemeral port (reported by `status`)
+    # Observe acquisition-to-publish latency: only meaningful when the rig stamps t_acq_ns with the
+    # same clock as this machine's (same host, or PTP-synchronised).
+    rig_clock_is_local: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "default"  # a shipped model name or a checkpoint directory
+    threads: int = 1  # torch intra-op threads for the model step
+
+
+@dataclass(frozen=True)
+class StatsSection:
+    # Exponential forgetting of the running statistics in frames (0: none, every frame weighs the same).
+    time_constant_frames: float = 0.0
+    # A neuron is fed to the model as missing until it has this many valid values (its std is noise).
+    warmup_frames: int = 30
+    # Thresholds of the predictable mask (rtcalm.stats.selection): "poyo-cap" (the published values;
+    # free) or "knee" (Kneedle over this session's neurons: ~15 ms at 512 neurons, ~190 ms at 4096,
+    # so it is re-chosen only every thresholds_refresh_frames, when the ingest queue is empty).
+    predictable_method: str = "poyo-cap"
+    predictable_refresh_frames: int = 30  # re-apply the thresholds to the current statistics this often
+    thresholds_refresh_frames: int = 1800
+
+
+@dataclass(frozen=True)
+class DffSection:
+    """The streaming ΔF/F converter (rtcalm.stats.OnlineDff) for rigs that send raw fluorescence and
+    neuropil instead of ΔF/F; see docs/statistics.md for the definition."""
+
+    neuropil_coef: float = 0.7
+    block_frames: int = 30
+    window_frames: int = 1800
+    percentile: float = 8.0
+    min_baseline: float = 0.0
+
+
+@dataclass(frozen=True)
+class SessionsSection:
+    # A frame for an unknown session starts it (a rig needs no control socket). When false, sessions
+    # must be started with the `start` control command.
+    auto_start: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_neurons: int = 65536
+    max_sessions: int = 16
+    max_gap_frames: int = 90  # gaps up to this are filled with missing frames; larger ones restart the session
+    max_backlog_frames: int = 256  # messages drained from the ingest socket in one batch
+    history_frames: int = 256  # normalised frames kept per session to warm a hot-swapped model
+    ingest_hwm: int = 10000  # ZeroMQ receive high-water mark (messages)
+    publish_hwm: int = 1000  # per subscriber: a slow subscriber loses messages, the daemon never blocks
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    sockets: SocketsConfig = field(default_factory=SocketsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    stats: StatsSection = field(default_factory=StatsSection)
+    dff: DffSection = field(default_factory=DffSection)
+    sessions: SessionsSection = field(default_factory=SessionsSection)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections) -> DaemonConfig:
+        """Override single keys: ``config.replace(sockets={"ingest": ...}, model={"name": ...})``; the
+        result is validated like a file."""
+        merged = self.to_dict()
+        for section, values in sections.items():
+            merged.setdefault(section, {}).update(values)
+        return config_from_dict(merged, source="command line")
+
+
+# Range checks per key: (low, high) inclusive; None = unbounded on that side.
+_RANGES = {
+    ("metrics", "port"): (0, 65535),
+    ("model", "threads"): (1, 256),
+    ("stats", "time_constant_frames"): (0.0, None),
+    ("stats", "warmup_frames"): (2, 10**7),
+    ("stats", "predictable_refresh_frames"): (1, 10**7),
+    ("stats", "thresholds_refresh_frames"): (1, 10**9),
+    ("dff", "neuropil_coef"): (0.0, 10.0),
+    ("dff", "block_frames"): (1, 10**6),
+    ("dff", "window_frames"): (1, 10**7),
+    ("dff", "percentile"): (0.0, 100.0),
+    ("dff", "min_baseline"): (None, None),
+    ("limits", "max_message_bytes"): (1024, 1 << 30),
+    ("limits", "max_neurons"): (1, 1 << 22),
+    ("limits", "max_sessions"): (1, 10000),
+    ("limits", "max_gap_frames"): (0, 10**6),
+    ("limits", "max_backlog_frames"): (1, 100000),
+    ("limits", "history_frames"): (1, 100000),
+    ("limits", "ingest_hwm"): (1, 10**7),
+    ("limits", "publish_hwm"): (1, 10**7),
+}
+_CHOICES = {("stats", "predictable_method"): ("knee", "poyo-cap")}
+_SECTION_CLASSES = {"sockets": SocketsConfig, "metrics": MetricsConfig, "model": ModelSection,
+                    "stats": StatsSection, "dff": DffSection, "sessions": SessionsSection, "limits": LimitsConfig}
+
+
+def _check_value(section: str, key: str, value, default, source: str):
+    where = f"{source}: [{section}] {key}"
+    if isinstance(default, bool):
+        if type(value) is not bool:
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if type(value) is not int:
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if type(value) is not str or not value:
+            raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+    low, high = _RANGES.get((section, key), (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{where} = {value!r} is outside [{low}, {'inf' if high is None else high}]")
+    choices = _CHOICES.get((section, key))
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where} = {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def config_from_dict(document: dict, *, source: str = "config") -> DaemonConfig:
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: expected a table of sections")
+    unknown = sorted(set(document) - set(_SECTION_CLASSES))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; known: {sorted(_SECTION_CLASSES)}")
+    sections = {}
+    for name, cls in _SECTION_CLASSES.items():
+        values = document.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        defaults = cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown_keys = sorted(set(values) - known)
+        if unknown_keys:
+            raise ConfigError(f"{source}: unknown key(s) {unknown_keys} in [{name}]; known: {sorted(known)}")
+        checked = {key: _check_value(name, key, value, getattr(defaults, key), source)
+                   for key, value in values.items()}
+        sections[name] = cls(**{**dataclasses.asdict(defaults), **checked})
+
+    sockets = sections["sockets"]
+    allow = sockets.allow_non_loopback
+    sections["sockets"] = dataclasses.replace(
+        sockets, **{name: check_address(getattr(sockets, name), allow_non_loopback=allow,
+                                        what=f"{source}: [sockets] {name}")
+                    for name in ("ingest", "publish", "control")})
+    bound = [getattr(sections["sockets"], name) for name in ("ingest", "publish", "control")]
+    fixed = [a for a in bound if not a.endswith(":*")]
+    if len(set(fixed)) != len(fixed):
+        raise ConfigError(f"{source}: [sockets] ingest, publish and control must be different addresses, got {bound}")
+    dff = sections["dff"]
+    if dff.window_frames < dff.block_frames:
+        raise ConfigError(f"{source}: [dff] window_frames ({dff.window_frames}) must be at least block_frames "
+                          f"({dff.block_frames})")
+    metrics = sections["metrics"]
+    if not allow and not _is_loopback(metrics.host):
+        raise ConfigError(f"{source}: [metrics] host {metrics.host!r} is not loopback "
+                          "(set sockets.allow_non_loopback = true to expose it)")
+    return DaemonConfig(**sections)
+
+
+def load_config(path) -> DaemonConfig:
+    """Read a daemon TOML file (see configs/daemon.toml for every key and its meaning)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        document = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return config_from_dict(document, source=str(path))

@@ -1,0 +1,97 @@
+"""Control commands (the REQ/REP socket): status, start, stop, reset, load_model, get_stats.
+
+Every request gets exactly one reply (REP requires it): a ``reply`` with ``ok: true`` or an ``error``
+with a code from :data:`rtcalm.protocol.ERROR_CODES`. A command either completes or changes nothing.
+``load_model`` only *starts* a hot swap and replies at once; ``status`` reports its progress
+(``model.loading``) and outcome (``model.version`` or ``model.last_load_error``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+from rtcalm import __version__, protocol
+from rtcalm.protocol import ControlRequest, ProtocolError
+
+if TYPE_CHECKING:
+    from rtcalm.daemon.server import Daemon
+
+DEFAULT_LATENCY_FRAMES = 3000  # 100 s at 30 Hz
+
+
+class ControlHandler:
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.started_at = time.time()
+
+    def handle(self, parts: list[bytes]) -> bytes:
+        cmd = None
+        try:
+            if len(parts) != 1:
+                raise ProtocolError("malformed", f"a request is one message part, got {len(parts)}")
+            request = protocol.parse_request(parts[0], max_bytes=self.daemon.config.limits.max_message_bytes)
+            cmd = request.cmd
+            reply = getattr(self, f"cmd_{request.cmd}")(request)
+            self.daemon.metrics.control_requests.labels(cmd=cmd, result="ok").inc()
+            return protocol.build_reply(cmd, **reply)
+        except ProtocolError as error:
+            self.daemon.metrics.control_requests.labels(cmd=cmd or "invalid", result=error.code).inc()
+            return protocol.build_error(error.code, error.message, cmd=cmd)
+        except Exception as exc:  # a bug: answer (REP must) and keep serving
+            traceback.print_exc()
+            self.daemon.metrics.control_requests.labels(cmd=cmd or "invalid", result="internal").inc()
+            return protocol.build_error("internal", f"{type(exc).__name__}: {exc}", cmd=cmd)
+
+    # --- commands ------------------------------------------------------------------------------------
+    def cmd_status(self, request: ControlRequest) -> dict:
+        daemon, pipeline = self.daemon, self.daemon.pipeline
+        model = pipeline.engine.describe()
+        model["loading"] = daemon.swap.spec if daemon.swap is not None else None
+        model["last_load_error"] = daemon.last_load_error
+        # Percentiles over the most recent frames only by default: sorting the whole 65536-frame buffer
+        # takes ~20 ms, which would stall frames each time a client polls status.
+        latency_frames = request.optional_int("latency_frames", 1, 1 << 30) or DEFAULT_LATENCY_FRAMES
+        return {"daemon": {"version": __version__, "pid": os.getpid(),
+                           "uptime_s": time.time() - self.started_at, "protocol": protocol.PROTOCOL_VERSION},
+                "endpoints": daemon.endpoints, "model": model,
+                "sessions": [s.describe() for s in pipeline.sessions.values()],
+                "latency": pipeline.stage_times.summary(latency_frames), "config": daemon.config.to_dict()}
+
+    def cmd_start(self, request: ControlRequest) -> dict:
+        session_id = request.session()
+        n_neurons = request.optional_int("n_neurons", 1, self.daemon.config.limits.max_neurons)
+        if n_neurons is None:
+            raise ProtocolError("bad_field", "start needs 'n_neurons' (frames of another count are then "
+                                             "rejected); without a start, the first frame starts a session")
+        pipeline = self.daemon.pipeline
+        if session_id in pipeline.sessions:
+            raise ProtocolError("session_exists", f"session {session_id!r} is already running; "
+                                                  "reset or stop it first")
+        if len(pipeline.sessions) >= self.daemon.config.limits.max_sessions:
+            raise ProtocolError("too_many_sessions", f"already serving {len(pipeline.sessions)} sessions")
+        return pipeline.start_session(session_id, n_neurons, pinned=True).describe()
+
+    def cmd_stop(self, request: ControlRequest) -> dict:
+        session = self.daemon.pipeline.stop_session(self._existing(request).id)
+        return session.describe()
+
+    def cmd_reset(self, request: ControlRequest) -> dict:
+        return self.daemon.pipeline.restart_session(self._existing(request), "reset").describe()
+
+    def cmd_get_stats(self, request: ControlRequest) -> dict:
+        return self._existing(request).statistics()
+
+    def cmd_load_model(self, request: ControlRequest) -> dict:
+        spec = request.string("model")
+        self.daemon.begin_model_swap(spec)
+        return {"loading": spec, "serving": self.daemon.pipeline.engine.version}
+
+    def _existing(self, request: ControlRequest):
+        session_id = request.session()
+        session = self.daemon.pipeline.sessions.get(session_id)
+        if session is None:
+            raise ProtocolError("unknown_session", f"no session {session_id!r} is running")
+        return session

@@ -1,0 +1,142 @@
+"""Prometheus metrics of the daemon, and a ring buffer of recent per-frame stage timings.
+
+Each daemon has its own ``CollectorRegistry`` (two daemons in one process, as in the tests, do not
+share counters) served over HTTP on a loopback port by prometheus_client's own server thread. The hot
+path only calls ``observe``/``inc`` on label children bound once here, never ``.labels(...)`` per frame.
+
+Names follow the Prometheus conventions: base units (``_seconds``), counters end in ``_total``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from rtcalm.protocol import ERROR_CODES
+
+STAGES = ("validate", "stats", "model", "publish")
+# Latency buckets in seconds: fine below a millisecond (the non-model stages), then up to several
+# frame periods at 30 Hz (a frame period is 33 ms).
+LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 150e-6, 250e-6, 500e-6, 1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3, 6e-3,
+                   8e-3, 12e-3, 16e-3, 25e-3, 33e-3, 50e-3, 66e-3, 100e-3, 250e-3, 1.0)
+SESSION_RESTART_REASONS = ("neuron_count", "gap_too_large", "reset", "internal")
+
+
+class DaemonMetrics:
+    def __init__(self):
+        self.registry = registry = CollectorRegistry()
+
+        self.receive_to_publish = Histogram(
+            "rtcalm_receive_to_publish_seconds",
+            "Time from taking a frame off the ingest socket to publishing its prediction",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        stage = Histogram("rtcalm_stage_seconds", "Time spent in one pipeline stage per published prediction",
+                          ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.stage = {name: stage.labels(stage=name) for name in STAGES}
+        self.acquisition_to_publish = Histogram(
+            "rtcalm_acquisition_to_publish_seconds",
+            "Time from the rig's acquisition timestamp to publishing (observed only when the rig's clock "
+            "is this machine's: metrics.rig_clock_is_local)", buckets=LATENCY_BUCKETS, registry=registry)
+
+        self.frames_received = Counter("rtcalm_frames_received_total", "Messages taken off the ingest socket",
+                                       registry=registry)
+        self.predictions_published = Counter("rtcalm_predictions_published_total", "Predictions published",
+                                             registry=registry)
+        malformed = Counter("rtcalm_frames_malformed_total", "Ingest messages rejected by validation, by error code",
+                            ["code"], registry=registry)
+        self.malformed = {code: malformed.labels(code=code) for code in ERROR_CODES}
+        self.gaps = Counter("rtcalm_gaps_total", "Sequence gaps (one or more missing frames)", registry=registry)
+        self.gap_frames = Counter("rtcalm_gap_frames_total", "Missing frames filled in as missing data",
+                                  registry=registry)
+        self.duplicates = Counter("rtcalm_frames_duplicate_total", "Frames dropped as duplicates",
+                                  registry=registry)
+        self.reordered = Counter("rtcalm_frames_reordered_total",
+                                 "Frames dropped because they arrived after a later frame (out of order)",
+                                 registry=registry)
+        self.batched = Counter("rtcalm_frames_batched_total",
+                               "Frames folded into the model state in a catch-up batch without their own prediction",
+                               registry=registry)
+        restarts = Counter("rtcalm_session_restarts_total", "Session states started afresh, by reason",
+                           ["reason"], registry=registry)
+        self.session_restarts = {reason: restarts.labels(reason=reason) for reason in SESSION_RESTART_REASONS}
+        errors = Counter("rtcalm_errors_published_total", "Error messages published to subscribers, by code",
+                         ["code"], registry=registry)
+        self.errors_published = {code: errors.labels(code=code) for code in ERROR_CODES}
+        self.control_requests = Counter("rtcalm_control_requests_total", "Control requests, by command and result",
+                                        ["cmd", "result"], registry=registry)
+        self.model_loads = Counter("rtcalm_model_loads_total", "Model loads (hot swaps), by result", ["result"],
+                                   registry=registry)
+
+        self.sessions = Gauge("rtcalm_sessions", "Sessions being served", registry=registry)
+        self.neurons = Gauge("rtcalm_session_neurons", "Neurons per frame of a session", ["session"],
+                             registry=registry)
+        self.predictable_fraction = Gauge("rtcalm_session_predictable_fraction",
+                                          "Fraction of a session's neurons currently classed predictable",
+                                          ["session"], registry=registry)
+        self.model_info = Gauge("rtcalm_model_info", "The serving model (value 1), labelled with version and backend",
+                                ["version", "backend"], registry=registry)
+        self.model_loading = Gauge("rtcalm_model_loading", "1 while a model is being loaded for a hot swap",
+                                   registry=registry)
+        self.backlog = Gauge("rtcalm_ingest_backlog_frames",
+                             "Messages drained from the ingest socket in the latest batch (1 = keeping up)",
+                             registry=registry)
+        self._server = None
+
+    # --- serving ---
+    def serve(self, host: str, port: int) -> int:
+        """Start the HTTP exporter; returns the bound port (useful with port 0)."""
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # --- helpers for things that change rarely ---
+    def set_model(self, version: str, backend: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version, backend=backend).set(1)
+
+    def forget_session(self, session: str) -> None:
+        for gauge in (self.neurons, self.predictable_fraction):
+            try:
+                gauge.remove(session)
+            except KeyError:
+                pass
+
+
+class StageTimes:
+    """The last ``capacity`` answered frames' timings in nanoseconds, in a preallocated ring buffer, for
+    percentiles in ``status`` (Prometheus histograms only give bucketed quantiles)."""
+
+    COLUMNS = ("receive_to_publish", *STAGES)
+
+    def __init__(self, capacity: int = 65536):
+        self._rows = np.zeros((capacity, len(self.COLUMNS)), dtype=np.int64)
+        self._count = 0
+
+    def record(self, receive_to_publish: int, validate: int, stats: int, model: int, publish: int) -> None:
+        row = self._rows[self._count % self._rows.shape[0]]
+        row[0] = receive_to_publish
+        row[1] = validate
+        row[2] = stats
+        row[3] = model
+        row[4] = publish
+        self._count += 1
+
+    def summary(self, last: int | None = None) -> dict:
+        """Per column: median, p99 and p99.9 in microseconds, over the most recent ``last`` answered
+        frames (default: all in the buffer)."""
+        capacity = self._rows.shape[0]
+        n = min(self._count, capacity) if last is None else min(last, self._count, capacity)
+        out = {"frames": n}
+        if n == 0:
+            return out
+        rows = self._rows[np.arange(self._count - n, self._count) % capacity]
+        quantiles = np.percentile(rows, [50, 99, 99.9], axis=0) / 1e3
+        for i, name in enumerate(self.COLUMNS):
+            out[name] = {"p50_us": float(quantiles[0, i]), "p99_us": float(quantiles[1, i]),
+                         "p999_us": float(quantiles[2, i])}
+        return out

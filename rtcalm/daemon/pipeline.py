@@ -1,0 +1,308 @@
+"""The per-frame pipeline, in one place: receive, validate, update statistics, step the model, publish.
+
+:meth:`Pipeline.process` takes every message drained from the ingest socket in one go (one message
+when the daemon keeps up, a backlog when it fell behind) and, per session in arrival order:
+
+1. **validate** each message completely (:func:`rtcalm.protocol.parse_frame`); a bad one is counted,
+   answered with an error on the publish socket, and touches no state;
+2. **sequence**: a duplicate or an out-of-order frame is dropped (its slot is already in the past); a gap
+   of k frames is filled with k missing (all-NaN) frames so the model's time axis stays the
+   acquisition's; a gap longer than ``limits.max_gap_frames``, a new neuron count, or a frame flagged
+   ``reset`` starts the session's stream afresh;
+3. **statistics**: every frame, filled-in ones too, updates the running statistics and is normalised
+   with them into the session's pending batch;
+4. **model**: the whole pending batch goes through the model: all but the newest frame folded by one
+   ``step_many``, then one ``step`` for the newest. No frame is lost from the statistics or the model
+   state; only the newest gets its own prediction (the others count as ``batched``);
+5. **publish** the newest frame's forecast, de-normalised to ΔF/F, under the session's topic.
+
+Nothing here blocks: publishing is a PUB send, which drops for a slow subscriber instead of waiting.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import numpy as np
+import zmq
+
+from rtcalm import protocol
+from rtcalm.daemon.config import DaemonConfig
+from rtcalm.daemon.engine import Engine, WarmedStream
+from rtcalm.daemon.metrics import DaemonMetrics, StageTimes
+from rtcalm.daemon.session import DUPLICATE, GAP, OUT_OF_ORDER, Session
+from rtcalm.protocol import Frame, ProtocolError
+
+perf_ns = time.perf_counter_ns
+wall_ns = time.time_ns
+
+
+class Pipeline:
+    def __init__(self, config: DaemonConfig, engine: Engine, metrics: DaemonMetrics, publisher: zmq.Socket):
+        self.config = config
+        self.limits = config.limits
+        self.engine = engine
+        self.metrics = metrics
+        self.publisher = publisher
+        self.sessions: dict[str, Session] = {}
+        self.stage_times = StageTimes()
+        self._inf_scratch = np.empty(self.limits.max_neurons, dtype=bool)
+        self._next_stream_id = 1
+        self._observe_acquisition = config.metrics.rig_clock_is_local
+
+    # --- the hot path ------------------------------------------------------------------------------
+    def process(self, batch: list[tuple[list[bytes], int, int]]) -> None:
+        """``batch``: (message parts, receive wall-clock ns, receive perf_counter ns) per drained message."""
+        self.metrics.frames_received.inc(len(batch))
+        self.metrics.backlog.set(len(batch))
+        # 1. validate
+        start = perf_ns()
+        by_session: dict[str, list[tuple[Frame, int, int]]] = {}
+        for parts, t_recv_ns, t_recv in batch:
+            frame = self._validate(parts, t_recv_ns)
+            if frame is not None:
+                by_session.setdefault(frame.session, []).append((frame, t_recv_ns, t_recv))
+        validate_ns = perf_ns() - start
+
+        for session_id, frames in by_session.items():
+            try:
+                self._advance(session_id, frames, validate_ns)
+            except Exception as exc:  # a bug: the session's state may be half-updated, so it restarts
+                traceback.print_exc()
+                frame = frames[-1][0]
+                self.publish_error("internal", f"{type(exc).__name__}: {exc}", session_id, frame.seq, frames[-1][1])
+                if session_id in self.sessions:
+                    self.restart_session(self.sessions[session_id], "internal")
+
+    def _advance(self, session_id: str, frames: list[tuple[Frame, int, int]], validate_ns: int) -> None:
+        """Stages 2-5 for one session's validated frames, oldest first."""
+        # 2. sequence and 3. statistics, frame by frame
+        start = perf_ns()
+        newest, accepted = None, 0
+        for frame, t_recv_ns, t_recv in frames:
+            session = self._session_for(frame, self.sessions.get(session_id), t_recv_ns)
+            if session is None or not self._sequence(session, frame, t_recv_ns):
+                continue
+            session = self.sessions[session_id]  # _sequence may have restarted the stream
+            self._add(session, session.dff_of(frame))
+            session.last_seq = frame.seq
+            newest, accepted = (frame, t_recv_ns, t_recv), accepted + 1
+        if newest is None:
+            return
+        session = self.sessions[session_id]
+        folded = accepted - 1  # received frames answered only through this prediction
+        stats_ns = perf_ns() - start
+
+        # 4. model
+        start = perf_ns()
+        forecast = self.engine.step(session.take_pending(), session.model_state)
+        model_ns = perf_ns() - start
+
+        # 5. publish
+        start = perf_ns()
+        frame, t_recv_ns, t_recv = newest
+        session.scale.denormalise_into(forecast, session.forecast)
+        stage_ns = {"validate": validate_ns, "stats": stats_ns, "model": model_ns}
+        t_pub_ns = wall_ns()
+        payload = protocol.build_prediction(
+            session=session_id, seq=frame.seq, t_acq_ns=frame.t_acq_ns, t_recv_ns=t_recv_ns, t_pub_ns=t_pub_ns,
+            forecast=session.forecast, predictable=session.predictable, decoded=self.engine.decoded_outputs(),
+            model_version=self.engine.version, rate_hz=self.engine.rate_hz, stream_id=session.stream_id,
+            stream_frame=session.stream_frames - 1, folded=folded, stage_ns=stage_ns)
+        # copy=False: ZeroMQ takes the payload's buffer instead of copying it (pyzmq still copies
+        # messages under its copy_threshold, 64 KiB, where that is cheaper).
+        self.publisher.send_multipart((protocol.topic_for(session_id), payload), copy=False)
+        end = perf_ns()
+        self._account(session, folded, t_pub_ns - frame.t_acq_ns, end - t_recv, validate_ns, stats_ns, model_ns,
+                      end - start)
+
+    def _validate(self, parts: list[bytes], t_recv_ns: int) -> Frame | None:
+        try:
+            if len(parts) != 1:
+                raise ProtocolError("malformed", f"a frame is one message part, got {len(parts)}")
+            return protocol.parse_frame(parts[0], max_bytes=self.limits.max_message_bytes,
+                                        max_neurons=self.limits.max_neurons, inf_scratch=self._inf_scratch)
+        except ProtocolError as error:
+            # Address the error to the sender's session if it can be read, but never unpack more than the
+            # size limit for that.
+            readable = len(parts) == 1 and len(parts[0]) <= self.limits.max_message_bytes
+            session_id, seq = protocol.peek_session(parts[0]) if readable else ("", None)
+            self.metrics.malformed[error.code].inc()
+            session = self.sessions.get(session_id)
+            if session is not None:
+                session.counts["rejected"] += 1
+            self.publish_error(error.code, error.message, session_id, seq, t_recv_ns)
+            return None
+
+    def _session_for(self, frame: Frame, session: Session | None, t_recv_ns: int) -> Session | None:
+        """The session stream this frame belongs to: starting one for a new session (auto_start),
+        restarting it for a new neuron count or a reset flag; None (after an error) if it is refused."""
+        if session is None:
+            if not self.config.sessions.auto_start:
+                self.publish_error("unknown_session", f"session {frame.session!r} is not started and "
+                                   "sessions.auto_start is off: send the start command first",
+                                   frame.session, frame.seq, t_recv_ns)
+                return None
+            if len(self.sessions) >= self.limits.max_sessions:
+                self.publish_error("too_many_sessions", f"already serving {len(self.sessions)} sessions "
+                                   f"(limits.max_sessions); stop one first", frame.session, frame.seq, t_recv_ns)
+                return None
+            session = self.start_session(frame.session, frame.n_neurons, pinned=False)
+        elif frame.n_neurons != session.n_neurons:
+            if session.pinned:
+                session.counts["rejected"] += 1
+                self.metrics.malformed["neuron_count"].inc()
+                self.publish_error("neuron_count", f"frame has {frame.n_neurons} neurons, session "
+                                   f"{session.id!r} was started with {session.n_neurons}",
+                                   session.id, frame.seq, t_recv_ns)
+                return None
+            session = self.restart_session(session, "neuron_count", n_neurons=frame.n_neurons)
+        elif frame.reset:
+            session = self.restart_session(session, "reset")
+        if not session.accepts_kind(frame):
+            session.counts["rejected"] += 1
+            self.metrics.malformed["bad_field"].inc()
+            self.publish_error("bad_field", f"session {session.id!r} streams {session.input_kind}; this frame "
+                               "carries the other kind (reset the session to switch)", session.id, frame.seq,
+                               t_recv_ns)
+            return None
+        return session
+
+    def _sequence(self, session: Session, frame: Frame, t_recv_ns: int) -> bool:
+        """Classify the frame's sequence number; fill a gap. False: drop the frame."""
+        kind, missing = session.classify(frame.seq)
+        if kind == DUPLICATE:
+            session.counts["duplicates"] += 1
+            self.metrics.duplicates.inc()
+            self.publish_error("duplicate", f"frame {frame.seq} was already received", session.id, frame.seq,
+                               t_recv_ns)
+            return False
+        if kind == OUT_OF_ORDER:
+            session.counts["reordered"] += 1
+            self.metrics.reordered.inc()
+            self.publish_error("out_of_order", f"frame {frame.seq} arrived after frame {session.last_seq}; its "
+                               "slot was filled as missing. A rig that restarts its sequence numbers must "
+                               "send reset=true or use a new session id", session.id, frame.seq, t_recv_ns)
+            return False
+        if kind == GAP:
+            session.counts["gaps"] += 1
+            self.metrics.gaps.inc()
+            if missing > self.limits.max_gap_frames:
+                self.publish_error("gap_too_large", f"{missing} frames missing before frame {frame.seq} (more "
+                                   f"than limits.max_gap_frames = {self.limits.max_gap_frames}); the session's "
+                                   "statistics and model state restarted", session.id, frame.seq, t_recv_ns)
+                self.restart_session(session, "gap_too_large")
+                return True
+            session.counts["gap_frames"] += missing
+            self.metrics.gap_frames.inc(missing)
+            for _ in range(missing):
+                self._add(session, session.missing_dff())
+        return True
+
+    def _add(self, session: Session, values: np.ndarray) -> None:
+        if session.pending_full():  # a batch longer than the buffer: fold what is there first
+            self.engine.fold(session.take_pending(), session.model_state)
+        session.add_frame(values)
+
+    def _account(self, session: Session, folded: int, acquisition_to_publish_ns: int, receive_to_publish_ns: int,
+                 validate_ns: int, stats_ns: int, model_ns: int, publish_ns: int) -> None:
+        session.counts["accepted"] += folded + 1
+        session.counts["published"] += 1
+        session.counts["batched"] += folded
+        m = self.metrics
+        m.predictions_published.inc()
+        if folded:
+            m.batched.inc(folded)
+        m.receive_to_publish.observe(receive_to_publish_ns * 1e-9)
+        m.stage["validate"].observe(validate_ns * 1e-9)
+        m.stage["stats"].observe(stats_ns * 1e-9)
+        m.stage["model"].observe(model_ns * 1e-9)
+        m.stage["publish"].observe(publish_ns * 1e-9)
+        if self._observe_acquisition and acquisition_to_publish_ns >= 0:
+            m.acquisition_to_publish.observe(acquisition_to_publish_ns * 1e-9)
+        self.stage_times.record(receive_to_publish_ns, validate_ns, stats_ns, model_ns, publish_ns)
+
+    # --- errors --------------------------------------------------------------------------------------
+    def publish_error(self, code: str, message: str, session_id: str = "", seq: int | None = None,
+                      t_recv_ns: int | None = None) -> None:
+        self.metrics.errors_published[code].inc()
+        self.publisher.send_multipart((protocol.topic_for(session_id),
+                                       protocol.build_error(code, message, session=session_id, seq=seq,
+                                                            t_recv_ns=t_recv_ns)))
+
+    # --- session lifecycle ---------------------------------------------------------------------------
+    def start_session(self, session_id: str, n_neurons: int, *, pinned: bool) -> Session:
+        session = Session(session_id, n_neurons, self._next_stream_id, self.engine, self.config, pinned=pinned)
+        self._next_stream_id += 1
+        self.sessions[session_id] = session
+        self.metrics.sessions.set(len(self.sessions))
+        self.metrics.neurons.labels(session=session_id).set(n_neurons)
+        self.metrics.predictable_fraction.labels(session=session_id).set(0.0)
+        return session
+
+    def restart_session(self, session: Session, reason: str, *, n_neurons: int | None = None) -> Session:
+        """A fresh stream for the same session id (its counters carry over)."""
+        fresh = self.start_session(session.id, n_neurons or session.n_neurons, pinned=session.pinned)
+        fresh.counts.update(session.counts)
+        self.metrics.session_restarts[reason].inc()
+        return fresh
+
+    def stop_session(self, session_id: str) -> Session | None:
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            self.metrics.sessions.set(len(self.sessions))
+            self.metrics.forget_session(session_id)
+        return session
+
+    # --- between batches -----------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Run every per-frame piece once on a throw-away 8-neuron stream, so that the first real frame
+        does not pay for loading numba kernels or torch's first calls (hundreds of milliseconds)."""
+        frame = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
+        payload = protocol.build_frame("warm-up", 0, 0, frame)
+        protocol.parse_frame(payload, max_bytes=self.limits.max_message_bytes, max_neurons=self.limits.max_neurons,
+                             inf_scratch=self._inf_scratch)
+        for kind in ("dff", "fluorescence"):
+            session = Session("warm-up", frame.shape[0], 0, self.engine, self.config, pinned=False)
+            probe = Frame("warm-up", 0, 0, 8, frame if kind == "dff" else None,
+                          raw=None if kind == "dff" else frame + 2.0, neuropil=None if kind == "dff" else frame + 1.0)
+            session.accepts_kind(probe)
+            for step in range(3):
+                session.add_frame(session.dff_of(probe) * np.float32(step + 1))
+            session.add_frame(session.missing_dff())
+            forecast = self.engine.step(session.take_pending(), session.model_state)
+            session.scale.denormalise_into(forecast, session.forecast)
+            session.refresh_predictable(self.config.stats.predictable_method,
+                                        self.config.stats.thresholds_refresh_frames)
+
+    def housekeeping(self) -> None:
+        """Refresh the predictable masks that are due. Called when the ingest queue is empty."""
+        stats = self.config.stats
+        for session in list(self.sessions.values()):
+            if session.stream_frames - session.frames_at_mask >= stats.predictable_refresh_frames:
+                try:
+                    fraction = session.refresh_predictable(stats.predictable_method, stats.thresholds_refresh_frames)
+                except Exception:  # a bug: keep the previous mask and keep serving
+                    traceback.print_exc()
+                    session.frames_at_mask = session.stream_frames
+                    continue
+                self.metrics.predictable_fraction.labels(session=session.id).set(fraction)
+
+    def install_engine(self, engine: Engine, warmed: dict[int, WarmedStream]) -> None:
+        """Switch every session to ``engine`` (between batches: nothing is pending). A session warmed by
+        the swap catches up on the frames that arrived since its snapshot; any other (started during
+        the load, or too far ahead) is warmed here from its history."""
+        for session in self.sessions.values():
+            ready = warmed.get(session.stream_id)
+            behind = None if ready is None else session.stream_frames - ready.frames_at_snapshot
+            if ready is not None and behind <= session.history.shape[0]:
+                state = ready.state
+                engine.fold(session.history_tail(behind), state)
+            else:
+                state = engine.new_stream(session.n_neurons)
+                engine.fold(session.history_tail(engine.receptive_field), state)
+            session.model_state = state
+            if session.forecast.shape[1] != engine.horizon:
+                session.forecast = np.empty((session.n_neurons, engine.horizon), dtype=np.float32)
+        self.engine = engine

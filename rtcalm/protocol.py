@@ -1,0 +1,427 @@
+"""The rtcalm wire protocol, version 1: building, parsing and validating every message.
+
+Every message is one msgpack map with string keys, ``"v"`` (the protocol version) and ``"type"``.
+Per-neuron vectors travel as raw little-endian bytes (float32, or uint8 for masks), never as msgpack
+arrays: a 4096-neuron frame is one 16 KiB copy instead of 4096 tagged floats. docs/protocol.md is the
+normative description (enough to write a client in any language); this module is its Python
+implementation, shared by the daemon and :mod:`rtcalm.client`, so it must import with numpy and
+msgpack only (no torch, no numba).
+
+Sockets and message types:
+
+- ingest (rig PUSH -> daemon PULL), one part: ``frame``
+- publish (daemon PUB -> SUB), two parts ``[topic, payload]``: ``prediction`` and ``error``; the topic
+  is the session id in UTF-8 followed by one NUL byte, so that ZeroMQ's prefix filtering matches one
+  session exactly (``rig1`` does not receive ``rig10``). Errors that cannot be attributed to a session
+  go out under the topic of the empty session, a single NUL byte.
+- control (REQ -> daemon REP): ``request`` answered by ``reply`` or ``error``.
+
+Parsing never trusts the sender: every function here either returns a fully checked value or raises
+:class:`ProtocolError` with a stable ``code`` (see :data:`ERROR_CODES`) and a human-readable message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+from rtcalm.errors import RtcalmError
+
+PROTOCOL_VERSION = 1
+FLOAT32_LE = np.dtype("<f4")
+UINT8 = np.dtype("u1")
+MAX_SEQ = 2**63 - 1  # sequence numbers and timestamps are signed 64-bit in every language
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+COMMANDS = ("status", "start", "stop", "reset", "load_model", "get_stats")
+
+# Stable error codes. The rig and control clients switch on these; the message is for humans.
+ERROR_CODES = {
+    "malformed": "not a msgpack map, or the wrong number of message parts",
+    "unsupported_version": "the 'v' field is missing or not a protocol version this daemon speaks",
+    "wrong_type": "the 'type' field is missing or not a type accepted on this socket",
+    "bad_field": "a required field is missing, has the wrong type, or is out of range",
+    "payload_size": "a vector's byte length does not match the neuron count (truncated or too long)",
+    "non_finite": "a vector holds +-Inf (NaN is allowed and means 'missing')",
+    "too_large": "the message or its neuron count exceeds the daemon's limits",
+    "neuron_count": "the neuron count differs from the one the session was started with",
+    "duplicate": "a frame with this sequence number was already received; dropped",
+    "out_of_order": "the frame is older than one already processed (its slot was filled as missing); dropped",
+    "gap_too_large": "more frames were missing than the daemon fills in; the session state restarted",
+    "too_many_sessions": "the daemon already serves its maximum number of sessions",
+    "unknown_session": "no session with this id is running",
+    "session_exists": "a session with this id is already running",
+    "unknown_command": "the control command is not one of the commands of this protocol version",
+    "model_loading": "a model load is already in progress",
+    "model_load_failed": "the requested model could not be loaded; the previous model keeps serving",
+    "internal": "the daemon failed on this message (a bug); the session state was restarted",
+}
+
+
+class ProtocolError(RtcalmError, ValueError):
+    """A message that does not follow the protocol. ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, code: str, message: str):
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown protocol error code {code!r}")
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+def topic_for(session: str) -> bytes:
+    """The PUB topic of a session: UTF-8 id plus a NUL terminator (exact match under prefix filtering)."""
+    return session.encode("utf-8") + b"\x00"
+
+
+UNATTRIBUTED_TOPIC = topic_for("")
+
+
+# --- msgpack ---------------------------------------------------------------------------------------
+
+def pack(message: dict) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def unpack_map(data: bytes, *, max_bytes: int | None = None) -> dict:
+    """Decode one msgpack map. Raises ProtocolError('too_large' | 'malformed')."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError("malformed", f"expected bytes, got {type(data).__name__}")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ProtocolError("too_large", f"message is {len(data)} bytes, the limit is {max_bytes}")
+    try:
+        # strict_map_key: only str/bytes keys (no hash-flooding with nested containers as keys);
+        # msgpack bounds every container and string by the buffer's own length.
+        message = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises ExtraData, FormatError, StackError, ValueError, UnicodeDecodeError...
+        raise ProtocolError("malformed", f"not a msgpack message ({type(exc).__name__}: {exc})") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("malformed", f"expected a msgpack map, got {type(message).__name__}")
+    return message
+
+
+def _check_envelope(message: dict, expected_types: tuple[str, ...]) -> str:
+    version = message.get("v")
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise ProtocolError("unsupported_version",
+                            f"protocol version {version!r} is not supported (this daemon speaks {PROTOCOL_VERSION})")
+    kind = message.get("type")
+    if kind not in expected_types:
+        raise ProtocolError("wrong_type", f"message type {kind!r} is not accepted here "
+                                          f"(expected {' or '.join(expected_types)})")
+    return kind
+
+
+def _int_field(message: dict, name: str, *, low: int = 0, high: int = MAX_SEQ, optional: bool = False,
+               default: int | None = None) -> int | None:
+    value = message.get(name)
+    if value is None:
+        if optional:
+            return default
+        raise ProtocolError("bad_field", f"missing field {name!r}")
+    if type(value) is not int:  # bool is an int subclass in Python; it is not an integer on the wire
+        raise ProtocolError("bad_field", f"field {name!r} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ProtocolError("bad_field", f"field {name!r} = {value} is outside [{low}, {high}]")
+    return value
+
+
+def _session_field(message: dict) -> str:
+    session = message.get("session")
+    if type(session) is not str:
+        raise ProtocolError("bad_field", f"field 'session' must be a string, got {type(session).__name__}")
+    if not SESSION_ID_PATTERN.fullmatch(session):
+        raise ProtocolError("bad_field", f"session id {session[:80]!r} must be 1-64 characters of "
+                                         "A-Z a-z 0-9 _ . : -")
+    return session
+
+
+def _vector_field(message: dict, name: str, n: int, dtype: np.dtype, per_neuron: int = 1) -> np.ndarray:
+    """A read-only view of a little-endian vector field (no copy)."""
+    data = message.get(name)
+    if type(data) is not bytes:
+        raise ProtocolError("bad_field", f"field {name!r} must be msgpack bin (raw bytes), "
+                                         f"got {type(data).__name__}")
+    expected = n * per_neuron * dtype.itemsize
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "too long"
+        raise ProtocolError("payload_size", f"field {name!r} is {len(data)} bytes, {what} for {n} neurons "
+                                            f"(expected {expected})")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def count_infinite(values: np.ndarray, scratch: np.ndarray | None = None) -> int:
+    """Number of +-Inf entries. ``scratch``: an optional bool buffer at least as long (saves an allocation)."""
+    mask = np.isinf(values) if scratch is None else np.isinf(values, out=scratch[:values.shape[0]])
+    return int(np.count_nonzero(mask))
+
+
+# --- frames (rig -> daemon) ------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Frame:
+    """One validated frame. Exactly one of ``dff`` or (``raw``, ``neuropil``) is set; the arrays are
+    read-only float32 views of the message bytes."""
+
+    session: str
+    seq: int
+    t_acq_ns: int
+    n_neurons: int
+    dff: np.ndarray | None
+    raw: np.ndarray | None = None
+    neuropil: np.ndarray | None = None
+    reset: bool = False
+
+
+def build_frame(session: str, seq: int, t_acq_ns: int, dff=None, *, raw=None, neuropil=None,
+                reset: bool = False) -> bytes:
+    """Encode a frame message. Give ``dff`` (one value per neuron, NaN = missing), or ``raw`` and
+    ``neuropil`` fluorescence for the daemon to convert."""
+    message = {"v": PROTOCOL_VERSION, "type": "frame", "session": session, "seq": int(seq),
+               "t_acq_ns": int(t_acq_ns)}
+    if dff is not None:
+        if raw is not None or neuropil is not None:
+            raise ValueError("give dff, or raw and neuropil, not both")
+        values = _vector_bytes(dff, "dff")
+        message["n"] = len(values) // 4
+        message["dff"] = values
+    else:
+        if raw is None or neuropil is None:
+            raise ValueError("give dff, or both raw and neuropil")
+        message["raw"] = _vector_bytes(raw, "raw")
+        message["neuropil"] = _vector_bytes(neuropil, "neuropil")
+        if len(message["raw"]) != len(message["neuropil"]):
+            raise ValueError("raw and neuropil must have one value per neuron each")
+        message["n"] = len(message["raw"]) // 4
+    if reset:
+        message["reset"] = True
+    return pack(message)
+
+
+def _vector_bytes(values, name: str) -> memoryview:
+    array = np.ascontiguousarray(values, dtype=FLOAT32_LE)
+    if array.ndim != 1 or array.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D vector (one value per neuron), got shape {array.shape}")
+    return memoryview(array).cast("B")
+
+
+def parse_frame(data: bytes, *, max_bytes: int | None = None, max_neurons: int | None = None,
+                inf_scratch: np.ndarray | None = None) -> Frame:
+    """Validate one ingest message completely. Raises ProtocolError; never returns a partly checked frame.
+    ``inf_scratch``: optional bool buffer of at least ``max_neurons`` entries for the Inf check."""
+    message = unpack_map(data, max_bytes=max_bytes)
+    _check_envelope(message, ("frame",))
+    session = _session_field(message)
+    seq = _int_field(message, "seq")
+    t_acq_ns = _int_field(message, "t_acq_ns")
+    n = _int_field(message, "n", low=1)
+    if max_neurons is not None and n > max_neurons:
+        raise ProtocolError("too_large", f"{n} neurons exceeds the limit of {max_neurons}")
+    reset = message.get("reset", False)
+    if type(reset) is not bool:
+        raise ProtocolError("bad_field", f"field 'reset' must be a boolean, got {type(reset).__name__}")
+    has_dff = "dff" in message
+    has_raw = "raw" in message or "neuropil" in message
+    if has_dff == has_raw:
+        raise ProtocolError("bad_field", "a frame carries either 'dff', or 'raw' and 'neuropil'"
+                                         + (" (it has both)" if has_dff else " (it has neither)"))
+    if has_dff:
+        dff = _vector_field(message, "dff", n, FLOAT32_LE)
+        _reject_infinite(dff, "dff", inf_scratch)
+        return Frame(session, seq, t_acq_ns, n, dff, reset=reset)
+    raw = _vector_field(message, "raw", n, FLOAT32_LE)
+    neuropil = _vector_field(message, "neuropil", n, FLOAT32_LE)
+    _reject_infinite(raw, "raw", inf_scratch)
+    _reject_infinite(neuropil, "neuropil", inf_scratch)
+    return Frame(session, seq, t_acq_ns, n, None, raw=raw, neuropil=neuropil, reset=reset)
+
+
+def _reject_infinite(values: np.ndarray, name: str, scratch: np.ndarray | None) -> None:
+    bad = count_infinite(values, scratch)
+    if bad:
+        raise ProtocolError("non_finite", f"field {name!r} has {bad} infinite values (use NaN for missing)")
+
+
+def peek_session(data: bytes) -> tuple[str, int | None]:
+    """Best-effort (session, seq) of a message that failed validation, to address the error reply.
+    Returns ("", None) when they cannot be read; never raises."""
+    try:
+        message = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        session = message.get("session") if isinstance(message, dict) else None
+        seq = message.get("seq")
+        session = session if isinstance(session, str) and SESSION_ID_PATTERN.fullmatch(session) else ""
+        return session, (seq if type(seq) is int and 0 <= seq <= MAX_SEQ else None)
+    except Exception:
+        return "", None
+
+
+# --- predictions and errors (daemon -> subscribers) -------------------------------------------------
+
+@dataclass
+class Prediction:
+    """A parsed prediction: the daemon's answer to frame ``seq`` of ``session``."""
+
+    session: str
+    seq: int
+    t_acq_ns: int
+    t_recv_ns: int
+    t_pub_ns: int
+    forecast: np.ndarray  # (neurons, horizon) float32, dF/F units; [:, k] predicts frame seq + 1 + k
+    predictable: np.ndarray  # (neurons,) bool
+    decoded: dict
+    model_version: str
+    rate_hz: float
+    stream_id: int
+    stream_frame: int
+    folded: int
+    stage_ns: dict = field(default_factory=dict)
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.forecast.shape[0])
+
+    @property
+    def horizon(self) -> int:
+        return int(self.forecast.shape[1])
+
+
+@dataclass
+class ErrorMessage:
+    """A parsed error published by the daemon (or an error reply on the control socket)."""
+
+    code: str
+    message: str
+    session: str = ""
+    seq: int | None = None
+    t_recv_ns: int | None = None
+
+
+def build_prediction(*, session: str, seq: int, t_acq_ns: int, t_recv_ns: int, t_pub_ns: int,
+                     forecast: np.ndarray, predictable: np.ndarray, decoded: dict, model_version: str,
+                     rate_hz: float, stream_id: int, stream_frame: int, folded: int,
+                     stage_ns: dict) -> bytes:
+    """``forecast``: (neurons, horizon) float32; ``predictable``: (neurons,) uint8 or bool."""
+    n, horizon = forecast.shape
+    # Packed from memoryviews of the arrays (no copy when they are already little-endian and
+    # contiguous): ``tobytes()`` first would copy the forecast once more, into freshly mapped pages,
+    # which costs ~1 ms for 4096 neurons x 30 steps.
+    forecast = memoryview(np.ascontiguousarray(forecast, dtype=FLOAT32_LE))
+    predictable = memoryview(np.ascontiguousarray(predictable, dtype=UINT8))
+    return pack({
+        "v": PROTOCOL_VERSION, "type": "prediction", "session": session, "seq": seq,
+        "t_acq_ns": t_acq_ns, "t_recv_ns": t_recv_ns, "t_pub_ns": t_pub_ns,
+        "n": n, "horizon": horizon, "rate_hz": rate_hz,
+        "forecast": forecast, "predictable": predictable,
+        "decoded": decoded, "model_version": model_version,
+        "stream_id": stream_id, "stream_frame": stream_frame, "folded": folded, "stage_ns": stage_ns,
+    })
+
+
+def build_error(code: str, message: str, *, session: str = "", seq: int | None = None,
+                t_recv_ns: int | None = None, cmd: str | None = None) -> bytes:
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown protocol error code {code!r}")
+    body = {"v": PROTOCOL_VERSION, "type": "error", "ok": False, "code": code, "message": message,
+            "session": session, "seq": seq, "t_recv_ns": t_recv_ns}
+    if cmd is not None:
+        body["cmd"] = cmd
+    return pack(body)
+
+
+def parse_published(parts: list[bytes]) -> Prediction | ErrorMessage:
+    """Parse a two-part message from the publish socket. Raises ProtocolError."""
+    """``parts``: bytes or buffers (e.g. the ``.buffer`` of zero-copy ZeroMQ frames)."""
+    if len(parts) != 2:
+        raise ProtocolError("malformed", f"expected 2 parts [topic, payload], got {len(parts)}")
+    topic, payload = parts
+    message = unpack_map(payload)
+    kind = _check_envelope(message, ("prediction", "error"))
+    session = message.get("session")
+    if type(session) is not str or topic_for(session) != bytes(topic):
+        raise ProtocolError("bad_field", "the topic does not match the message's session")
+    if kind == "error":
+        return _parse_error_body(message)
+    seq = _int_field(message, "seq")
+    n = _int_field(message, "n", low=1)
+    horizon = _int_field(message, "horizon", low=1)
+    forecast = _vector_field(message, "forecast", n, FLOAT32_LE, per_neuron=horizon).reshape(n, horizon)
+    predictable = _vector_field(message, "predictable", n, UINT8).astype(bool)
+    decoded = message.get("decoded")
+    if not isinstance(decoded, dict):
+        raise ProtocolError("bad_field", "field 'decoded' must be a map")
+    model_version = message.get("model_version")
+    if type(model_version) is not str:
+        raise ProtocolError("bad_field", "field 'model_version' must be a string")
+    rate_hz = message.get("rate_hz")
+    if type(rate_hz) is not float:
+        raise ProtocolError("bad_field", "field 'rate_hz' must be a float")
+    stage_ns = message.get("stage_ns", {})
+    if not isinstance(stage_ns, dict):
+        raise ProtocolError("bad_field", "field 'stage_ns' must be a map")
+    return Prediction(session=session, seq=seq, t_acq_ns=_int_field(message, "t_acq_ns"),
+                      t_recv_ns=_int_field(message, "t_recv_ns"), t_pub_ns=_int_field(message, "t_pub_ns"),
+                      forecast=forecast, predictable=predictable, decoded=decoded, model_version=model_version,
+                      rate_hz=rate_hz, stream_id=_int_field(message, "stream_id"),
+                      stream_frame=_int_field(message, "stream_frame"), folded=_int_field(message, "folded"),
+                      stage_ns=stage_ns)
+
+
+def _parse_error_body(message: dict) -> ErrorMessage:
+    code, text = message.get("code"), message.get("message")
+    if type(code) is not str or type(text) is not str:
+        raise ProtocolError("bad_field", "an error needs string fields 'code' and 'message'")
+    session = message.get("session") or ""
+    seq = message.get("seq")
+    t_recv_ns = message.get("t_recv_ns")
+    return ErrorMessage(code=code, message=text, session=session if isinstance(session, str) else "",
+                        seq=seq if type(seq) is int else None,
+                        t_recv_ns=t_recv_ns if type(t_recv_ns) is int else None)
+
+
+# --- control (REQ -> REP) ---------------------------------------------------------------------------
+
+@dataclass
+class ControlRequest:
+    cmd: str
+    args: dict
+
+    def session(self) -> str:
+        return _session_field(self.args)
+
+    def optional_int(self, name: str, low: int, high: int) -> int | None:
+        return _int_field(self.args, name, low=low, high=high, optional=True)
+
+    def string(self, name: str) -> str:
+        value = self.args.get(name)
+        if type(value) is not str or not value:
+            raise ProtocolError("bad_field", f"field {name!r} must be a non-empty string")
+        return value
+
+
+def build_request(cmd: str, **args) -> bytes:
+    return pack({"v": PROTOCOL_VERSION, "type": "request", "cmd": cmd, **args})
+
+
+def parse_request(data: bytes, *, max_bytes: int | None = None) -> ControlRequest:
+    message = unpack_map(data, max_bytes=max_bytes)
+    _check_envelope(message, ("request",))
+    cmd = message.get("cmd")
+    if cmd not in COMMANDS:
+        raise ProtocolError("unknown_command", f"unknown command {cmd!r}; commands are {', '.join(COMMANDS)}")
+    args = {k: v for k, v in message.items() if k not in ("v", "type", "cmd")}
+    return ControlRequest(cmd, args)
+
+
+def build_reply(cmd: str, **results) -> bytes:
+    return pack({"v": PROTOCOL_VERSION, "type": "reply", "ok": True, "cmd": cmd, **results})
+
+
+def parse_reply(data: bytes) -> dict | ErrorMessage:
+    """The fields of a control reply (without the envelope), or an :class:`ErrorMessage` for an error reply."""
+    message = unpack_map(data)
+    kind = _check_envelope(message, ("reply", "error"))
+    if kind == "error":
+        return _parse_error_body(message)
+    return {k: v for k, v in message.items() if k not in ("v", "type")}

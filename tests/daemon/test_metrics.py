@@ -1,0 +1,122 @@
+"""The Prometheus endpoint, scraped over real HTTP: counters agree with what was sent, histograms are
+filled, gauges describe sessions and model; the shipped Grafana dashboard only uses metrics that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from rtcalm.data import make_synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def scrape(harness) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(harness.endpoints["metrics"], timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def settled_scrape(harness, settled) -> dict:
+    """Scrape until ``settled(samples)``: the daemon updates some counters just after sending the
+    message the test waited for."""
+    deadline = time.monotonic() + 10
+    while True:
+        samples = scrape(harness)
+        if settled(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.02)
+
+
+def value(samples, name, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_counters_histograms_and_gauges(harness):
+    assert harness.endpoints["metrics"].startswith("http://127.0.0.1:")
+    before = scrape(harness)
+    frames = make_synthetic(n_neurons=12, n_frames=40, seed=7).dff
+    sender = harness.sender("m")
+    harness.send_lockstep(sender, frames[:20])
+    sender.send(frames[19], seq=19)  # duplicate
+    harness.error("m")
+    sender.send(frames[5], seq=5)  # out of order
+    harness.error("m")
+    harness.send_lockstep(sender, frames[23:24], seqs=[23])  # gap of 3
+    harness.push_raw(b"garbage")
+    harness.error()
+    published = value(before, "rtcalm_predictions_published_total") + 21
+    after = settled_scrape(harness, lambda s: value(s, "rtcalm_predictions_published_total") == published)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("rtcalm_frames_received_total") == 24
+    assert delta("rtcalm_predictions_published_total") == 21
+    assert delta("rtcalm_frames_duplicate_total") == 1
+    assert delta("rtcalm_frames_reordered_total") == 1
+    assert delta("rtcalm_gaps_total") == 1 and delta("rtcalm_gap_frames_total") == 3
+    assert delta("rtcalm_frames_malformed_total", code="malformed") == 1
+    assert delta("rtcalm_errors_published_total", code="duplicate") == 1
+    assert delta("rtcalm_receive_to_publish_seconds_count") == 21
+    for stage in ("validate", "stats", "model", "publish"):
+        assert delta("rtcalm_stage_seconds_count", stage=stage) == 21
+        assert delta("rtcalm_stage_seconds_sum", stage=stage) > 0
+    assert delta("rtcalm_acquisition_to_publish_seconds_count") == 21
+    assert value(after, "rtcalm_session_neurons", session="m") == 12
+    assert value(after, "rtcalm_sessions") == 1
+    version = harness.control.status()["model"]["version"]
+    assert value(after, "rtcalm_model_info", version=version, backend="torch-cpu") == 1
+    assert value(after, "rtcalm_ingest_backlog_frames") >= 1
+    assert 0 <= value(after, "rtcalm_session_predictable_fraction", session="m") <= 1
+
+    harness.control.stop_session("m")
+    stopped = scrape(harness)
+    assert ("rtcalm_session_neurons", (("session", "m"),)) not in stopped
+
+
+def test_batched_frames_are_counted(harness):
+    before = scrape(harness)
+    frames = make_synthetic(n_neurons=40, n_frames=200, seed=8).dff
+    sender = harness.sender("b")
+    for frame in frames:
+        sender.send(frame)
+    while harness.prediction("b").seq != 199:
+        pass
+    status = harness.session_status("b")
+    published = value(before, "rtcalm_predictions_published_total") + status["published"]
+    after = settled_scrape(harness, lambda s: value(s, "rtcalm_predictions_published_total") == published)
+
+    def delta(name):
+        return value(after, name) - value(before, name)
+
+    assert delta("rtcalm_frames_batched_total") == status["batched"] > 0
+    assert delta("rtcalm_predictions_published_total") == status["published"] == 200 - status["batched"]
+
+
+def _metric_names_in(expression: str) -> set[str]:
+    names = set(re.findall(r"\brtcalm_[a-z_]+", expression))
+    return {re.sub(r"_(bucket|sum|count)$", "", name) for name in names}
+
+
+def test_shipped_dashboard_and_scrape_config_match_the_metrics(harness):
+    exported = {family.name for family in text_string_to_metric_families(
+        urllib.request.urlopen(harness.endpoints["metrics"], timeout=10).read().decode())}
+    exported |= {name + "_total" for name in exported}  # the parser strips a counter's _total
+    dashboard = json.loads((REPO / "configs" / "grafana-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert expressions
+    used = set().union(*(_metric_names_in(e) for e in expressions))
+    assert used and used <= exported, f"dashboard uses unknown metrics: {sorted(used - exported)}"
+    scrape_config = (REPO / "configs" / "prometheus.yml").read_text()
+    assert "127.0.0.1:9750" in scrape_config and "/metrics" in scrape_config
