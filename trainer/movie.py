@@ -201,7 +201,7 @@ class MovieTrainConfig:
     lag: int = 4  # the window ends this many imaging frames after the decoded movie frame
     held_out_fraction: float = 0.2
     gap_s: float = 2.0
-    steps: int = 3000
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=32, help="model frame height (default: %(default)s)")
     parser.add_argument("--width", type=int, default=64, help="model frame width (default: %(default)s)")
     parser.add_argument("--neurons", type=int, default=1024, help="synthetic only (default: %(default)s)")
-    parser.add_argument("--frames", type=int, default=14400, help="synthetic only (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=27000, help="synthetic only (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     return parser
 

@@ -16,8 +16,9 @@ Two parts, usable separately:
      *complex* cells use the energy of a quadrature pair (phase-invariant). The drive is normalised by
      the response to the cell's own optimal grating at full contrast, so 1.0 = best possible stimulus.
   2. **Temporal integration**: an exponential low-pass (``temporal_tau_s``) on the drive.
-  3. **Static nonlinearity**: ``rate = baseline + peak * relu(drive - threshold) ** exponent`` (Hz),
-     times a shared slow gain (behavioural-state modulation, AR(1) in log-gain).
+  3. **Static nonlinearity**: a rectified Naka-Rushton contrast response,
+     ``rate = baseline + peak * x**n / (c50**n + x**n)`` with ``x = relu(drive)`` (Hz), times a shared
+     slow gain (behavioural-state modulation, AR(1) in log-gain).
   4. **Spikes**: Poisson counts per frame.
   5. **Calcium**: the GCaMP-like difference of exponentials of :mod:`rtcalm.data.synthetic`
      (rise ``rise_s``, decay ``decay_s``), per-neuron amplitude.
@@ -69,9 +70,9 @@ class VisualCortexConfig:
     spatial_frequency_max: float = 0.2
     envelope_cycles: float = 0.45  # Gabor sigma = envelope_cycles / spatial frequency
     temporal_tau_s: float = 0.05
-    threshold: float = 0.05  # in units of the optimal-grating drive
-    exponent: float = 1.5
-    peak_rate_hz: float = 40.0  # median rate at drive 1 (per-neuron spread x0.5-1.5)
+    semi_saturation: float = 0.1  # Naka-Rushton c50, in units of the optimal-grating drive
+    exponent: float = 2.0
+    peak_rate_hz: float = 30.0  # median saturated rate (per-neuron spread x0.5-1.5)
     baseline_rate_hz: float = 0.5
     gain_noise: float = 0.2  # std of the shared log-gain
     gain_timescale_s: float = 3.0
@@ -97,8 +98,8 @@ class VisualCortexConfig:
             raise ValueError("fractions and probabilities must be in [0, 1]")
         if not 0 < self.spatial_frequency_min <= self.spatial_frequency_max < 0.5:
             raise ValueError("need 0 < spatial_frequency_min <= spatial_frequency_max < 0.5 (Nyquist)")
-        if self.envelope_cycles <= 0 or self.temporal_tau_s <= 0 or self.exponent <= 0:
-            raise ValueError("envelope_cycles, temporal_tau_s and exponent must be positive")
+        if min(self.envelope_cycles, self.temporal_tau_s, self.exponent, self.semi_saturation) <= 0:
+            raise ValueError("envelope_cycles, temporal_tau_s, exponent and semi_saturation must be positive")
         if self.peak_rate_hz <= 0 or self.baseline_rate_hz < 0 or self.gain_noise < 0:
             raise ValueError("need peak_rate_hz > 0, baseline_rate_hz >= 0 and gain_noise >= 0")
         if self.rise_s <= 0 or self.decay_s <= self.rise_s:
@@ -269,9 +270,12 @@ def stimulus_drive(movie: np.ndarray, rf: dict) -> np.ndarray:
 
 
 def firing_rate(drive: np.ndarray, cfg: VisualCortexConfig, peak_rate_hz: np.ndarray | float | None = None) -> np.ndarray:
-    """The static nonlinearity (Hz), applied to a (temporally filtered) drive."""
+    """The static nonlinearity (Hz), applied to a (temporally filtered) drive: a rectified Naka-Rushton
+    contrast-response function, which saturates as V1 responses do, so low-contrast stimuli still
+    evoke responses while strong ones cannot run away."""
     peak = cfg.peak_rate_hz if peak_rate_hz is None else peak_rate_hz
-    return cfg.baseline_rate_hz + peak * np.maximum(drive - cfg.threshold, 0.0) ** cfg.exponent
+    x = np.maximum(drive, 0.0) ** cfg.exponent
+    return cfg.baseline_rate_hz + peak * x / (cfg.semi_saturation**cfg.exponent + x)
 
 
 # --- the simulation ----------------------------------------------------------------------------------

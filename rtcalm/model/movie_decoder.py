@@ -315,7 +315,7 @@ class SkipUNetDecoder(nn.Module):
             raise ValueError(f"expected embedding (B, {self.cfg.embed_dim}), got {tuple(embedding.shape)}")
         c0, (h0, w0) = self.cfg.stage_channels()[0], self.cfg.stage_grids()[0]
         x = self.stem(embedding).view(-1, c0, h0, w0)  # (B, C_0, h_0, w_0)
-        for inject, fuse, block, up in zip(self.injections, self.fusions, self.blocks, self.upsamples):
+        for inject, fuse, block, up in zip(self.injections, self.fusions, self.blocks, self.upsamples, strict=True):
             x = fuse(torch.cat([x, inject(embedding)], dim=1))  # (B, C_s, h_s, w_s)
             x = up(block(x))  # (B, C_s+1, 2 h_s, 2 w_s)
         return torch.sigmoid(self.head(x) + self.frame_prior)  # (B, 1, H, W)

@@ -132,7 +132,7 @@ def test_ssim_properties():
     y = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
     assert float(ssim(x, y)) == pytest.approx(float(ssim(y, x)), abs=1e-6)  # symmetric
     values = [float(ssim(x, (x + sigma * torch.randn_like(x)).clamp(0, 1))) for sigma in (0.02, 0.05, 0.1, 0.2, 0.4)]
-    assert all(a > b for a, b in zip(values, values[1:])), values  # decreases with noise
+    assert all(a > b for a, b in zip(values[:-1], values[1:], strict=True)), values  # decreases with noise
     assert 1 > values[0] and values[-1] > -1
     per_image = ssim(x, y, reduction="none")
     assert per_image.shape == (4,) and float(per_image.mean()) == pytest.approx(float(ssim(x, y)), abs=1e-6)
@@ -218,7 +218,7 @@ def fake_allen(tmp_path_factory):
     template = np.round(clip * 255).astype(np.uint8)
     gray = np.full((20, 24, 48), 0.5, dtype=np.float32)
     shown, start_frame, movie_frame = [gray], [], []
-    for repeat in range(6):
+    for _repeat in range(6):
         offset = sum(len(block) for block in shown)
         shown.append(template.astype(np.float32) / 255)
         shown.append(gray)

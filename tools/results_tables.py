@@ -1,0 +1,121 @@
+"""Render the result tables of docs/results.md from the training runs' own output files.
+
+    python tools/results_tables.py --default runs/default --ablation runs/ablation-tokens runs/ablation-continuous \\
+        --scratch runs/scratch/scratch.json [--decode runs/decode-direction.json] > docs/results_tables.md
+
+Inputs are what the commands in docs/results.md write: ``metrics.json`` of ``python -m trainer pretrain``
+(tokenizer metrics and the forecast protocol on validation and test mice), ``scratch.json`` of
+``tools/scratch_baseline.py`` and the ``--json`` output of ``rtcalm decode-eval``. Nothing is typed in
+by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{path}: {exc}") from None
+
+
+def forecast_table(protocol: dict) -> list[str]:
+    horizons = [str(h) for h in protocol["horizons"]]
+    rows = [("CalM (this model)", protocol["model"])] + [(name, scores) for name, scores in protocol["baselines"].items()]
+    lines = ["| forecaster | " + " | ".join(f"h={h} mse_ratio | h={h} pearson" for h in horizons) + " |",
+             "|---|" + "---|---|" * len(horizons)]
+    for name, scores in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{scores[h]['mse_ratio']:.4f} | {scores[h]['pearson']:.4f}"
+                                                 for h in horizons) + " |")
+    return lines
+
+
+def model_beats(protocol: dict, baseline: str) -> str:
+    horizons = [str(h) for h in protocol["horizons"]]
+    wins = [h for h in horizons if protocol["model"][h]["mse_ratio"] < protocol["baselines"][baseline][h]["mse_ratio"]]
+    return f"lower mse_ratio than {baseline} at {len(wins)} of {len(horizons)} horizons ({', '.join(wins) or 'none'})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--default", type=Path, required=True, help="run directory of the default model")
+    parser.add_argument("--ablation", type=Path, nargs=2, metavar=("TOKENS_RUN", "CONTINUOUS_RUN"))
+    parser.add_argument("--scratch", type=Path, help="scratch.json of tools/scratch_baseline.py")
+    parser.add_argument("--decode", type=Path, nargs="*", default=[], help="rtcalm decode-eval --json outputs")
+    args = parser.parse_args(argv)
+
+    metrics = _load(args.default / "metrics.json")
+    out = [f"### Forecasting on held-out mice ({', '.join(metrics['data']['test']['mice'])})", "",
+           f"Run `{args.default}`: {metrics['transformer']['steps']} transformer steps (best at "
+           f"{metrics['transformer']['best_step']}), {metrics['model']['parameters']:,} parameters, checkpoint "
+           f"{metrics['model']['checkpoint_bytes'] / 1e6:.2f} MB, trained in {metrics['training_wall_time_s'] / 60:.1f} min. "
+           f"Test files: {len(metrics['forecast_protocol']['test']['files'])}; context "
+           f"{metrics['forecast_protocol']['test']['context']} frames.", ""]
+    test = metrics["forecast_protocol"]["test"]
+    out += forecast_table(test)
+    out += ["", f"The model has {model_beats(test, 'pooled_ar')}, and {model_beats(test, 'copy_last')}.", ""]
+    validation = metrics["forecast_protocol"].get("validation")
+    if validation:
+        out += [f"Validation mouse ({', '.join(metrics['data']['validation']['mice'])}), used to pick the checkpoint:", ""]
+        out += forecast_table(validation) + [""]
+    tok = metrics["tokenizer"]
+    out += ["### Tokenizer on held-out mice", "",
+            "| split | reconstruction R² | perplexity | codes used |", "|---|---|---|---|"]
+    for split in ("validation", "test"):
+        if tok.get(split):
+            t = tok[split]
+            out.append(f"| {split} | {t['reconstruction_r2']:.3f} | {t['perplexity']:.1f} of {t['codebook_size']} | "
+                       f"{t['codes_used']} |")
+    out.append("")
+
+    if args.ablation:
+        tokens, continuous = (_load(run / "metrics.json") for run in args.ablation)
+        horizons = [str(h) for h in tokens["forecast_protocol"]["test"]["horizons"]]
+        out += ["### Ablation: tokenizer vs continuous inputs (same recipe and budget, test mice)", "",
+                f"Runs `{args.ablation[0]}` and `{args.ablation[1]}`: {tokens['transformer']['steps']} transformer steps each.",
+                "", "| input | " + " | ".join(f"h={h} mse_ratio" for h in horizons) + " |",
+                "|---|" + "---|" * len(horizons)]
+        for name, run in (("tokens (VQ codes)", tokens), ("continuous (no tokenizer)", continuous)):
+            scores = run["forecast_protocol"]["test"]["model"]
+            out.append(f"| {name} | " + " | ".join(f"{scores[h]['mse_ratio']:.4f}" for h in horizons) + " |")
+        out.append("")
+
+    if args.scratch:
+        scratch = _load(args.scratch)
+        horizons = [str(h) for h in scratch["horizons"]]
+        out += ["### Pretrained vs the same architecture trained from scratch on the target recording", "",
+                f"`tools/scratch_baseline.py`: scratch models trained on each file's first 70 % "
+                f"({scratch['tokenizer_steps']} tokenizer + {scratch['transformer_steps']} transformer steps, best "
+                f"checkpoint on the last frames before the test segment); both scored on the last 30 %.", "",
+                "| file | model | " + " | ".join(f"h={h} mse_ratio" for h in horizons) + " |",
+                "|---|---|" + "---|" * len(horizons)]
+        for row in scratch["per_file"]:
+            short = "/".join(Path(row["file"]).parts[-3:-1])
+            for name in ("pretrained", "scratch"):
+                out.append(f"| {short} | {name} | " + " | ".join(f"{row[name][h]['mse_ratio']:.4f}" for h in horizons) + " |")
+        for name in ("pretrained", "scratch"):
+            out.append(f"| **mean** | {name} | " + " | ".join(f"{scratch['mean'][name][h]['mse_ratio']:.4f}"
+                                                             for h in horizons) + " |")
+        out.append("")
+
+    for path in args.decode:
+        result = _load(path)
+        out += [f"### Decoding: {result['task']} ({result['metric']}, {result['folds']}-fold CV over trials)", "",
+                "| file | mouse | neurons | CalM head | linear mean response | chance |", "|---|---|---|---|---|---|"]
+        for row in result["per_file"]:
+            out.append(f"| {Path(row['file']).name} | {row['mouse']} | {row['neurons']} | {row['model']:.3f} | "
+                       f"{row['linear_mean_response']:.3f} | {row['chance']:.3f} |")
+        out.append(f"| **mean** | | | {result['model']:.3f} | {result['baselines']['linear_mean_response']:.3f} | "
+                   f"{result['baselines']['chance']:.3f} |")
+        out.append("")
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
