@@ -1,0 +1,146 @@
+"""The incremental CalM step as a pure function of explicit state tensors, for export and graph capture.
+
+``Calm.step`` updates a :class:`~rtcalm.model.StreamState` in place and picks the ring-buffer slot and the
+position-bias table with Python integers (``t % window``, ``t < window``). An exported graph (ONNX,
+TensorRT) or a captured CUDA graph cannot branch on Python values that change every frame, so
+:class:`StepGraph` expresses the same step with tensor ops only:
+
+    forward(frame (N,), token_window (N, Wt, 2), position (1,) int32, keys_t_0, values_0, keys_t_1, ...)
+        -> (forecast (N, horizon), hidden (N, d_model), token_window', position', keys_t_0', values_0', ...)
+
+and reuses the model's own modules (tokenizer, embeddings, LayerNorms, Linear layers, the cross-neuron
+attention and MLP forward passes, the heads), so there is one copy of the math. Differences from
+``Calm.step``, none of which changes a number:
+
+- the token window is kept oldest-first and shifted by one pair per frame (``Calm.step`` keeps a mirrored
+  ring buffer and slices it with a Python offset); the window the tokenizer reads holds the same values;
+- the per-layer key/value ring buffers have ``Calm.step``'s layout (``keys_t (N, head_dim, W)``,
+  ``values (N, W, head_dim)``, slot = frame index mod W), but the new key/value is written with a
+  ``where`` over a slot mask instead of an indexed in-place copy;
+- ``position`` replaces the frame counter: it indexes the table ``[warm-up biases (W); steady biases (W)]``
+  (``position = t`` while ``t < W``, else ``W + t % W``), so the slot is ``position`` or ``position - W``
+  and the next position wraps from ``2W - 1`` back to ``W``. It stays below ``2W`` however long the stream
+  runs, which keeps it an int32 and needs no modulo operator in the graph (older TensorRT parsers lack
+  ONNX ``Mod``);
+- "missing" is ``not |x| < inf`` (true for NaN and ±Inf, like ``~isfinite``) because ``IsInf`` is not in
+  every TensorRT ONNX parser.
+
+The outputs are new tensors; the engines keep two sets of state buffers and swap them every step
+(ONNX Runtime, TensorRT) or copy the outputs back inside the captured graph (torch CUDA graphs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rtcalm.model.calm import Calm, CalmConfig
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One state input of the step graph: its input name, the name of the updated output, and its shape
+    for N neurons (``None`` stands for N)."""
+
+    name: str
+    next_name: str
+    shape: tuple  # entries are ints or None (= n_neurons)
+    dtype: torch.dtype
+
+    def shape_for(self, n_neurons: int) -> tuple[int, ...]:
+        return tuple(n_neurons if d is None else d for d in self.shape)
+
+
+FRAME_INPUT = "frame"
+FORECAST_OUTPUT = "forecast"
+HIDDEN_OUTPUT = "hidden"  # (N, d_model) normalised final residual stream: what decoding heads read
+
+
+def state_layout(config: CalmConfig) -> list[StateTensor]:
+    """The state tensors in graph input order (after ``frame``); the updated ones follow ``forecast`` and
+    ``hidden`` in the outputs, in the same order."""
+    Wt, W, hd = config.token_window_frames, config.attention_window_frames, config.head_dim
+    layout = [StateTensor("token_window", "next_token_window", (None, Wt, 2), torch.float32),
+              StateTensor("position", "next_position", (1,), torch.int32)]
+    for layer in range(config.n_layers):
+        layout.append(StateTensor(f"keys_t_{layer}", f"next_keys_t_{layer}", (None, hd, W), torch.float32))
+        layout.append(StateTensor(f"values_{layer}", f"next_values_{layer}", (None, W, hd), torch.float32))
+    return layout
+
+
+def input_names(config: CalmConfig) -> list[str]:
+    return [FRAME_INPUT] + [s.name for s in state_layout(config)]
+
+
+def output_names(config: CalmConfig) -> list[str]:
+    return [FORECAST_OUTPUT, HIDDEN_OUTPUT] + [s.next_name for s in state_layout(config)]
+
+
+def initial_state(config: CalmConfig, n_neurons: int, device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """A fresh stream's state tensors in :func:`state_layout` order: empty history, every token-window
+    frame missing (as before the first frame in ``Calm.forward``), position 0."""
+    tensors = [torch.zeros(s.shape_for(n_neurons), dtype=s.dtype, device=device) for s in state_layout(config)]
+    tensors[0][..., 1] = 1.0  # token_window: [value 0, missing 1] for the frames before the stream start
+    return tensors
+
+
+class StepGraph(nn.Module):
+    """``Calm.step`` as a pure function of (frame, state) -> (forecast, new state); see the module
+    docstring. Holds a reference to ``model`` (not a copy), so its weights are the model's."""
+
+    def __init__(self, model: Calm):
+        super().__init__()
+        if model.training:
+            raise RuntimeError("StepGraph needs the model in eval mode (dropout off): call model.eval()")
+        self.model = model
+        config = model.config
+        self.window = config.attention_window_frames
+        tables = []
+        for block in model.blocks:
+            steady, warmup = block.temporal.slot_bias_tables()
+            tables.append(torch.cat([warmup, steady]))  # (2W, H, W): row = position
+        self.register_buffer("bias_tables", torch.stack(tables).detach(), persistent=False)  # (L, 2W, H, W)
+
+    def forward(self, frame: torch.Tensor, token_window: torch.Tensor, position: torch.Tensor,
+                *keys_and_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        model, config = self.model, self.model.config
+        W, D, H, hd = self.window, config.d_model, config.n_heads, config.head_dim
+        # 1. tokenizer window: drop the oldest [value, missing] pair, append the new one
+        finite = frame.abs() < float("inf")  # False for NaN and ±Inf
+        missing = (~finite).to(frame.dtype)
+        pair = torch.stack([torch.where(finite, frame, 0.0), missing], dim=-1)  # (N, 2)
+        next_token_window = torch.cat([token_window[:, 1:], pair.unsqueeze(1)], dim=1)  # (N, Wt, 2)
+        window = next_token_window.reshape(-1, 2 * config.token_window_frames)  # (N, 2 Wt) oldest first
+        # 2. input embedding
+        if config.input_mode == "tokens":
+            codes = model.tokenizer.encode(window)
+            x = model.code_embedding(codes)
+        else:
+            codes = None
+            x = model.window_projection(window)
+        x = torch.addcmul(x, missing.unsqueeze(-1), model.missing_embedding)
+        # 3. blocks; every layer writes the same ring slot and reads the bias row of this position
+        slot = torch.where(position >= W, position - W, position).long()  # (1,) int64, as scatter wants
+        N = frame.shape[0]
+        key_slot = slot.view(1, 1, 1).expand(N, hd, 1)
+        value_slot = slot.view(1, 1, 1).expand(N, 1, hd)
+        next_keys_and_values = []
+        for layer, block in enumerate(model.blocks):
+            keys_t, values = keys_and_values[2 * layer], keys_and_values[2 * layer + 1]
+            bias = self.bias_tables[layer].index_select(0, position).reshape(H, W)
+            temporal = block.temporal
+            qkv = temporal.qkv(block.time_norm(x))  # (N, D + 2 hd)
+            q = qkv[:, :D].reshape(-1, H, hd)
+            keys_t = keys_t.scatter(2, key_slot, qkv[:, D:D + hd].unsqueeze(-1))  # (N, hd, W)
+            values = values.scatter(1, value_slot, qkv[:, D + hd:].unsqueeze(1))  # (N, W, hd)
+            scores = torch.baddbmm(bias, q, keys_t, alpha=temporal.scale)  # (N, H, W)
+            attended = torch.bmm(torch.softmax(scores, dim=-1), values)  # (N, H, hd)
+            x = x + temporal.proj(attended.reshape(-1, D))
+            x = x + block.cross(block.neuron_norm(x))
+            x = x + block.mlp(block.mlp_norm(x))
+            next_keys_and_values += [keys_t, values]
+        heads = model._heads(x, window, codes, with_code_logits=False)
+        next_position = torch.where(position + 1 >= 2 * W, torch.full_like(position, W), position + 1)
+        return (heads.forecast, heads.hidden, next_token_window, next_position, *next_keys_and_values)
