@@ -42,6 +42,9 @@ def train_scratch(path: Path, config_path: Path, out: Path, tokenizer_steps: int
     from trainer.config import load_train_config
     from trainer.pretrain import pretrain
 
+    best = out / "run" / "checkpoints" / "best"
+    if (out / "run" / "metrics.json").exists():  # finished earlier: reuse it (rerunning only the scoring)
+        return best
     recording = load_recording(path)
     config = load_train_config(config_path)
     test_start = first_test_frame(recording.n_frames)
@@ -61,7 +64,7 @@ def train_scratch(path: Path, config_path: Path, out: Path, tokenizer_steps: int
                                         validate_every=max(1, transformer_steps // 8),
                                         checkpoint_every=max(1, transformer_steps // 8)))
     pretrain(config, data_root, out / "run", progress=False)
-    return out / "run" / "checkpoints" / "best"
+    return best
 
 
 def main(argv=None) -> int:
