@@ -377,7 +377,10 @@ def _append_log(out_dir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def final_report(config: TrainConfig, out_dir: Path, train, validation, test, skipped, state, log) -> dict:
+def final_report(config: TrainConfig, out_dir: Path, train, validation, test, skipped, state, log,
+                 pooled_ar_traces=None) -> dict:
+    """``pooled_ar_traces``: raw ΔF/F epochs to fit the pooled AR baseline on, instead of every training
+    recording (the distributed trainer passes a bounded sample of a memory-mapped store)."""
     from rtcalm.eval.forecast import fit_pooled_ar
 
     best_dir = out_dir / "checkpoints" / "best"
@@ -385,8 +388,9 @@ def final_report(config: TrainConfig, out_dir: Path, train, validation, test, sk
         save_checkpoint(load_checkpoint(out_dir / "checkpoints" / "last"), best_dir)
     model = load_checkpoint(best_dir)
     horizon = config.model.forecast_horizon_frames
-    train_traces = [epoch for s in train for epoch in s.recording.epochs()
-                    if epoch.shape[0] > 16 + horizon]
+    if pooled_ar_traces is None:
+        pooled_ar_traces = [epoch for s in train for epoch in s.recording.epochs()]
+    train_traces = [epoch for epoch in pooled_ar_traces if epoch.shape[0] > 16 + horizon]
     pooled_ar = fit_pooled_ar(train_traces, order=16, horizon=horizon, seed=config.seed) if train_traces else None
     metrics = {
         "name": config.name,
