@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "rtcalm.commands.decode_eval",
     "rtcalm.commands.compile",
     "rtcalm.commands.serve",
+    "rtcalm.commands.keys",
     "rtcalm.commands.replay",
     "rtcalm.commands.demo",
 ]

@@ -16,7 +16,9 @@ minimal Python::
             elif isinstance(message, ErrorMessage):
                 print(message.code, message.message)
 
-The wire format is in docs/protocol.md.
+The wire format is in docs/protocol.md. A daemon with CurveZMQ keys (``rtcalm serve --keys DIR``) only
+lets in clients that give theirs: ``keys=ClientKeys.from_directory(DIR, "rig1")`` (or
+``ClientKeys.load(server_public_file, client_secret_file)``) on each of the three classes.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ import zmq
 from rtcalm import protocol
 from rtcalm.errors import RtcalmError
 from rtcalm.protocol import ErrorMessage, Prediction
+from rtcalm.security import ClientKeys
 
 DEFAULT_INGEST = "tcp://127.0.0.1:7750"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:7751"
 DEFAULT_CONTROL = "tcp://127.0.0.1:7752"
 
-__all__ = ["ControlClient", "DaemonError", "ErrorMessage", "Prediction", "PredictionSubscriber", "RigSender"]
+__all__ = ["ClientKeys", "ControlClient", "DaemonError", "ErrorMessage", "Prediction", "PredictionSubscriber", "RigSender"]
 
 
 class DaemonError(RtcalmError):
@@ -58,7 +61,7 @@ class RigSender:
     """
 
     def __init__(self, address: str = DEFAULT_INGEST, session: str = "rig", *, first_seq: int = 0,
-                 hwm: int = 10000, context: zmq.Context | None = None):
+                 hwm: int = 10000, context: zmq.Context | None = None, keys: ClientKeys | None = None):
         if not protocol.SESSION_ID_PATTERN.fullmatch(session):
             raise ValueError(f"session id {session!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
         self.session = session
@@ -69,6 +72,8 @@ class RigSender:
         self._socket = self._context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 1000)  # on close, give queued frames a second to leave
+        if keys is not None:
+            keys.apply(self._socket)
         self._socket.connect(address)
 
     def send(self, dff, *, seq: int | None = None, t_acq_ns: int | None = None, reset: bool = False) -> bool:
@@ -116,9 +121,11 @@ class PredictionSubscriber:
     """
 
     def __init__(self, address: str = DEFAULT_PUBLISH, sessions: str | Iterable[str] | None = None, *,
-                 hwm: int = 1000, context: zmq.Context | None = None):
+                 hwm: int = 1000, context: zmq.Context | None = None, keys: ClientKeys | None = None):
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.SUB)
+        if keys is not None:
+            keys.apply(self._socket)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
         if sessions is None:
@@ -160,7 +167,9 @@ class ControlClient:
     on a timeout the socket is replaced (a REQ socket cannot send again before it has a reply) and
     TimeoutError is raised. Error replies raise :class:`DaemonError`."""
 
-    def __init__(self, address: str = DEFAULT_CONTROL, *, timeout_ms: int = 5000, context: zmq.Context | None = None):
+    def __init__(self, address: str = DEFAULT_CONTROL, *, timeout_ms: int = 5000, context: zmq.Context | None = None,
+                 keys: ClientKeys | None = None):
+        self._keys = keys
         self.address = address
         self.timeout_ms = timeout_ms
         self._context = context or zmq.Context.instance()
@@ -168,6 +177,8 @@ class ControlClient:
 
     def _new_socket(self) -> zmq.Socket:
         socket = self._context.socket(zmq.REQ)
+        if self._keys is not None:
+            self._keys.apply(socket)
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.address)
         return socket

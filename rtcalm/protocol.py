@@ -47,6 +47,7 @@ ERROR_CODES = {
     "non_finite": "a vector holds +-Inf (NaN is allowed and means 'missing')",
     "too_large": "the message or its neuron count exceeds the daemon's limits",
     "neuron_count": "the neuron count differs from the one the session was started with",
+    "neuron_range": "the serving model cannot run this neuron count (it was compiled for another range)",
     "duplicate": "a frame with this sequence number was already received; dropped",
     "out_of_order": "the frame is older than one already processed (its slot was filled as missing); dropped",
     "gap_too_large": "more frames were missing than the daemon fills in; the session state restarted",

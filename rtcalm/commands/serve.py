@@ -8,6 +8,10 @@ import os
 import signal
 import sys
 
+# rtcalm.engine.BACKENDS, spelled out here so that `rtcalm --help` does not import torch
+# (tests/daemon/test_config.py checks that the two agree).
+BACKENDS = ("auto", "torch", "onnx", "tensorrt")
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -22,6 +26,19 @@ def register(subparsers) -> None:
     parser.add_argument("--ingest", metavar="ADDR", help="ingest (PULL) address, e.g. tcp://127.0.0.1:7750")
     parser.add_argument("--publish", metavar="ADDR", help="publish (PUB) address, e.g. tcp://127.0.0.1:7751")
     parser.add_argument("--control", metavar="ADDR", help="control (REP) address, e.g. tcp://127.0.0.1:7752")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="where the model step runs (default: config, 'auto': TensorRT with a GPU, else ONNX "
+                             "Runtime, else torch; see docs/backends.md)")
+    parser.add_argument("--artifact", metavar="PATH",
+                        help="compiled model file (rtcalm compile) for the initial model (default: search "
+                             "<checkpoint>/compiled/)")
+    parser.add_argument("--keys", metavar="DIR",
+                        help="CurveZMQ: encrypt all sockets and admit only the clients authorized in DIR "
+                             "(written by `rtcalm keys generate DIR`; DIR/server.key_secret and "
+                             "DIR/authorized_clients)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow binding to non-loopback addresses without keys (plain text, no "
+                             "authentication: anyone who reaches the port can send frames and commands)")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="Prometheus metrics port on the metrics host (0: pick a free one; -1: no metrics)")
     parser.add_argument("--ready-file", metavar="FILE",
@@ -43,8 +60,18 @@ def build_config(args: argparse.Namespace):
             raise ConfigError(f"--metrics-port must be 0-65535 (or -1 for no metrics), got {args.metrics_port}")
         else:
             metrics["port"] = args.metrics_port
-    model = {"name": args.model} if args.model else {}
-    return config.replace(sockets=sockets, metrics=metrics, model=model)
+    model = {key: getattr(args, key) for key in ("backend", "artifact") if getattr(args, key)}
+    if args.model:
+        model["name"] = args.model
+    if args.insecure:
+        sockets["allow_non_loopback"] = True
+    security = {}
+    if args.keys:
+        from rtcalm.security import AUTHORIZED_DIR, SERVER_SECRET
+
+        security = {"server_secret_key": os.path.join(args.keys, SERVER_SECRET),
+                    "authorized_clients": os.path.join(args.keys, AUTHORIZED_DIR)}
+    return config.replace(sockets=sockets, security=security, metrics=metrics, model=model)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         engine = daemon.pipeline.engine
         print(f"rtcalm serve: model {engine.version} ({engine.backend}, horizon {engine.horizon} frames at "
               f"{engine.rate_hz:g} Hz)", file=sys.stderr)
+        print(f"rtcalm serve: backend  {engine.selection}", file=sys.stderr)
         for name, address in endpoints.items():
             print(f"rtcalm serve: {name:8s} {address}", file=sys.stderr)
         if args.ready_file:

@@ -5,12 +5,12 @@
     daemon.start(); daemon.run()
 
 Modules: ``config`` (TOML + overrides), ``server`` (sockets and the event loop), ``pipeline`` (the
-per-frame path), ``session`` (per-session state and normalisation), ``engine`` (the model and hot
-swaps), ``control`` (control commands), ``metrics`` (Prometheus). See docs/daemon.md.
+per-frame path), ``session`` (per-session state and normalisation), ``engine`` (hot
+swaps of the :class:`rtcalm.engine.StepEngine` that runs the model), ``control`` (control commands), ``metrics`` (Prometheus). See docs/daemon.md.
 """
 
 from rtcalm.daemon.config import ConfigError, DaemonConfig, config_from_dict, load_config
-from rtcalm.daemon.engine import Engine, load_engine
+from rtcalm.daemon.engine import StepEngine, load_engine
 from rtcalm.daemon.server import Daemon
 
-__all__ = ["ConfigError", "Daemon", "DaemonConfig", "Engine", "config_from_dict", "load_config", "load_engine"]
+__all__ = ["ConfigError", "Daemon", "DaemonConfig", "StepEngine", "config_from_dict", "load_config", "load_engine"]

@@ -1,9 +1,9 @@
 """Daemon configuration: defaults, the TOML file (``configs/daemon.toml``), and command-line overrides.
 
 Precedence: built-in defaults < ``--config FILE`` < command-line flags. Loading is strict: an unknown
-section or key, a value of the wrong type or out of range, or an address that is not loopback (unless
-``sockets.allow_non_loopback = true``) raises :class:`ConfigError` naming the file and the key, before
-anything is bound. Every section is a frozen dataclass, so a config that exists is a valid one.
+section or key, a value of the wrong type or out of range, or a socket address that is not loopback
+while the sockets have no CurveZMQ keys (``[security]``) and ``sockets.allow_non_loopback`` (``serve
+--insecure``) is off raises :class:`ConfigError` naming the file and the key, before anything is bound. Every section is a frozen dataclass, so a config that exists is a valid one.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtcalm.engine.loading import BACKENDS
 from rtcalm.errors import RtcalmError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -52,8 +53,10 @@ def check_address(value: str, *, allow_non_loopback: bool, what: str) -> str:
     if port != "*" and not 0 <= int(port) <= 65535:
         raise ConfigError(f"{what}: port {port} is outside 0-65535")
     if not allow_non_loopback and not _is_loopback(host):
-        raise ConfigError(f"{what}: {value!r} is not a loopback address; the daemon has no authentication "
-                          "yet, so binding beyond this machine needs sockets.allow_non_loopback = true")
+        raise ConfigError(f"{what}: {value!r} is not a loopback address; binding beyond this machine needs "
+                          "CurveZMQ keys ([security], rtcalm serve --keys DIR; make them with rtcalm keys "
+                          "generate DIR), or explicitly no security: sockets.allow_non_loopback = true "
+                          "(rtcalm serve --insecure)")
     if port == "0":
         value = value[: -len(port)] + "*"
     return value
@@ -66,7 +69,20 @@ class SocketsConfig:
     ingest: str = "tcp://127.0.0.1:7750"  # rig PUSH -> daemon PULL
     publish: str = "tcp://127.0.0.1:7751"  # daemon PUB -> subscribers
     control: str = "tcp://127.0.0.1:7752"  # REQ -> daemon REP
+    # Bind beyond loopback without keys (plain text, anyone who can reach the port): `serve --insecure`.
     allow_non_loopback: bool = False
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """CurveZMQ on all three sockets (rtcalm.security): both keys set, or neither (no encryption)."""
+
+    server_secret_key: str | None = None  # DIR/server.key_secret from `rtcalm keys generate DIR`
+    authorized_clients: str | None = None  # DIR/authorized_clients: public keys of the clients let in
+
+    @property
+    def enabled(self) -> bool:
+        return self.server_secret_key is not None
 
 
 @dataclass(frozen=True)
@@ -82,7 +98,11 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class ModelSection:
     name: str = "default"  # a shipped model name or a checkpoint directory
-    threads: int = 1  # torch intra-op threads for the model step
+    threads: int = 1  # intra-op threads for the model step (torch's process-wide, ONNX Runtime's per engine)
+    backend: str = "auto"  # rtcalm.engine.BACKENDS: auto | torch | onnx | tensorrt (docs/backends.md)
+    # A compiled file (rtcalm compile) for the initial model; unset: <checkpoint>/compiled/ is searched.
+    # Hot swaps always search the new checkpoint's compiled/ (an artifact belongs to one checkpoint).
+    artifact: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,9 @@ class LimitsConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_neurons: int = 65536
     max_sessions: int = 16
+    # Neurons over all sessions: what bounds the daemon's memory (per-session buffers and model state grow
+    # with the neuron count: the default model needs about 7 KB per neuron).
+    max_total_neurons: int = 262144
     max_gap_frames: int = 90  # gaps up to this are filled with missing frames; larger ones restart the session
     max_backlog_frames: int = 256  # messages drained from the ingest socket in one batch
     history_frames: int = 256  # normalised frames kept per session to warm a hot-swapped model
@@ -133,6 +156,7 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     sockets: SocketsConfig = field(default_factory=SocketsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     model: ModelSection = field(default_factory=ModelSection)
     stats: StatsSection = field(default_factory=StatsSection)
@@ -168,19 +192,28 @@ _RANGES = {
     ("limits", "max_message_bytes"): (1024, 1 << 30),
     ("limits", "max_neurons"): (1, 1 << 22),
     ("limits", "max_sessions"): (1, 10000),
+    ("limits", "max_total_neurons"): (1, 1 << 26),
     ("limits", "max_gap_frames"): (0, 10**6),
     ("limits", "max_backlog_frames"): (1, 100000),
     ("limits", "history_frames"): (1, 100000),
     ("limits", "ingest_hwm"): (1, 10**7),
     ("limits", "publish_hwm"): (1, 10**7),
 }
-_CHOICES = {("stats", "predictable_method"): ("knee", "poyo-cap")}
-_SECTION_CLASSES = {"sockets": SocketsConfig, "metrics": MetricsConfig, "model": ModelSection,
+_CHOICES = {("stats", "predictable_method"): ("knee", "poyo-cap"), ("model", "backend"): BACKENDS}
+_SECTION_CLASSES = {"sockets": SocketsConfig, "security": SecurityConfig, "metrics": MetricsConfig, "model": ModelSection,
                     "stats": StatsSection, "dff": DffSection, "sessions": SessionsSection, "limits": LimitsConfig}
+
+
+# Keys that may be left unset (None; in a file: absent). Set, they are non-empty strings.
+_OPTIONAL_STRINGS = {("model", "artifact"), ("security", "server_secret_key"), ("security", "authorized_clients")}
 
 
 def _check_value(section: str, key: str, value, default, source: str):
     where = f"{source}: [{section}] {key}"
+    if (section, key) in _OPTIONAL_STRINGS:
+        if value is not None and (type(value) is not str or not value):
+            raise ConfigError(f"{where} must be a non-empty string (or left out), got {value!r}")
+        return value
     if isinstance(default, bool):
         if type(value) is not bool:
             raise ConfigError(f"{where} must be true or false, got {value!r}")
@@ -224,8 +257,12 @@ def config_from_dict(document: dict, *, source: str = "config") -> DaemonConfig:
                    for key, value in values.items()}
         sections[name] = cls(**{**dataclasses.asdict(defaults), **checked})
 
+    security = sections["security"]
+    if (security.server_secret_key is None) != (security.authorized_clients is None):
+        raise ConfigError(f"{source}: [security] server_secret_key and authorized_clients go together "
+                          "(give both, or neither for no encryption)")
     sockets = sections["sockets"]
-    allow = sockets.allow_non_loopback
+    allow = sockets.allow_non_loopback or security.enabled
     sections["sockets"] = dataclasses.replace(
         sockets, **{name: check_address(getattr(sockets, name), allow_non_loopback=allow,
                                         what=f"{source}: [sockets] {name}")
@@ -239,9 +276,9 @@ def config_from_dict(document: dict, *, source: str = "config") -> DaemonConfig:
         raise ConfigError(f"{source}: [dff] window_frames ({dff.window_frames}) must be at least block_frames "
                           f"({dff.block_frames})")
     metrics = sections["metrics"]
-    if not allow and not _is_loopback(metrics.host):
-        raise ConfigError(f"{source}: [metrics] host {metrics.host!r} is not loopback "
-                          "(set sockets.allow_non_loopback = true to expose it)")
+    if not sockets.allow_non_loopback and not _is_loopback(metrics.host):  # plain HTTP, even with keys
+        raise ConfigError(f"{source}: [metrics] host {metrics.host!r} is not loopback; the metrics endpoint "
+                          "is plain HTTP (set sockets.allow_non_loopback = true to expose it anyway)")
     return DaemonConfig(**sections)
 
 

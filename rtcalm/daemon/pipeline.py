@@ -29,17 +29,20 @@ import zmq
 
 from rtcalm import protocol
 from rtcalm.daemon.config import DaemonConfig
-from rtcalm.daemon.engine import Engine, WarmedStream
+from rtcalm.daemon.engine import WarmedStream
 from rtcalm.daemon.metrics import DaemonMetrics, StageTimes
 from rtcalm.daemon.session import DUPLICATE, GAP, OUT_OF_ORDER, Session
+from rtcalm.engine import StepEngine
+from rtcalm.errors import RtcalmError
 from rtcalm.protocol import Frame, ProtocolError
 
 perf_ns = time.perf_counter_ns
+WARM_UP_NEURONS = 8  # the warm-up stream's size when the engine allows it
 wall_ns = time.time_ns
 
 
 class Pipeline:
-    def __init__(self, config: DaemonConfig, engine: Engine, metrics: DaemonMetrics, publisher: zmq.Socket):
+    def __init__(self, config: DaemonConfig, engine: StepEngine, metrics: DaemonMetrics, publisher: zmq.Socket):
         self.config = config
         self.limits = config.limits
         self.engine = engine
@@ -148,7 +151,11 @@ class Pipeline:
                 self.publish_error("too_many_sessions", f"already serving {len(self.sessions)} sessions "
                                    f"(limits.max_sessions); stop one first", frame.session, frame.seq, t_recv_ns)
                 return None
-            session = self.start_session(frame.session, frame.n_neurons, pinned=False)
+            try:
+                session = self.start_session(frame.session, frame.n_neurons, pinned=False)
+            except ProtocolError as error:
+                self.publish_error(error.code, error.message, frame.session, frame.seq, t_recv_ns)
+                return None
         elif frame.n_neurons != session.n_neurons:
             if session.pinned:
                 session.counts["rejected"] += 1
@@ -157,7 +164,12 @@ class Pipeline:
                                    f"{session.id!r} was started with {session.n_neurons}",
                                    session.id, frame.seq, t_recv_ns)
                 return None
-            session = self.restart_session(session, "neuron_count", n_neurons=frame.n_neurons)
+            try:
+                session = self.restart_session(session, "neuron_count", n_neurons=frame.n_neurons)
+            except ProtocolError as error:  # the model cannot serve the new count: keep the old stream
+                session.counts["rejected"] += 1
+                self.publish_error(error.code, error.message, session.id, frame.seq, t_recv_ns)
+                return None
         elif frame.reset:
             session = self.restart_session(session, "reset")
         if not session.accepts_kind(frame):
@@ -233,6 +245,16 @@ class Pipeline:
 
     # --- session lifecycle ---------------------------------------------------------------------------
     def start_session(self, session_id: str, n_neurons: int, *, pinned: bool) -> Session:
+        """Raises ProtocolError, changing nothing, when the engine cannot serve ``n_neurons`` (a compiled
+        artifact's range: 'neuron_range') or the sessions would exceed limits.max_total_neurons
+        ('too_large'). ``session_id``'s current stream, if any, is the one being replaced."""
+        if not self.engine.neurons.contains(n_neurons):
+            raise ProtocolError("neuron_range", f"{n_neurons} neurons: the serving model {self.engine.version} "
+                                f"({self.engine.backend}) runs {self.engine.neurons.describe()}")
+        others = sum(s.n_neurons for s in self.sessions.values() if s.id != session_id)
+        if others + n_neurons > self.limits.max_total_neurons:
+            raise ProtocolError("too_large", f"{n_neurons} more neurons would make {others + n_neurons} over all "
+                                f"sessions, above limits.max_total_neurons = {self.limits.max_total_neurons}")
         session = Session(session_id, n_neurons, self._next_stream_id, self.engine, self.config, pinned=pinned)
         self._next_stream_id += 1
         self.sessions[session_id] = session
@@ -257,15 +279,18 @@ class Pipeline:
 
     # --- between batches -----------------------------------------------------------------------------
     def warm_up(self) -> None:
-        """Run every per-frame piece once on a throw-away 8-neuron stream, so that the first real frame
-        does not pay for loading numba kernels or torch's first calls (hundreds of milliseconds)."""
-        frame = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
+        """Run every per-frame piece once on a throw-away stream of a few neurons, so that the first real
+        frame does not pay for loading numba kernels or the backend's first calls (hundreds of
+        milliseconds). The count is one the engine serves (a compiled artifact may be for a fixed range)."""
+        neurons = self.engine.neurons
+        n_probe = min(max(WARM_UP_NEURONS, neurons.min), neurons.max)
+        frame = np.linspace(-1.0, 1.0, n_probe, dtype=np.float32)
         payload = protocol.build_frame("warm-up", 0, 0, frame)
         protocol.parse_frame(payload, max_bytes=self.limits.max_message_bytes, max_neurons=self.limits.max_neurons,
                              inf_scratch=self._inf_scratch)
         for kind in ("dff", "fluorescence"):
             session = Session("warm-up", frame.shape[0], 0, self.engine, self.config, pinned=False)
-            probe = Frame("warm-up", 0, 0, 8, frame if kind == "dff" else None,
+            probe = Frame("warm-up", 0, 0, n_probe, frame if kind == "dff" else None,
                           raw=None if kind == "dff" else frame + 2.0, neuropil=None if kind == "dff" else frame + 1.0)
             session.accepts_kind(probe)
             for step in range(3):
@@ -289,10 +314,15 @@ class Pipeline:
                     continue
                 self.metrics.predictable_fraction.labels(session=session.id).set(fraction)
 
-    def install_engine(self, engine: Engine, warmed: dict[int, WarmedStream]) -> None:
+    def install_engine(self, engine: StepEngine, warmed: dict[int, WarmedStream]) -> None:
         """Switch every session to ``engine`` (between batches: nothing is pending). A session warmed by
         the swap catches up on the frames that arrived since its snapshot; any other (started during
-        the load, or too far ahead) is warmed here from its history."""
+        the load, or too far ahead) is warmed here from its history. Raises RtcalmError, changing
+        nothing, if ``engine`` cannot serve a running session's neuron count."""
+        unservable = sorted(s.id for s in self.sessions.values() if not engine.neurons.contains(s.n_neurons))
+        if unservable:
+            raise RtcalmError(f"model {engine.version} ({engine.backend}) runs {engine.neurons.describe()}, "
+                              f"which does not fit running session(s) {unservable}")
         for session in self.sessions.values():
             ready = warmed.get(session.stream_id)
             behind = None if ready is None else session.stream_frames - ready.frames_at_snapshot

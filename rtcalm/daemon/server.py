@@ -10,6 +10,10 @@ Sockets (all bound by the daemon; the rig and subscribers connect):
 - ingest  PULL: frames from rigs (PUSH). Errors cannot go back on a PULL socket; they are published.
 - publish PUB:  predictions and errors, topic = session id + NUL.
 - control REP:  commands, one reply per request.
+
+With ``[security]`` keys all three are CurveZMQ servers, and a ZAP authenticator thread
+(``zmq.auth.thread.ThreadAuthenticator``) admits only clients whose public key is in the authorized
+directory; other peers fail the handshake and never deliver a message (see rtcalm/security.py).
 """
 
 from __future__ import annotations
@@ -19,17 +23,22 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from rtcalm.daemon.config import DaemonConfig
 from rtcalm.daemon.control import ControlHandler
-from rtcalm.daemon.engine import Engine, ModelSwap, SessionSnapshot, load_engine, set_threads
+from rtcalm.daemon.engine import ModelSwap, SessionSnapshot, set_threads
 from rtcalm.daemon.metrics import DaemonMetrics
 from rtcalm.daemon.pipeline import Pipeline
+from rtcalm.engine import StepEngine, load_engine
 from rtcalm.errors import RtcalmError
 from rtcalm.protocol import ProtocolError
+from rtcalm.security import ServerKeys
 
+DRAIN_TIMEOUT_S = 2.0  # at most this long answering queued frames after a stop request
 POLL_INTERVAL_MS = 50  # how often an idle loop checks for stop requests and finished model loads
 # ZeroMQ drops (and disconnects) a message this many times over limits.max_message_bytes before
 # buffering it; up to that size the pipeline rejects it with a 'too_large' error that the rig sees.
@@ -48,9 +57,9 @@ class Sockets:
             socket.close(linger=0)
 
 
-def open_sockets(context: zmq.Context, config: DaemonConfig) -> Sockets:
-    """Create and bind the three sockets (the one place socket options live; authentication slots in
-    here). Raises RtcalmError naming the address if one cannot be bound."""
+def open_sockets(context: zmq.Context, config: DaemonConfig, keys: ServerKeys | None = None) -> Sockets:
+    """Create and bind the three sockets (the one place socket options live), as CurveZMQ servers when
+    ``keys`` are given. Raises RtcalmError naming the address if one cannot be bound."""
     limits = config.limits
     ingest = context.socket(zmq.PULL)
     ingest.setsockopt(zmq.RCVHWM, limits.ingest_hwm)
@@ -62,6 +71,8 @@ def open_sockets(context: zmq.Context, config: DaemonConfig) -> Sockets:
     sockets = Sockets(ingest, publish, control, {})
     for socket in (ingest, publish, control):
         socket.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.apply(socket)
     try:
         for name, socket in (("ingest", ingest), ("publish", publish), ("control", control)):
             address = getattr(config.sockets, name)
@@ -77,8 +88,10 @@ def open_sockets(context: zmq.Context, config: DaemonConfig) -> Sockets:
 
 
 class Daemon:
-    """The real-time daemon. ``engine``: a loaded model (default: load ``config.model.name``);
-    ``model_loader``: how ``load_model`` turns a name or path into an Engine (default :func:`load_engine`).
+    """The real-time daemon. ``engine``: a loaded model (default: ``config.model.name`` on
+    ``config.model.backend``, from ``config.model.artifact`` when set); ``model_loader``: how ``load_model``
+    turns a name or path into a StepEngine (default: :func:`rtcalm.engine.load_engine` on the configured
+    backend; a hot-swapped checkpoint's compiled artifacts are found in its ``compiled/`` directory).
 
         daemon = Daemon(config)
         daemon.start()          # bind sockets, start the metrics server
@@ -86,17 +99,20 @@ class Daemon:
         daemon.close()
     """
 
-    def __init__(self, config: DaemonConfig, *, engine: Engine | None = None, model_loader=load_engine):
+    def __init__(self, config: DaemonConfig, *, engine: StepEngine | None = None, model_loader=None):
         self.config = config
-        self.model_loader = model_loader
-        set_threads(config.model.threads)
+        model = config.model
+        self.model_loader = model_loader or partial(load_engine, backend=model.backend, threads=model.threads)
+        set_threads(model.threads)
         self.metrics = DaemonMetrics()
-        initial = engine if engine is not None else model_loader(config.model.name)
+        initial = engine if engine is not None else load_engine(model.name, backend=model.backend,
+                                                                 artifact=model.artifact, threads=model.threads)
         self.metrics.set_model(initial.version, initial.backend)
         self._initial_engine = initial
         self.swap: ModelSwap | None = None
         self.last_load_error: str | None = None
         self.context: zmq.Context | None = None
+        self.authenticator: ThreadAuthenticator | None = None
         self.sockets: Sockets | None = None
         self.pipeline: Pipeline | None = None
         self.control: ControlHandler | None = None
@@ -110,7 +126,8 @@ class Daemon:
         ports when ephemeral ones were asked for)."""
         self.context = zmq.Context()
         try:
-            self.sockets = open_sockets(self.context, self.config)
+            keys = self._start_authenticator() if self.config.security.enabled else None
+            self.sockets = open_sockets(self.context, self.config, keys)
             self.endpoints = dict(self.sockets.endpoints)
             metrics = self.config.metrics
             if metrics.enabled:
@@ -132,6 +149,16 @@ class Daemon:
         gc.freeze()
         return self.endpoints
 
+    def _start_authenticator(self) -> ServerKeys:
+        """Load the keys (RtcalmError if they are missing or bad) and start the ZAP handler that checks
+        every connecting client's public key against the authorized directory."""
+        security = self.config.security
+        keys = ServerKeys.load(security.server_secret_key, security.authorized_clients)
+        self.authenticator = ThreadAuthenticator(self.context)
+        self.authenticator.start()
+        self.authenticator.configure_curve(domain="*", location=str(keys.authorized_clients))
+        return keys
+
     def stop(self) -> None:
         """Ask the loop to finish (thread-safe; returns at once)."""
         self._stop.set()
@@ -140,6 +167,9 @@ class Daemon:
         if self.sockets is not None:
             self.sockets.close()
             self.sockets = None
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
         if self.context is not None:
             self.context.term()
             self.context = None
@@ -161,7 +191,7 @@ class Daemon:
 
     # --- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
-        sockets, pipeline, limits = self.sockets, self.pipeline, self.config.limits
+        sockets, pipeline = self.sockets, self.pipeline
         poller = zmq.Poller()
         poller.register(sockets.ingest, zmq.POLLIN)
         poller.register(sockets.control, zmq.POLLIN)
@@ -170,18 +200,30 @@ class Daemon:
             if sockets.control in events:
                 self._serve_control()
             if sockets.ingest in events:
-                batch = []
-                while len(batch) < limits.max_backlog_frames:
-                    try:
-                        parts = sockets.ingest.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    batch.append((parts, time.time_ns(), time.perf_counter_ns()))
-                pipeline.process(batch)
+                pipeline.process(self._receive_batch())
             if not sockets.ingest.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # idle: nothing waiting
                 if self.swap is not None and self.swap.done():
                     self._finish_model_swap()
                 pipeline.housekeeping()
+        self._drain()
+
+    def _receive_batch(self) -> list:
+        """Up to limits.max_backlog_frames messages already waiting on the ingest socket (none blocks)."""
+        ingest, batch = self.sockets.ingest, []
+        while len(batch) < self.config.limits.max_backlog_frames:
+            try:
+                parts = ingest.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            batch.append((parts, time.time_ns(), time.perf_counter_ns()))
+        return batch
+
+    def _drain(self) -> None:
+        """On stop (SIGTERM): answer the frames already queued, so a rig's last frames before a shutdown
+        get their predictions; bounded in time, since a rig may keep sending."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline and (batch := self._receive_batch()):
+            self.pipeline.process(batch)
 
     def _serve_control(self) -> None:
         control = self.sockets.control
@@ -207,13 +249,13 @@ class Daemon:
         self.metrics.model_loading.set(0)
         try:
             engine, warmed = swap.result()
+            self.pipeline.install_engine(engine, warmed)
         except Exception as exc:
             self.last_load_error = f"{swap.spec}: {exc}"
             self.metrics.model_loads.labels(result="failed").inc()
             if not isinstance(exc, RtcalmError):
                 traceback.print_exception(exc)
             return
-        self.pipeline.install_engine(engine, warmed)
         self.last_load_error = None
         self.metrics.set_model(engine.version, engine.backend)
         self.metrics.model_loads.labels(result="ok").inc()

@@ -22,7 +22,7 @@ import numpy as np
 
 from rtcalm.daemon import kernels
 from rtcalm.daemon.config import DaemonConfig
-from rtcalm.daemon.engine import Engine
+from rtcalm.engine import StepEngine
 from rtcalm.protocol import Frame
 from rtcalm.stats.dff import OnlineDff
 from rtcalm.stats.moments import StreamingStats
@@ -67,7 +67,7 @@ class Session:
     """One stream of one session. Created by :meth:`Sessions.start`; never resized (a new neuron count is a
     new Session)."""
 
-    def __init__(self, session_id: str, n_neurons: int, stream_id: int, engine: Engine, config: DaemonConfig,
+    def __init__(self, session_id: str, n_neurons: int, stream_id: int, engine: StepEngine, config: DaemonConfig,
                  *, pinned: bool):
         limits = config.limits
         self.id = session_id

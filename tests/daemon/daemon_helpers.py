@@ -42,9 +42,10 @@ def make_checkpoint(directory, seed: int) -> Calm:
 
 
 def make_config(**sections) -> DaemonConfig:
-    """Ephemeral loopback ports, metrics on a free port, a 10-frame warm-up; overrides per section."""
+    """Ephemeral loopback ports, metrics on a free port, a 10-frame warm-up, the torch backend (the
+    offline reference's own step, so forecasts match to float32 rounding); overrides per section."""
     base = {"sockets": {"ingest": EPHEMERAL, "publish": EPHEMERAL, "control": EPHEMERAL},
-            "metrics": {"port": 0}, "stats": {"warmup_frames": 10}}
+            "metrics": {"port": 0}, "stats": {"warmup_frames": 10}, "model": {"backend": "torch"}}
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)
     return DaemonConfig().replace(**base)
@@ -83,9 +84,10 @@ class Harness:
     """A daemon in a background thread plus connected clients. ``subscriber`` sees every session."""
 
     def __init__(self, config: DaemonConfig, model_spec: str, **daemon_kwargs):
-        from rtcalm.daemon.engine import load_engine
+        from rtcalm.engine import load_engine
 
-        self.daemon = Daemon(config, engine=load_engine(model_spec), **daemon_kwargs)
+        engine = load_engine(model_spec, backend=config.model.backend, threads=config.model.threads)
+        self.daemon = Daemon(config, engine=engine, **daemon_kwargs)
         self.endpoints = self.daemon.start_in_thread()
         self.context = zmq.Context()
         self.control = ControlClient(self.endpoints["control"], timeout_ms=20000, context=self.context)
@@ -98,12 +100,13 @@ class Harness:
         probe session until their predictions arrive, then stop that session."""
         probe = f"probe-{uuid.uuid4().hex[:8]}"
         subscriber.socket.setsockopt(zmq.SUBSCRIBE, protocol.topic_for(probe))
-        self.control.start_session(probe, 2)  # explicitly: works with sessions.auto_start off too
+        n_probe = max(2, self.daemon.pipeline.engine.neurons.min)  # a count the (compiled) model serves
+        self.control.start_session(probe, n_probe)  # explicitly: works with sessions.auto_start off too
         sender = RigSender(self.endpoints["ingest"], session=probe, context=self.context)
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
-                sender.send(np.zeros(2, np.float32))
+                sender.send(np.zeros(n_probe, np.float32))
                 message = subscriber.receive(timeout_ms=50)
                 while message is not None:
                     # Only the answer to the last probe frame sent proves that none is still in flight

@@ -76,7 +76,8 @@ def test_overrides_are_validated_like_the_file():
 
 
 def serve_args(**values) -> argparse.Namespace:
-    defaults = dict(config=None, ingest=None, publish=None, control=None, metrics_port=None, model=None)
+    defaults = dict(config=None, ingest=None, publish=None, control=None, metrics_port=None, model=None,
+                    backend=None, artifact=None, keys=None, insecure=False)
     defaults.update(values)
     return argparse.Namespace(**defaults)
 
@@ -88,6 +89,10 @@ def test_serve_flags_override_the_file(tmp_path):
                                      model="from-flag"))
     assert config.sockets.ingest == "tcp://127.0.0.1:8000" and config.sockets.publish == "tcp://127.0.0.1:8001"
     assert not config.metrics.enabled and config.model.name == "from-flag"
+    assert config.model.backend == "auto"  # not given anywhere
+    flagged = build_config(serve_args(config=str(path), backend="onnx", artifact="/a/onnx-n1-64.onnx"))
+    assert (flagged.model.name, flagged.model.backend, flagged.model.artifact) == ("from-file", "onnx",
+                                                                                 "/a/onnx-n1-64.onnx")
 
 
 @pytest.mark.parametrize("argv, problem", [
@@ -104,3 +109,17 @@ def test_cli_errors_are_one_line_and_exit_2(capsys, argv, problem):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rtcalm: error:") and problem in err and "\n" not in err
+
+
+def test_model_backend_and_artifact_are_validated():
+    from rtcalm.commands.serve import BACKENDS as SERVE_CHOICES
+    from rtcalm.engine import BACKENDS
+
+    assert SERVE_CHOICES == BACKENDS  # the CLI's choices are spelled out to keep --help torch-free
+    config = DaemonConfig().replace(model={"backend": "onnx", "artifact": "/x/onnx-n1-64.onnx"})
+    assert (config.model.backend, config.model.artifact) == ("onnx", "/x/onnx-n1-64.onnx")
+    assert DaemonConfig().model.backend == "auto" and DaemonConfig().model.artifact is None
+    for bad, message in (({"backend": "cuda"}, "choose one of auto, torch, onnx, tensorrt"),
+                         ({"artifact": ""}, "non-empty string"), ({"backend": 1}, "non-empty string")):
+        with pytest.raises(ConfigError, match=message):
+            DaemonConfig().replace(model=bad)

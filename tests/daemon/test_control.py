@@ -12,8 +12,8 @@ from daemon_helpers import OfflineReference, make_config
 
 from rtcalm import protocol
 from rtcalm.client import DaemonError
-from rtcalm.daemon.engine import load_engine
 from rtcalm.data import make_synthetic
+from rtcalm.engine import load_engine
 from rtcalm.model import load_checkpoint
 from rtcalm.stats import StreamingStats
 
@@ -156,7 +156,7 @@ def test_second_load_while_loading_is_refused(make_harness, checkpoint, frames):
 
     def slow_loader(spec):  # the real loader, held until the test has tried a second load
         release.wait(30)
-        return load_engine(spec)
+        return load_engine(spec, backend="torch")
 
     h = make_harness(model_loader=slow_loader)
     h.send_lockstep(h.sender("busy"), frames[:3])

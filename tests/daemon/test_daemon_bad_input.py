@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from daemon_helpers import OfflineReference, make_config
 
+from rtcalm.client import DaemonError
 from rtcalm.data import make_synthetic
 
 N = 16
@@ -130,3 +131,27 @@ def test_auto_started_sessions_are_limited(make_harness, frames):
     assert h.error("second").code == "too_many_sessions"
     assert h.send_lockstep(h.sender("first"), frames[2:3], seqs=[2])[0].seq == 2
 
+
+
+def test_total_neurons_over_all_sessions_are_bounded(make_harness, frames):
+    """limits.max_total_neurons bounds memory across sessions: a frame or start that would exceed it is an
+    error reply (too_large) and a counter, and the sessions already running are untouched."""
+    h = make_harness(limits={"max_total_neurons": 2 * N + 2})  # room for two sessions of N (plus the probe)
+    first, second = h.sender("one"), h.sender("two")
+    h.send_lockstep(first, frames[:3])
+    h.send_lockstep(second, frames[:3])
+    third = h.sender("three")
+    third.send(frames[0])
+    error = h.error("three")
+    assert error.code == "too_large" and "max_total_neurons" in error.message
+    with pytest.raises(DaemonError) as info:
+        h.control.start_session("four", N)
+    assert info.value.code == "too_large"
+    # Growing a running session past the budget is refused too; it keeps its stream.
+    second.send(np.zeros(N + 8, np.float32), seq=3)
+    assert h.error("two").code == "too_large"
+    assert h.send_lockstep(second, frames[4:5], seqs=[4])[0].forecast.shape[0] == N
+    sessions = {s["session"] for s in h.control.status()["sessions"]}
+    assert sessions == {"one", "two"}
+    errors = h.daemon.metrics.errors_published["too_large"]._value.get()
+    assert errors >= 2

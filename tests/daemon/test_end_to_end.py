@@ -42,8 +42,9 @@ def test_real_recordings_through_the_serve_process(checkpoint, model, cascade_ma
     recordings = {"cascade": load_recording(cascade_mat).dff[:900],
                   "allen-a": load_recording(neurodio_files[0]).dff[:600],
                   "allen-b": load_recording(neurodio_files[-1]).dff[:600]}
-    config = DaemonConfig()  # `rtcalm serve` runs with the defaults (only the ports differ)
-    with DaemonProcess(model=str(checkpoint), metrics=False) as daemon:
+    config = DaemonConfig()  # `rtcalm serve` runs with the defaults (only the ports and the backend differ)
+    # torch: the reference's own step, so forecasts agree to rounding (ONNX: test_onnx_backend_...)
+    with DaemonProcess(model=str(checkpoint), metrics=False, extra_args=["--backend", "torch"]) as daemon:
         control = ControlClient(daemon.endpoints["control"], timeout_ms=30000)
         subscriber = PredictionSubscriber(daemon.endpoints["publish"], sessions=[*recordings, "handshake"])
         senders = {name: RigSender(daemon.endpoints["ingest"], session=name) for name in [*recordings, "handshake"]}

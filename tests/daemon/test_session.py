@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from daemon_helpers import make_config
 
-from rtcalm.daemon.engine import load_engine
 from rtcalm.daemon.session import DUPLICATE, GAP, IN_ORDER, OUT_OF_ORDER, Scale, Session, new_stats
+from rtcalm.engine import load_engine
 
 
 def test_scale_is_the_running_mean_and_std_of_the_frames_so_far():
@@ -41,7 +41,7 @@ def test_scale_is_the_running_mean_and_std_of_the_frames_so_far():
 
 
 def test_sequence_classification(checkpoint):
-    session = Session("s", 3, 1, load_engine(str(checkpoint)), make_config(), pinned=False)
+    session = Session("s", 3, 1, load_engine(str(checkpoint), backend="torch"), make_config(), pinned=False)
     assert session.classify(17) == (IN_ORDER, 0)  # the first frame may have any number
     session.last_seq = 17
     assert session.classify(18) == (IN_ORDER, 0)
@@ -54,7 +54,7 @@ def test_sequence_classification(checkpoint):
 def test_history_tail_is_the_latest_normalised_frames_in_order(checkpoint, k):
     config = make_config(limits={"history_frames": 8, "max_backlog_frames": 4, "max_gap_frames": 2},
                          stats={"warmup_frames": 2})
-    session = Session("s", 2, 1, load_engine(str(checkpoint)), config, pinned=False)
+    session = Session("s", 2, 1, load_engine(str(checkpoint), backend="torch"), config, pinned=False)
     rows = []
     for t in range(20):
         if session.pending_full():

@@ -1,0 +1,145 @@
+"""A real Prometheus server scraping a running daemon with the shipped scrape config, queried over its
+HTTP API: the latency histogram gives a plausible p99 and the frame counters agree with the daemon.
+
+Needs the ``prometheus`` binary (Debian package ``prometheus``; .ci/run installs it); skipped without."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_metrics import scrape
+
+from rtcalm.data import make_synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_CONFIG = REPO / "configs" / "prometheus.yml"
+SHIPPED_TARGET = '"127.0.0.1:9750"'  # the daemon's default metrics address in the shipped targets list
+PROMETHEUS = shutil.which("prometheus")
+
+pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="the prometheus binary is not installed (Debian: "
+                                                           "apt-get install prometheus; .ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape_config_for(metrics_url: str) -> str:
+    """The shipped config with the test daemon's metrics address as the target and 1 s intervals. Fails
+    if the shipped file no longer has the pieces this rewrites (the test would then not test it)."""
+    text = SHIPPED_CONFIG.read_text()
+    target = urllib.parse.urlsplit(metrics_url).netloc
+    assert text.count(SHIPPED_TARGET) == 1, f"{SHIPPED_CONFIG} no longer targets {SHIPPED_TARGET}"
+    text = text.replace(SHIPPED_TARGET, f'"{target}"')
+    text, intervals = re.subn(r"(scrape_interval|evaluation_interval): *\S+", r"\1: 1s", text)
+    assert intervals >= 2
+    return text
+
+
+class Prometheus:
+    def __init__(self, config_path: Path, storage: Path):
+        self.address = f"127.0.0.1:{free_port()}"
+        self.log_path = storage.parent / "prometheus.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={config_path}", f"--storage.tsdb.path={storage}",
+                 f"--web.listen-address={self.address}"], stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"prometheus was not ready within {timeout_s} s:\n{self.log()}")
+
+    def query(self, expression: str) -> list[dict]:
+        url = f"http://{self.address}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def scalar(self, expression: str) -> float | None:
+        """The single value of an instant query; None while it has no result."""
+        result = self.query(expression)
+        assert len(result) <= 1, result
+        return float(result[0]["value"][1]) if result else None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_for(condition, timeout_s: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise TimeoutError(f"{what} not met within {timeout_s} s")
+
+
+def test_prometheus_scrapes_the_daemon_with_the_shipped_config(harness, tmp_path):
+    config_path = tmp_path / "prometheus.yml"
+    config_path.write_text(scrape_config_for(harness.endpoints["metrics"]))
+    prometheus = Prometheus(config_path, tmp_path / "tsdb")
+    try:
+        wait_for(lambda: prometheus.scalar('up{job="rtcalm"}') == 1.0, what="a successful scrape of the daemon")
+        frames = make_synthetic(n_neurons=32, n_frames=90, seed=4).dff
+        sender = harness.sender("scraped")
+        for frame in frames:  # lockstep at the daemon's pace: about 3 s of 1 s scrapes
+            sender.send(frame)
+            harness.prediction("scraped")
+            time.sleep(0.02)
+        daemon_counts = scrape(harness)
+        received = daemon_counts[("rtcalm_frames_received_total", ())]
+        published = daemon_counts[("rtcalm_predictions_published_total", ())]
+        assert received >= len(frames) and published >= len(frames)  # plus the harness's probe frames
+
+        # Once Prometheus has scraped after the last frame, its counters equal the daemon's.
+        wait_for(lambda: prometheus.scalar('rtcalm_frames_received_total{job="rtcalm",rig="rig1"}') == received,
+                 what=f"Prometheus' rtcalm_frames_received_total to reach {received}")
+        assert prometheus.scalar("rtcalm_predictions_published_total") == published
+        assert prometheus.scalar('sum(rtcalm_frames_malformed_total)') == 0
+
+        # p99 of the receive-to-publish latency from the histogram buckets: present and plausible (a
+        # small model answers in milliseconds; 1 s would mean the daemon stalled).
+        p99 = prometheus.scalar("histogram_quantile(0.99, sum by (le) (rtcalm_receive_to_publish_seconds_bucket))")
+        p50 = prometheus.scalar("histogram_quantile(0.50, sum by (le) (rtcalm_receive_to_publish_seconds_bucket))")
+        assert p99 is not None and np.isfinite(p99), p99
+        assert 0 < p50 <= p99 < 1.0, (p50, p99)
+        # The rate over the streaming window is what a dashboard shows: frames per second while streaming.
+        rate = prometheus.scalar("max_over_time(rate(rtcalm_predictions_published_total[3s])[30s:1s])")
+        assert rate is not None and rate > 1.0, rate
+        model_info = prometheus.query("rtcalm_model_info")
+        assert [series["metric"]["backend"] for series in model_info] == ["torch-cpu"]
+    finally:
+        prometheus.stop()
