@@ -180,15 +180,24 @@ class ControlClient:
         if self._keys is not None:
             self._keys.apply(socket)
         socket.setsockopt(zmq.LINGER, 0)
+        # A REQ socket without a live peer (daemon down, or a CURVE handshake the daemon refused) blocks
+        # in send; bound that wait too, so a request can never hang the caller.
+        socket.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
         socket.connect(self.address)
         return socket
 
+    def _timed_out(self, cmd: str) -> TimeoutError:
+        self._socket.close()
+        self._socket = self._new_socket()
+        return TimeoutError(f"no reply to {cmd!r} from {self.address} within {self.timeout_ms} ms")
+
     def request(self, cmd: str, **args) -> dict:
-        self._socket.send(protocol.build_request(cmd, **args))
+        try:
+            self._socket.send(protocol.build_request(cmd, **args))
+        except zmq.Again:
+            raise self._timed_out(cmd) from None
         if not self._socket.poll(self.timeout_ms, zmq.POLLIN):
-            self._socket.close()
-            self._socket = self._new_socket()
-            raise TimeoutError(f"no reply to {cmd!r} from {self.address} within {self.timeout_ms} ms")
+            raise self._timed_out(cmd)
         reply = protocol.parse_reply(self._socket.recv())
         if isinstance(reply, ErrorMessage):
             raise DaemonError(reply.code, reply.message)
