@@ -31,7 +31,6 @@ from rtcalm.eval.forecast import evaluate, first_test_frame, model_forecaster
 from rtcalm.model.checkpoint import load_model
 
 
-
 def piece(recording: Recording, start: int, stop: int, mouse: str) -> Recording:
     meta = dataclasses.replace(recording.meta, mouse=mouse, extra={**recording.meta.extra, "frames": f"{start}:{stop}"})
     return Recording(dff=recording.dff[start:stop], rate_hz=recording.rate_hz, neuron_ids=recording.neuron_ids,

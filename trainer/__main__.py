@@ -11,20 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from rtcalm.commands.arguments import positive_int
 from rtcalm.errors import RtcalmError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTED_OPTIONS = ("accumulation_steps", "precision", "device", "log_every")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

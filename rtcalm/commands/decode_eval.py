@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rtcalm.commands.forecast_eval import positive_int
+from rtcalm.commands.arguments import positive_int
 from rtcalm.eval.decode import TASKS
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rtcalm.commands.arguments import positive_int
 from rtcalm.errors import RtcalmError
 
 
@@ -21,16 +22,6 @@ def parse_horizons(text: str) -> list[int]:
     if not horizons or min(horizons) < 1:
         raise argparse.ArgumentTypeError(f"horizons must be positive integers, got {text!r}")
     return sorted(set(horizons))
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def register(subparsers) -> None:

@@ -14,6 +14,7 @@ import pickle
 
 import numpy as np
 
+
 def _numpy_scalar_constructor():
     # numpy 2 moved numpy.core to numpy._core; both spellings appear in pickles.
     try:

@@ -130,9 +130,9 @@ def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | 
                        seed: int = 0) -> dict:
     data = task_data(recording, task)
     splits = fold_indices(data.targets, data.metric, folds, seed)
+    mean_responses = mean_response_features(recording, data.response_frames)
     decoders: dict[str, Callable] = {
-        "linear_mean_response": lambda tr, te, x=mean_response_features(recording, data.response_frames):
-            _fit_predict(x, data.targets, tr, te, data.metric),
+        "linear_mean_response": lambda tr, te: _fit_predict(mean_responses, data.targets, tr, te, data.metric),
         "chance": lambda tr, te: _chance_predict(data.targets, tr, te, data.metric),
     }
     if feature_fn is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import h5py
 import numpy as np
 import pytest
@@ -90,13 +92,13 @@ def test_allen_nwb_nan_and_truncated(tmp_path):
 
 def test_nwb2_roi_response_series(tmp_path):
     pynwb = pytest.importorskip("pynwb", reason="pynwb (the nwb extra) is not installed")
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pynwb.file import Subject
     from pynwb.ophys import DfOverF, ImageSegmentation, OpticalChannel
 
     nwbfile = pynwb.NWBFile(session_description="test", identifier="id-1", session_id="sess-7",
-                            session_start_time=datetime(2024, 1, 1, tzinfo=timezone.utc),
+                            session_start_time=datetime(2024, 1, 1, tzinfo=UTC),
                             subject=Subject(subject_id="mouse-42", genotype="Vip-IRES-Cre; Ai148", species="Mus musculus"))
     device = nwbfile.create_device(name="scope")
     plane = nwbfile.create_imaging_plane(

@@ -82,7 +82,7 @@ def test_grating_trials(grating_files):
     summaries = _info_json(grating_files)
     for path, summary in zip(grating_files, summaries, strict=True):
         mouse = summary["meta"]["mouse"]
-        assert summary["neurons"] == GRATING_NEURONS[mouse]
+        assert mouse in path.name and summary["neurons"] == GRATING_NEURONS[mouse]
         assert (summary["trials"], summary["frames_per_trial"], summary["rate_hz"]) == (128, 49, 16.0)
         assert summary["trial_structured"] is True
         assert {"running_speed", "pupil", "direction_deg"} <= set(summary["labels"])

@@ -47,7 +47,9 @@ def test_informative_trials_beat_chance_and_uninformative_do_not():
 
 def test_regression_task_and_model_features():
     rec = _trial_recording(informative=False)
-    features = lambda r: r.dff[:, 10:, :1].mean(axis=1)  # neuron 0's response: the speed carrier
+    def features(r):
+        return r.dff[:, 10:, :1].mean(axis=1)  # neuron 0's response: the speed carrier
+
     result = evaluate([rec], "speed", features, folds=4)
     assert result["metric"] == "r2" and result["model"] > 0.8
     assert result["baselines"]["chance"] < 0.05

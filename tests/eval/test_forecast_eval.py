@@ -11,8 +11,8 @@ from rtcalm.eval.forecast import (
     baseline_forecasters,
     context_mean,
     evaluate,
-    fit_pooled_ar,
     first_test_frame,
+    fit_pooled_ar,
 )
 
 

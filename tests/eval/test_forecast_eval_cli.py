@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtcalm.data import make_synthetic, save_recording
-from rtcalm.eval.forecast import fit_pooled_ar, first_test_frame, model_forecaster
+from rtcalm.eval.forecast import first_test_frame, fit_pooled_ar, model_forecaster
 from rtcalm.model import Calm, CalmConfig
 from rtcalm.model.checkpoint import save_checkpoint
 

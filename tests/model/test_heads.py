@@ -85,4 +85,4 @@ def test_finetuning_changes_backbone_and_lowers_loss():
     with torch.no_grad():
         loss_after = loss_fn(head(model(torch.from_numpy(epochs)).hidden[:, response].mean(1)), labels)
     assert loss_after < loss_before
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
