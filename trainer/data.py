@@ -47,18 +47,25 @@ def zscore_recording(recording: Recording) -> list[torch.Tensor]:
     return [torch.from_numpy(((epoch - mean) / std).astype(np.float32)) for epoch in recording.epochs()]
 
 
+def matching_files(root: Path, patterns: list[str]) -> list[Path]:
+    """Files under ``root`` matched by the config's globs, in order, each once; a pattern that matches
+    nothing is an error (a typo would otherwise silently train on less data)."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True))
+        if not matches:
+            raise TrainDataError(f"{root / pattern}: the pattern matches no file")
+        paths += [p for p in matches if p not in paths]
+    return paths
+
+
 def load_sessions(data_root, config: DataConfig, log=print) -> tuple[list[Session], list[tuple[str, str]]]:
     """All recordings matched by ``config.files`` under ``data_root``. Returns (sessions, skipped) where
     skipped lists (file, reason) for recordings that cannot be used."""
     root = Path(data_root)
     if not root.is_dir():
         raise TrainDataError(f"{root}: data root is not a directory (set --data-root)")
-    paths: list[Path] = []
-    for pattern in config.files:
-        matches = sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True))
-        if not matches:
-            raise TrainDataError(f"{root / pattern}: the pattern matches no file")
-        paths += [p for p in matches if p not in paths]
+    paths = matching_files(root, config.files)
     sessions, skipped = [], []
     for path in paths:
         rel = str(path.relative_to(root))

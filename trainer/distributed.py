@@ -50,7 +50,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rtcalm.errors import RtcalmError
-from rtcalm.model import Calm, save_checkpoint
+from rtcalm.model import Calm
 from rtcalm.model.objectives import future_targets, next_code_targets
 from trainer.config import DataConfig, TrainConfig
 from trainer.data import (
@@ -59,6 +59,7 @@ from trainer.data import (
     fixed_crops,
     interleave,
     load_sessions,
+    matching_files,
     split_by_mouse,
     tokenizer_batch,
     zscore_recording,
@@ -68,10 +69,10 @@ from trainer.pretrain import (
     _append_log,
     drop_frames,
     final_report,
-    forecast_validation,
     lr_at,
     tokenizer_metrics,
     transformer_parameter_groups,
+    validate_transformer,
     validation_windows,
 )
 from trainer.state import load_training_state, read_trainer_state, save_training_state
@@ -353,7 +354,6 @@ class StoreSelection:
 def select_store_sessions(root: Path, config: DataConfig) -> tuple[list[StoreSelection], list[tuple[str, str]]]:
     """The config's globs over a store, with :func:`trainer.data.load_sessions`'s order and filters,
     from the manifest alone."""
-    import glob
 
     from rtcalm.data.store import SessionStore
 
@@ -363,12 +363,7 @@ def select_store_sessions(root: Path, config: DataConfig) -> tuple[list[StoreSel
                              "building it)")
     store = SessionStore(root)
     by_path = {entry["path"]: entry for entry in store.sessions}
-    paths: list[Path] = []
-    for pattern in config.files:
-        matches = sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True))
-        if not matches:
-            raise TrainDataError(f"{root / pattern}: the pattern matches no file")
-        paths += [p for p in matches if p not in paths]
+    paths = matching_files(root, config.files)
     chosen, skipped = [], []
     for path in paths:
         rel = path.relative_to(root).as_posix()
@@ -892,16 +887,9 @@ def pretrain_distributed(config: TrainConfig, data_root, out_dir, settings: Dist
                 step_log.write("transformer", state["step"], parts["loss"], lr, scfg.batch_crops,
                                elapsed_before + time.time() - start_time)
             if rt.is_main and (state["step"] % scfg.validate_every == 0 or state["step"] == scfg.steps):
-                metrics = forecast_validation(model, val_crops, context, scfg.next_code_weight)
+                metrics = validate_transformer(model, val_crops, context, scfg.next_code_weight, parts, state,
+                                               out_dir, best_dir, model_metadata())
                 model.tokenizer.eval()
-                record = {"stage": "transformer", "step": state["step"], **{f"train_{k}": v for k, v in parts.items()},
-                          **{f"validation_{k}": v for k, v in metrics.items()}}
-                state["history"].append(record)
-                _append_log(out_dir, record)
-                best = state["best_validation_forecast_mse"]
-                if best is None or metrics["forecast_mse"] < best:
-                    state["best_validation_forecast_mse"], state["best_step"] = metrics["forecast_mse"], state["step"]
-                    save_checkpoint(model, best_dir, metadata={**model_metadata(), "validation": metrics})
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", val=f"{metrics['forecast_mse']:.3f}",
                                 vs_copy=f"{metrics['mse_ratio_vs_copy_last']:.3f}")
             if state["step"] % scfg.checkpoint_every == 0 and state["step"] < scfg.steps:

@@ -141,6 +141,23 @@ def forecast_validation(model: Calm, crops: list[torch.Tensor], context: int, ne
 
 # --- final report ----------------------------------------------------------------------------------------
 
+
+def validate_transformer(model: Calm, val_crops, context: int, next_code_weight: float, train_parts: dict,
+                         state: dict, out_dir: Path, best_dir: Path, metadata: dict) -> dict:
+    """Stage-2 validation (shared by the single-process and distributed trainers): score the validation
+    crops, log the record, and save the model as ``best`` when its validation forecast MSE is the lowest
+    so far. Returns the validation metrics."""
+    metrics = forecast_validation(model, val_crops, context, next_code_weight)
+    record = {"stage": "transformer", "step": state["step"], **{f"train_{k}": v for k, v in train_parts.items()},
+              **{f"validation_{k}": v for k, v in metrics.items()}}
+    state["history"].append(record)
+    _append_log(out_dir, record)
+    best = state["best_validation_forecast_mse"]
+    if best is None or metrics["forecast_mse"] < best:
+        state["best_validation_forecast_mse"], state["best_step"] = metrics["forecast_mse"], state["step"]
+        save_checkpoint(model, best_dir, metadata={**metadata, "validation": metrics})
+    return metrics
+
 def protocol_scores(model: Calm, sessions: list[Session], pooled_ar, horizons: list[int]) -> dict | None:
     """rtcalm.eval.forecast on whole held-out recordings (contiguous ones), model vs baselines."""
     from rtcalm.eval.forecast import baseline_forecasters, evaluate, model_forecaster
@@ -351,15 +368,8 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
             steps_taken += 1
             bar.update(1)
             if state["step"] % scfg.validate_every == 0 or state["step"] == scfg.steps:
-                metrics = forecast_validation(model, val_crops, context, scfg.next_code_weight)
-                record = {"stage": "transformer", "step": state["step"], **{f"train_{k}": v for k, v in parts.items()},
-                          **{f"validation_{k}": v for k, v in metrics.items()}}
-                state["history"].append(record)
-                _append_log(out_dir, record)
-                best = state["best_validation_forecast_mse"]
-                if best is None or metrics["forecast_mse"] < best:
-                    state["best_validation_forecast_mse"], state["best_step"] = metrics["forecast_mse"], state["step"]
-                    save_checkpoint(model, best_dir, metadata={**model_metadata(), "validation": metrics})
+                metrics = validate_transformer(model, val_crops, context, scfg.next_code_weight, parts, state,
+                                               out_dir, best_dir, model_metadata())
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", val=f"{metrics['forecast_mse']:.3f}",
                                 vs_copy=f"{metrics['mse_ratio_vs_copy_last']:.3f}")
             if state["step"] % scfg.checkpoint_every == 0 and state["step"] < scfg.steps:
