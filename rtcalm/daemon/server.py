@@ -39,6 +39,11 @@ from rtcalm.protocol import ProtocolError
 from rtcalm.security import ServerKeys
 
 DRAIN_TIMEOUT_S = 2.0  # at most this long answering queued frames after a stop request
+# A stop request can arrive while a rig's last frames are still in flight on the wire: the drain
+# ends only after the ingest socket has been quiet this long.
+DRAIN_QUIET_MS = 100
+# On close, predictions already handed to ZeroMQ (the drained ones) get this long to leave.
+PUBLISH_LINGER_MS = 1000
 POLL_INTERVAL_MS = 50  # how often an idle loop checks for stop requests and finished model loads
 # ZeroMQ drops (and disconnects) a message this many times over limits.max_message_bytes before
 # buffering it; up to that size the pipeline rejects it with a 'too_large' error that the rig sees.
@@ -53,8 +58,9 @@ class Sockets:
     endpoints: dict
 
     def close(self) -> None:
-        for socket in (self.ingest, self.publish, self.control):
-            socket.close(linger=0)
+        self.ingest.close(linger=0)
+        self.control.close(linger=0)
+        self.publish.close(linger=PUBLISH_LINGER_MS)
 
 
 def open_sockets(context: zmq.Context, config: DaemonConfig, keys: ServerKeys | None = None) -> Sockets:
@@ -221,9 +227,9 @@ class Daemon:
     def _drain(self) -> None:
         """On stop (SIGTERM): answer the frames already queued, so a rig's last frames before a shutdown
         get their predictions; bounded in time, since a rig may keep sending."""
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while time.monotonic() < deadline and (batch := self._receive_batch()):
-            self.pipeline.process(batch)
+        ingest, deadline = self.sockets.ingest, time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline and ingest.poll(DRAIN_QUIET_MS, zmq.POLLIN):
+            self.pipeline.process(self._receive_batch())
 
     def _serve_control(self) -> None:
         control = self.sockets.control
