@@ -57,6 +57,9 @@ class TransformerStage:
     validate_every: int = 250
     checkpoint_every: int = 250
     validation_crops_per_epoch: int = 8
+    # batches of training crops for the least-squares start of the autoregressive skip
+    # (trainer.pretrain.fit_autoregressive_skip); 0 keeps the random initialisation
+    skip_init_batches: int = 200
 
 
 @dataclass
@@ -131,6 +134,8 @@ def _validate(config: TrainConfig, path) -> None:
         fail("steps must be >= 0 and batch sizes >= 1")
     if s.context_frames < 2 or s.max_neurons < 1:
         fail("transformer.context_frames must be >= 2 and max_neurons >= 1")
+    if not isinstance(s.skip_init_batches, int) or isinstance(s.skip_init_batches, bool) or s.skip_init_batches < 0:
+        fail(f"transformer.skip_init_batches must be a whole number >= 0, got {s.skip_init_batches!r}")
     if min(t.validate_every, s.validate_every, s.checkpoint_every) < 1:
         fail("validate_every / checkpoint_every must be >= 1")
     if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):

@@ -97,13 +97,51 @@ def validation_windows(sessions: list[Session], window: int, n: int, seed: int) 
 # --- stage 2 ---------------------------------------------------------------------------------------------
 
 def transformer_parameter_groups(model: Calm, weight_decay: float) -> list[dict]:
-    """Everything except the (frozen) tokenizer; weight decay on matrices only (as nanoGPT)."""
+    """Everything except the (frozen) tokenizer; weight decay on matrices only (as nanoGPT), and not on
+    the autoregressive skip, which starts at a least-squares fit that decay would pull towards zero."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if name.startswith("tokenizer."):
             continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        (decay if p.dim() >= 2 and not name.startswith("forecast_skip.") else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def fit_autoregressive_skip(model: Calm, sample_crops, n_batches: int, context: int, ridge: float = 1.0) -> dict:
+    """Start stage 2 from the best linear forecaster: set the autoregressive skip to the ridge
+    least-squares fit of the next horizon frames on the last ``autoregressive_order`` [value, missing]
+    pairs (the pooled AR model of the evaluation protocol, on the model's own inputs), and zero the
+    transformer's forecast head, so training begins exactly at that AR forecast and the transformer only
+    learns what it can add. ``sample_crops()`` returns one batch of training crops (B, context + horizon, N)
+    as the training loop draws them. Returns the fit's mean squared error and sample count."""
+    horizon, order = model.config.forecast_horizon_frames, model.config.autoregressive_order
+    n_features = 2 * order + 1
+    gram = torch.zeros(n_features, n_features, dtype=torch.float64)
+    cross = torch.zeros(n_features, horizon, dtype=torch.float64)
+    target_power, n_rows = torch.zeros(horizon, dtype=torch.float64), 0
+    for _ in range(n_batches):
+        crop = sample_crops()
+        windows, _ = model.raw_windows(crop[:, :context], order)  # (B, context, N, 2 order)
+        targets, mask = future_targets(crop, context, horizon)  # (B, context, N, horizon)
+        complete = mask.all(-1)  # rows whose every target frame exists
+        x = torch.cat([windows[complete], windows.new_ones(int(complete.sum()), 1)], dim=1).double().cpu()
+        y = targets[complete].double().cpu()
+        gram += x.t() @ x
+        cross += x.t() @ y
+        target_power += (y * y).sum(0)
+        n_rows += x.shape[0]
+    if n_rows < n_features:
+        raise TrainingError(f"too few complete training windows ({n_rows}) to fit the autoregressive skip")
+    penalty = torch.eye(n_features, dtype=torch.float64) * ridge
+    penalty[-1, -1] = 0.0  # no penalty on the intercept
+    coef = torch.linalg.solve(gram + penalty, cross)  # (n_features, horizon)
+    residual = target_power - 2 * (coef * cross).sum(0) + (coef * (gram @ coef)).sum(0)
+    model.forecast_skip.weight.copy_(coef[:-1].t())
+    model.forecast_skip.bias.copy_(coef[-1])
+    model.forecast_head.weight.zero_()
+    model.forecast_head.bias.zero_()
+    return {"rows": n_rows, "train_mse": float(residual.sum() / (n_rows * horizon))}
 
 
 def drop_frames(frames: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
@@ -345,6 +383,10 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         val_crops = fixed_crops(validation, crop_frames, scfg.validation_crops_per_epoch)
         if not val_crops:
             raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
+        if state["step"] == 0 and config.model.autoregressive_skip and scfg.skip_init_batches > 0:
+            fit = fit_autoregressive_skip(model, lambda: sampler.sample(scfg.batch_crops, generator),
+                                          scfg.skip_init_batches, context)
+            log(f"autoregressive skip: least-squares start on {fit['rows']} windows, train MSE {fit['train_mse']:.4f}")
         model.train()
         model.tokenizer.eval()
         bar = tqdm(total=scfg.steps, initial=state["step"], desc="transformer", disable=not progress,

@@ -5,14 +5,14 @@ position-bias table with Python integers (``t % window``, ``t < window``). An ex
 TensorRT) or a captured CUDA graph cannot branch on Python values that change every frame, so
 :class:`StepGraph` expresses the same step with tensor ops only:
 
-    forward(frame (N,), token_window (N, Wt, 2), position (1,) int32, keys_t_0, values_0, keys_t_1, ...)
+    forward(frame (N,), token_window (N, R, 2), position (1,) int32, keys_t_0, values_0, keys_t_1, ...)
         -> (forecast (N, horizon), hidden (N, d_model), token_window', position', keys_t_0', values_0', ...)
 
 and reuses the model's own modules (tokenizer, embeddings, LayerNorms, Linear layers, the cross-neuron
 attention and MLP forward passes, the heads), so there is one copy of the math. Differences from
 ``Calm.step``, none of which changes a number:
 
-- the token window is kept oldest-first and shifted by one pair per frame (``Calm.step`` keeps a mirrored
+- the raw window (R = raw_window_frames) is kept oldest-first and shifted by one pair per frame (``Calm.step`` keeps a mirrored
   ring buffer and slices it with a Python offset); the window the tokenizer reads holds the same values;
 - the per-layer key/value ring buffers have ``Calm.step``'s layout (``keys_t (N, head_dim, W)``,
   ``values (N, W, head_dim)``, slot = frame index mod W), but the new key/value is written with a
@@ -61,8 +61,8 @@ HIDDEN_OUTPUT = "hidden"  # (N, d_model) normalised final residual stream: what 
 def state_layout(config: CalmConfig) -> list[StateTensor]:
     """The state tensors in graph input order (after ``frame``); the updated ones follow ``forecast`` and
     ``hidden`` in the outputs, in the same order."""
-    Wt, W, hd = config.token_window_frames, config.attention_window_frames, config.head_dim
-    layout = [StateTensor("token_window", "next_token_window", (None, Wt, 2), torch.float32),
+    R, W, hd = config.raw_window_frames, config.attention_window_frames, config.head_dim
+    layout = [StateTensor("token_window", "next_token_window", (None, R, 2), torch.float32),
               StateTensor("position", "next_position", (1,), torch.int32)]
     for layer in range(config.n_layers):
         layout.append(StateTensor(f"keys_t_{layer}", f"next_keys_t_{layer}", (None, hd, W), torch.float32))
@@ -107,19 +107,20 @@ class StepGraph(nn.Module):
                 *keys_and_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         model, config = self.model, self.model.config
         W, D, H, hd = self.window, config.d_model, config.n_heads, config.head_dim
-        # 1. tokenizer window: drop the oldest [value, missing] pair, append the new one
+        # 1. raw window: drop the oldest [value, missing] pair, append the new one
         finite = frame.abs() < float("inf")  # False for NaN and ±Inf
         missing = (~finite).to(frame.dtype)
         pair = torch.stack([torch.where(finite, frame, 0.0), missing], dim=-1)  # (N, 2)
-        next_token_window = torch.cat([token_window[:, 1:], pair.unsqueeze(1)], dim=1)  # (N, Wt, 2)
-        window = next_token_window.reshape(-1, 2 * config.token_window_frames)  # (N, 2 Wt) oldest first
+        next_token_window = torch.cat([token_window[:, 1:], pair.unsqueeze(1)], dim=1)  # (N, R, 2)
+        window = next_token_window.reshape(-1, 2 * config.raw_window_frames)  # (N, 2 R) oldest first
+        token_input = window[:, -2 * config.token_window_frames:]  # (N, 2 Wt)
         # 2. input embedding
         if config.input_mode == "tokens":
-            codes = model.tokenizer.encode(window)
+            codes = model.tokenizer.encode(token_input)
             x = model.code_embedding(codes)
         else:
             codes = None
-            x = model.window_projection(window)
+            x = model.window_projection(token_input)
         x = torch.addcmul(x, missing.unsqueeze(-1), model.missing_embedding)
         # 3. blocks; every layer writes the same ring slot and reads the bias row of this position
         slot = torch.where(position >= W, position - W, position).long()  # (1,) int64, as scatter wants

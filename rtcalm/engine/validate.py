@@ -95,7 +95,7 @@ def compare_with_reference(engine, model: Calm, n_neurons: int, n_steps: int, *,
         error = np.abs(got - expected).max(axis=1)  # (N,)
         worst = int(error.argmax())
         if error[worst] > tolerance:
-            window = state[0].reshape(n_neurons, -1)
+            window = state[0].reshape(n_neurons, -1)[:, -2 * model.config.token_window_frames:]  # (N, 2 Wt)
             if near_tie_neurons(model, window, tie_margin)[worst]:
                 flips += 1
                 engine.load_state(stream, [t.numpy() for t in state])

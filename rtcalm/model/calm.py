@@ -14,7 +14,8 @@ caller does. NaN/Inf mark missing values (a neuron or a whole frame the daemon c
            cross-neuron attention: within one time step, through n_latents learned latents (linear in N)
            MLP
       -> forecast_head: the next forecast_horizon_frames values of each neuron (normalised units)
-         [+ autoregressive_skip: a linear map of the neuron's raw window, shared by all neurons]
+         [+ autoregressive_skip: a linear map of the neuron's last autoregressive_order raw values,
+            shared by all neurons; the trainer initialises it to the least-squares AR fit]
          next_code_head: logits over the codebook for the token of the next frame
 
 Two ways to run the same function:
@@ -61,10 +62,12 @@ class CalmConfig:
     attention_window_frames: int = 32  # keys per neuron and layer that a query sees (incl. itself)
     n_latents: int = 8  # learned latents of the cross-neuron attention
     forecast_horizon_frames: int = 30
-    # forecast += Linear(raw [value, missing] window -> horizon), shared by all neurons: a linear
-    # autoregressive path around the transformer, so the forecast has the exact recent values even
-    # when the transformer reads quantised tokens (the transformer learns the correction)
+    # forecast += Linear(raw [value, missing] pairs of the last autoregressive_order frames -> horizon),
+    # shared by all neurons: a linear autoregressive path around the transformer, so the forecast has the
+    # exact recent values even when the transformer reads quantised tokens (the transformer learns the
+    # correction). The trainer starts it at the least-squares AR fit (trainer.pretrain.fit_autoregressive_skip).
     autoregressive_skip: bool = True
+    autoregressive_order: int = 16
     dropout: float = 0.1  # training only
     rate_hz: float = 30.0  # frame rate of the training data; the model is only valid at this rate
 
@@ -73,7 +76,7 @@ class CalmConfig:
             raise ValueError(f"input_mode must be 'tokens' or 'continuous', got {self.input_mode!r}")
         for name in ("token_window_frames", "codebook_size", "code_dim", "tokenizer_hidden", "d_model",
                      "n_layers", "n_heads", "mlp_hidden", "attention_window_frames", "n_latents",
-                     "forecast_horizon_frames"):
+                     "forecast_horizon_frames", "autoregressive_order"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -93,9 +96,15 @@ class CalmConfig:
         return self.d_model // self.n_heads
 
     @property
+    def raw_window_frames(self) -> int:
+        """Frames of raw [value, missing] pairs kept per neuron: the tokenizer's window and the skip's."""
+        return max(self.token_window_frames, self.autoregressive_order if self.autoregressive_skip else 0)
+
+    @property
     def receptive_field_frames(self) -> int:
         """How many frames (including the current one) can influence an output."""
-        return self.n_layers * (self.attention_window_frames - 1) + self.token_window_frames
+        return max(self.n_layers * (self.attention_window_frames - 1) + self.token_window_frames,
+                   self.raw_window_frames)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -326,9 +335,9 @@ class StreamState:
 
     n_neurons: int
     frames_seen: int  # frames consumed so far = stream position of the next frame
-    # Mirrored ring buffer of [value, missing] pairs: frame t is written at slots t % Wt and t % Wt + Wt,
-    # so the last Wt frames in time order are always the contiguous slice [t % Wt + 1, t % Wt + 1 + Wt).
-    token_window: torch.Tensor  # (N, 2 * token_window_frames, 2)
+    # Mirrored ring buffer of [value, missing] pairs, R = raw_window_frames: frame t is written at slots
+    # t % R and t % R + R, so the last R frames in time order are always the slice [t % R + 1, t % R + 1 + R).
+    token_window: torch.Tensor  # (N, 2 * raw_window_frames, 2)
     keys_t: list[torch.Tensor]  # per layer (N, head_dim, attention_window_frames), slot = t % window
     values: list[torch.Tensor]  # per layer (N, attention_window_frames, head_dim)
     steady_bias: list[torch.Tensor]  # per layer (W, H, W), see TemporalAttention.slot_bias_tables
@@ -355,7 +364,7 @@ class Calm(nn.Module):
         self.final_norm = nn.LayerNorm(D)
         self.forecast_head = nn.Linear(D, config.forecast_horizon_frames)
         if config.autoregressive_skip:
-            self.forecast_skip = nn.Linear(2 * config.token_window_frames, config.forecast_horizon_frames)
+            self.forecast_skip = nn.Linear(2 * config.autoregressive_order, config.forecast_horizon_frames)
         self.next_code_head = nn.Linear(D, config.codebook_size)
         self.apply(self._init_weights)
 
@@ -379,20 +388,25 @@ class Calm(nn.Module):
 
     def _heads(self, x: torch.Tensor, windows: torch.Tensor, codes: torch.Tensor | None,
                with_code_logits: bool) -> CalmOutput:
-        """x (..., N, D) final residual stream, windows (..., N, 2 Wt) raw token windows."""
+        """x (..., N, D) final residual stream, windows (..., N, 2 R) raw windows (R = raw_window_frames)."""
         h = self.final_norm(x)
         forecast = self.forecast_head(h)
         if self.config.autoregressive_skip:
-            forecast = forecast + self.forecast_skip(windows)
+            forecast = forecast + self.forecast_skip(windows[..., -2 * self.config.autoregressive_order:])
         return CalmOutput(forecast=forecast, codes=codes,
                           next_code_logits=self.next_code_head(h) if with_code_logits else None, hidden=h)
 
     # --- full pass ---
     def token_windows(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokenizer's input: :meth:`raw_windows` of token_window_frames frames."""
+        return self.raw_windows(frames, self.config.token_window_frames)
+
+    def raw_windows(self, frames: torch.Tensor, window_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, T, N) -> (windows (B, T, N, 2 Wt) interleaved [value, missing] oldest first,
-        missing (B, T, N) float 0/1). Frames before the start of the history count as missing."""
+        missing (B, T, N) float 0/1), Wt = window_frames (default raw_window_frames). Frames before the
+        start of the history count as missing."""
         B, T, N = frames.shape
-        Wt = self.config.token_window_frames
+        Wt = self.config.raw_window_frames if window_frames is None else window_frames
         finite = torch.isfinite(frames)
         missing = (~finite).to(frames.dtype)
         pairs = torch.stack([torch.where(finite, frames, 0.0), missing], dim=-1)  # (B, T, N, 2)
@@ -414,13 +428,14 @@ class Calm(nn.Module):
             raise ValueError(f"frames must be (T, N) or (B, T, N), got shape {tuple(frames.shape)}")
         B, T, N = frames.shape
         self._check_neuron_embedding(neuron_embedding, N)
-        windows, missing = self.token_windows(frames)
+        windows, missing = self.raw_windows(frames)  # (B, T, N, 2 R)
+        token_input = windows[..., -2 * self.config.token_window_frames:]  # (B, T, N, 2 Wt)
         if self.config.input_mode == "tokens":
-            codes = self.tokenizer.encode(windows)  # (B, T, N)
+            codes = self.tokenizer.encode(token_input)  # (B, T, N)
             x = self.code_embedding(codes)  # (B, T, N, D)
         else:
             codes = None
-            x = self.window_projection(windows)
+            x = self.window_projection(token_input)
         x = x + missing.unsqueeze(-1) * self.missing_embedding
         if neuron_embedding is not None:
             x = x + (neuron_embedding if neuron_embedding.dim() == 2 else neuron_embedding.unsqueeze(1))
@@ -446,7 +461,7 @@ class Calm(nn.Module):
         def empty(*shape):
             return torch.zeros(*shape, device=device, dtype=dtype)
 
-        token_window = empty(N, 2 * cfg.token_window_frames, 2)
+        token_window = empty(N, 2 * cfg.raw_window_frames, 2)
         token_window[..., 1] = 1.0  # before the first frame everything is missing (as in forward)
         tables = [block.temporal.slot_bias_tables() for block in self.blocks]
         scratch = StepScratch(
@@ -471,23 +486,24 @@ class Calm(nn.Module):
         if frame.shape != (state.n_neurons,):
             raise ValueError(f"frame must have shape ({state.n_neurons},), got {tuple(frame.shape)}")
         t = state.frames_seen
-        Wt = cfg.token_window_frames
-        # 1. tokenizer window: write the new [value, missing] pair into the mirrored ring buffer
+        R = cfg.raw_window_frames
+        # 1. raw window: write the new [value, missing] pair into the mirrored ring buffer
         finite = torch.isfinite(frame)
         s.frame_pair[:, 0] = torch.where(finite, frame, 0.0)
         s.frame_pair[:, 1] = ~finite
-        w = t % Wt
+        w = t % R
         state.token_window[:, w].copy_(s.frame_pair)
-        state.token_window[:, w + Wt].copy_(s.frame_pair)
-        window = state.token_window[:, w + 1:w + 1 + Wt].reshape(state.n_neurons, 2 * Wt)  # a view
+        state.token_window[:, w + R].copy_(s.frame_pair)
+        window = state.token_window[:, w + 1:w + 1 + R].reshape(state.n_neurons, 2 * R)  # a view
+        token_input = window[:, -2 * cfg.token_window_frames:]  # (N, 2 Wt), a view
         # 2. input embedding
         x = s.x
         if cfg.input_mode == "tokens":
-            codes = self.tokenizer.encode(window)  # (N,)
+            codes = self.tokenizer.encode(token_input)  # (N,)
             torch.index_select(self.code_embedding.weight, 0, codes, out=x)
         else:
             codes = None
-            linear_into(x, window, self.window_projection)
+            linear_into(x, token_input, self.window_projection)
         x.addcmul_(s.frame_pair[:, 1:2], self.missing_embedding)
         if state.neuron_embedding is not None:
             x.add_(state.neuron_embedding)

@@ -31,15 +31,15 @@ def test_state_is_bit_identical_to_calm_step_for_hundreds_of_steps(input_mode, n
     (300 steps, window 12), scattered NaNs, a dropped frame and a never-valid (+Inf) neuron."""
     model = randomised_model(input_mode=input_mode)
     frames = validation_frames(300, n_neurons, seed=3)
-    W, Wt = model.config.attention_window_frames, model.config.token_window_frames
+    W, R = model.config.attention_window_frames, model.config.raw_window_frames
     worst_forecast, worst_hidden = 0.0, 0.0
     for t, (reference, reference_state, outputs) in enumerate(run_both(model, frames)):
         forecast, hidden, token_window, position, *caches = outputs
         for layer in range(model.config.n_layers):
             assert torch.equal(caches[2 * layer], reference_state.keys_t[layer]), (t, layer)
             assert torch.equal(caches[2 * layer + 1], reference_state.values[layer]), (t, layer)
-        w = t % Wt  # Calm.step's mirrored token ring: the last Wt frames are slots [w + 1, w + 1 + Wt)
-        assert torch.equal(token_window, reference_state.token_window[:, w + 1:w + 1 + Wt])
+        w = t % R  # Calm.step's mirrored raw ring: the last R frames are slots [w + 1, w + 1 + R)
+        assert torch.equal(token_window, reference_state.token_window[:, w + 1:w + 1 + R])
         assert position.item() == (t + 1 if t + 1 < W else W + (t + 1) % W)  # the next frame's table row
         assert torch.isfinite(forecast).all()
         worst_forecast = max(worst_forecast, (forecast - reference.forecast).abs().max().item())

@@ -39,9 +39,10 @@ def run_steps(model: Calm, frames: torch.Tensor, with_code_logits: bool = True):
     return outs, state
 
 
-@pytest.mark.parametrize("input_mode", ["tokens", "continuous"])
-def test_step_equals_full_forward_after_hundreds_of_steps(input_mode):
-    model = randomised_model(input_mode=input_mode)
+@pytest.mark.parametrize("input_mode, autoregressive_order", [("tokens", 16), ("continuous", 16), ("tokens", 2)])
+def test_step_equals_full_forward_after_hundreds_of_steps(input_mode, autoregressive_order):
+    # order 16 > token window 4: the raw ring buffer is the skip's; order 2 < 4: it is the tokenizer's
+    model = randomised_model(input_mode=input_mode, autoregressive_order=autoregressive_order)
     frames = frames_with_gaps(400, 23)
     with torch.no_grad():
         full = model(frames, with_code_logits=True)
@@ -230,12 +231,14 @@ def test_without_the_autoregressive_skip():
 
 
 
-def test_the_autoregressive_skip_adds_a_linear_function_of_the_raw_window():
-    model = randomised_model(autoregressive_skip=True)
+@pytest.mark.parametrize("autoregressive_order", [2, 7])
+def test_the_autoregressive_skip_adds_a_linear_function_of_the_last_raw_values(autoregressive_order):
+    model = randomised_model(autoregressive_skip=True, autoregressive_order=autoregressive_order)
+    assert model.forecast_skip.in_features == 2 * autoregressive_order
     frames = frames_with_gaps(60, 5)
     with torch.no_grad():
         full = model(frames).forecast
-        skip_part = model.forecast_skip(model.token_windows(frames[None])[0])[0]  # (T, N, H)
+        skip_part = model.forecast_skip(model.raw_windows(frames[None], autoregressive_order)[0])[0]  # (T, N, H)
         model.forecast_skip.weight.zero_()
         model.forecast_skip.bias.zero_()
         transformer_part = model(frames).forecast

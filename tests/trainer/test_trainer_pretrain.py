@@ -205,3 +205,46 @@ def test_command_line(data_root, tmp_path, capsys):
     assert trainer_main(["pretrain", "--config", str(bad), "--data-root", str(data_root),
                          "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "matches no file" in capsys.readouterr().err
+
+
+def test_autoregressive_skip_starts_at_the_least_squares_ar_fit():
+    """On an AR(1) process x(t+1) = 0.9 x(t) + noise the best linear forecast of x(t+k) is 0.9^k x(t):
+    the fitted skip must find it, and the model's forecast must then be the skip alone."""
+    from trainer.pretrain import fit_autoregressive_skip, transformer_parameter_groups
+
+    from rtcalm.model import Calm
+
+    torch.manual_seed(0)
+    config = CalmConfig(**{**TINY["model"], "autoregressive_order": 3})
+    model = Calm(config)
+    generator = torch.Generator().manual_seed(1)
+    context, horizon = 24, config.forecast_horizon_frames
+
+    def ar1_crops():
+        x = torch.empty(4, context + horizon, 16)
+        x[:, 0] = torch.randn(4, 16, generator=generator) / (1 - 0.81) ** 0.5
+        for t in range(1, x.shape[1]):
+            x[:, t] = 0.9 * x[:, t - 1] + torch.randn(4, 16, generator=generator)
+        return x
+
+    fit = fit_autoregressive_skip(model, ar1_crops, n_batches=100, context=context)
+    assert fit["rows"] > 10_000 and 0.9 < fit["train_mse"] < 3.5  # 1 at k=1 up to 1 + ... + 0.9^8 at k=5
+    latest_value = model.forecast_skip.weight[:, -2]  # [value, missing] pairs oldest first: -2 = x(t)
+    expected = torch.tensor([0.9 ** k for k in range(1, horizon + 1)])
+    assert torch.allclose(latest_value, expected, atol=0.03), latest_value
+    assert model.forecast_skip.weight[:, :-2:2].abs().max() < 0.05  # older values add nothing to AR(1)
+    model.eval()
+    crop = ar1_crops()
+    with torch.no_grad():
+        windows, _ = model.raw_windows(crop, 3)
+        assert torch.allclose(model(crop).forecast, model.forecast_skip(windows), atol=1e-6)
+    # and it is not weight-decayed towards zero afterwards
+    decayed = {id(p) for g in transformer_parameter_groups(model, 0.05) if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model.forecast_skip.weight) not in decayed and id(model.blocks[0].mlp.fc.weight) in decayed
+
+
+def test_skip_init_batches_must_be_a_whole_number():
+    bad = copy.deepcopy(TINY)
+    bad["transformer"]["skip_init_batches"] = -1
+    with pytest.raises(TrainConfigError, match="skip_init_batches"):
+        parse_train_config(bad)
