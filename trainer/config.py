@@ -41,6 +41,10 @@ class TokenizerStage:
     validation_windows: int = 50000
 
 
+OBJECTIVES = ("autoregressive", "latent_masked")
+NEURON_CURRICULA = ("mixed", "curriculum", "reverse", "unpredictable_only")
+
+
 @dataclass
 class TransformerStage:
     steps: int = 4000
@@ -60,6 +64,20 @@ class TransformerStage:
     # batches of training crops for the least-squares start of the autoregressive skip
     # (trainer.pretrain.fit_autoregressive_skip); 0 keeps the random initialisation
     skip_init_batches: int = 200
+    # Self-supervised objective next to the forecast MSE (docs/training.md, "Objectives"):
+    # "autoregressive": next_code_weight x next-token cross-entropy (CalM);
+    # "latent_masked": latent_weight x L1 from a twin pass whose later masked_fraction of the context is
+    # masked onto the full pass's hidden states (POYO-CAP's latent masked modelling).
+    objective: str = "autoregressive"
+    latent_weight: float = 1.0
+    masked_fraction: float = 0.5
+    # Which neurons the crops draw from (POYO-CAP's curriculum; trainer.curriculum): "mixed" (all, always),
+    # "curriculum" (predictable neurons for the first first_phase_fraction of the steps, then the
+    # unpredictable ones), "reverse" (unpredictable first), "unpredictable_only" (the second phase alone,
+    # from scratch: the same steps as the curriculum's second phase and nothing before).
+    neuron_curriculum: str = "mixed"
+    first_phase_fraction: float = 0.5
+    predictable_thresholds: str = "knee"  # rtcalm.stats thresholds over all training neurons: knee | poyo-cap
 
 
 @dataclass
@@ -134,6 +152,18 @@ def _validate(config: TrainConfig, path) -> None:
         fail("steps must be >= 0 and batch sizes >= 1")
     if s.context_frames < 2 or s.max_neurons < 1:
         fail("transformer.context_frames must be >= 2 and max_neurons >= 1")
+    if s.objective not in OBJECTIVES:
+        fail(f"transformer.objective must be one of {list(OBJECTIVES)}, got {s.objective!r}")
+    if s.neuron_curriculum not in NEURON_CURRICULA:
+        fail(f"transformer.neuron_curriculum must be one of {list(NEURON_CURRICULA)}, got {s.neuron_curriculum!r}")
+    if s.predictable_thresholds not in ("knee", "poyo-cap"):
+        fail(f"transformer.predictable_thresholds must be 'knee' or 'poyo-cap', got {s.predictable_thresholds!r}")
+    for name in ("first_phase_fraction", "masked_fraction"):
+        value = getattr(s, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 < value < 1.0:
+            fail(f"transformer.{name} must be a number strictly between 0 and 1, got {value!r}")
+    if not isinstance(s.latent_weight, int | float) or isinstance(s.latent_weight, bool) or not s.latent_weight >= 0:
+        fail(f"transformer.latent_weight must be a number >= 0, got {s.latent_weight!r}")
     if not isinstance(s.skip_init_batches, int) or isinstance(s.skip_init_batches, bool) or s.skip_init_batches < 0:
         fail(f"transformer.skip_init_batches must be a whole number >= 0, got {s.skip_init_batches!r}")
     if min(t.validate_every, s.validate_every, s.checkpoint_every) < 1:

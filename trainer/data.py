@@ -159,23 +159,29 @@ def tokenizer_batch(values: torch.Tensor, generator: torch.Generator, missing_pr
 
 class CropSampler:
     """Random crops of ``crop_frames`` consecutive frames x (a random subset of at most ``max_neurons``)
-    neurons, all crops of a batch from one epoch so that they share N."""
+    neurons, all crops of a batch from one epoch so that they share N. ``neurons`` (one index array per
+    session) restricts the neurons a session's crops may use (the curriculum's phases, trainer.curriculum);
+    sessions left with none are skipped."""
 
-    def __init__(self, sessions: list[Session], crop_frames: int, max_neurons: int):
+    def __init__(self, sessions: list[Session], crop_frames: int, max_neurons: int,
+                 neurons: list[np.ndarray] | None = None):
         self.crop_frames, self.max_neurons = crop_frames, max_neurons
-        self.epochs = [e for s in sessions for e in s.epochs if e.shape[0] >= crop_frames]
+        self.epochs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (epoch (T, N), usable neuron indices)
+        for i, session in enumerate(sessions):
+            usable = torch.arange(session.n_neurons) if neurons is None else torch.as_tensor(neurons[i], dtype=torch.long)
+            if usable.numel():
+                self.epochs += [(e, usable) for e in session.epochs if e.shape[0] >= crop_frames]
         if not self.epochs:
-            raise TrainDataError(f"no training epoch has {crop_frames} frames (context + horizon)")
-        counts = torch.tensor([(e.shape[0] - crop_frames + 1) * min(e.shape[1], max_neurons) for e in self.epochs],
-                              dtype=torch.float64)
+            raise TrainDataError(f"no training epoch has {crop_frames} frames (context + horizon) and usable neurons")
+        counts = torch.tensor([(e.shape[0] - crop_frames + 1) * min(len(usable), max_neurons)
+                               for e, usable in self.epochs], dtype=torch.float64)
         self.weights = counts / counts.sum()
 
     def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """(batch, crop_frames, n) with n = min(N, max_neurons)."""
-        epoch = self.epochs[int(torch.multinomial(self.weights, 1, generator=generator))]
-        T, N = epoch.shape
-        neurons = torch.randperm(N, generator=generator)[:self.max_neurons]
-        starts = torch.randint(0, T - self.crop_frames + 1, (batch,), generator=generator)
+        """(batch, crop_frames, n) with n = min(usable neurons, max_neurons)."""
+        epoch, usable = self.epochs[int(torch.multinomial(self.weights, 1, generator=generator))]
+        neurons = usable[torch.randperm(len(usable), generator=generator)[:self.max_neurons]]
+        starts = torch.randint(0, epoch.shape[0] - self.crop_frames + 1, (batch,), generator=generator)
         return torch.stack([epoch[s:s + self.crop_frames, neurons] for s in starts.tolist()])
 
 

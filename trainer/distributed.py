@@ -730,6 +730,10 @@ def pretrain_distributed(config: TrainConfig, data_root, out_dir, settings: Dist
         torch.set_num_threads(config.threads)
     main_log = log if rt.is_main else (lambda *_: None)
     tcfg, scfg, W = config.tokenizer, config.transformer, config.model.token_window_frames
+    if scfg.objective != "autoregressive" or scfg.neuron_curriculum != "mixed":
+        raise TrainingError("the distributed trainer runs the autoregressive objective on all neurons only; "
+                            "train transformer.objective / neuron_curriculum experiments with "
+                            "`python -m trainer pretrain` (single process)")
     # Fail on every rank alike, before any work, when the global batches cannot be split.
     micro_batch_size(tcfg.batch_windows, rt.world_size, settings.accumulation_steps, "tokenizer.batch_windows")
     micro_batch_size(scfg.batch_crops, rt.world_size, settings.accumulation_steps, "transformer.batch_crops")

@@ -35,8 +35,9 @@ from tqdm import tqdm
 
 from rtcalm.errors import RtcalmError
 from rtcalm.model import Calm, codebook_perplexity, load_checkpoint, save_checkpoint
-from rtcalm.model.objectives import crop_losses, future_targets
-from trainer.config import TrainConfig
+from rtcalm.model.objectives import crop_losses, future_targets, latent_masked_losses
+from trainer.config import TrainConfig, TransformerStage
+from trainer.curriculum import phase_at, total_steps, training_phases
 from trainer.data import (
     CropSampler,
     Session,
@@ -144,6 +145,22 @@ def fit_autoregressive_skip(model: Calm, sample_crops, n_batches: int, context: 
     return {"rows": n_rows, "train_mse": float(residual.sum() / (n_rows * horizon))}
 
 
+def next_code_weight(stage: TransformerStage) -> float:
+    """The next-token cross-entropy belongs to the autoregressive objective only."""
+    return stage.next_code_weight if stage.objective == "autoregressive" else 0.0
+
+
+def stage2_loss(model: Calm, crop: torch.Tensor, context: int, stage: TransformerStage,
+                model_input: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The training loss of one batch of crops under the configured objective, and its parts."""
+    if stage.objective == "latent_masked":
+        loss, parts, _ = latent_masked_losses(model, crop, context, stage.latent_weight, stage.masked_fraction,
+                                              model_input=model_input)
+    else:
+        loss, parts, _ = crop_losses(model, crop, context, stage.next_code_weight, model_input=model_input)
+    return loss, parts
+
+
 def drop_frames(frames: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
     if probability <= 0:
         return frames
@@ -171,7 +188,7 @@ def forecast_validation(model: Calm, crops: list[torch.Tensor], context: int, ne
     model.train()
     if total == 0:
         return {}
-    result = {k: v / total for k, v in sums.items()}
+    result = {k: v / total for k, v in sums.items() if k != "next_code_ce" or next_code_weight > 0}
     result["mse_ratio_vs_copy_last"] = result["forecast_mse"] / result["copy_last_mse"]
     result["r2_vs_mean"] = 1.0 - result["forecast_mse"] / result["mean_mse"]
     return result
@@ -379,28 +396,33 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
             save_last(optimizer)  # the tokenizer is done: never train it again after a crash
         context = scfg.context_frames
         crop_frames = context + horizon
-        sampler = CropSampler(train, crop_frames, scfg.max_neurons)
+        phases, split = training_phases(train, scfg)
+        if split is not None:
+            log(f"neuron curriculum {scfg.neuron_curriculum}: {json.dumps(split)}; phases "
+                + ", ".join(f"{p.name} from step {p.first_step}" for p in phases))
+        samplers = [CropSampler(train, crop_frames, scfg.max_neurons, phase.neurons) for phase in phases]
+        steps = total_steps(scfg)
         val_crops = fixed_crops(validation, crop_frames, scfg.validation_crops_per_epoch)
         if not val_crops:
             raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
         if state["step"] == 0 and config.model.autoregressive_skip and scfg.skip_init_batches > 0:
-            fit = fit_autoregressive_skip(model, lambda: sampler.sample(scfg.batch_crops, generator),
+            fit = fit_autoregressive_skip(model, lambda: samplers[0].sample(scfg.batch_crops, generator),
                                           scfg.skip_init_batches, context)
             log(f"autoregressive skip: least-squares start on {fit['rows']} windows, train MSE {fit['train_mse']:.4f}")
         model.train()
         model.tokenizer.eval()
-        bar = tqdm(total=scfg.steps, initial=state["step"], desc="transformer", disable=not progress,
+        bar = tqdm(total=steps, initial=state["step"], desc="transformer", disable=not progress,
                    dynamic_ncols=True, mininterval=2.0)
-        while state["step"] < scfg.steps:
+        while state["step"] < steps:
             if budget_exhausted():
                 bar.close()
                 save_last(optimizer)
                 return {"stopped_at": {"stage": "transformer", "step": state["step"]}}
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(state["step"], scfg.steps, scfg.lr, scfg.warmup_steps, scfg.min_lr)
-            crop = sampler.sample(scfg.batch_crops, generator)
+                group["lr"] = lr_at(state["step"], steps, scfg.lr, scfg.warmup_steps, scfg.min_lr)
+            crop = samplers[phase_at(phases, state["step"])].sample(scfg.batch_crops, generator)
             model_input = drop_frames(crop[:, :context], scfg.missing_probability, generator)
-            loss, parts, _ = crop_losses(model, crop, context, scfg.next_code_weight, model_input=model_input)
+            loss, parts = stage2_loss(model, crop, context, scfg, model_input)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if scfg.grad_clip > 0:
@@ -409,12 +431,12 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
             state["step"] += 1
             steps_taken += 1
             bar.update(1)
-            if state["step"] % scfg.validate_every == 0 or state["step"] == scfg.steps:
-                metrics = validate_transformer(model, val_crops, context, scfg.next_code_weight, parts, state,
+            if state["step"] % scfg.validate_every == 0 or state["step"] == steps:
+                metrics = validate_transformer(model, val_crops, context, next_code_weight(scfg), parts, state,
                                                out_dir, best_dir, model_metadata())
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", val=f"{metrics['forecast_mse']:.3f}",
                                 vs_copy=f"{metrics['mse_ratio_vs_copy_last']:.3f}")
-            if state["step"] % scfg.checkpoint_every == 0 and state["step"] < scfg.steps:
+            if state["step"] % scfg.checkpoint_every == 0 and state["step"] < steps:
                 save_last(optimizer)
         bar.close()
         state["stage"] = "done"
@@ -451,7 +473,7 @@ def final_report(config: TrainConfig, out_dir: Path, train, validation, test, sk
         "tokenizer": state.get("tokenizer_metrics", {}),
         "transformer": {"best_step": state.get("best_step"),
                         "best_validation_forecast_mse": state.get("best_validation_forecast_mse"),
-                        "steps": config.transformer.steps},
+                        "steps": total_steps(config.transformer)},
         "forecast_protocol": {"validation": protocol_scores(model, validation, pooled_ar, config.eval_horizons),
                               "test": protocol_scores(model, test, pooled_ar, config.eval_horizons)},
         "model": {"parameters": model.n_parameters(), "config": config.model.to_dict()},

@@ -74,3 +74,42 @@ def crop_losses(model: Calm, crop: torch.Tensor, n_context: int, next_code_weigh
         loss = loss + next_code_weight * loss_code
     parts["loss"] = float(loss.detach())
     return loss, parts, out
+
+
+# --- latent masked modelling (POYO-CAP) ----------------------------------------------------------------
+
+def masked_positions(n_context: int, masked_fraction: float) -> torch.Tensor:
+    """Bool (n_context,): the time steps the masked view hides, the later ``masked_fraction`` of them
+    (at least one, never all: the masked view keeps the earlier steps to predict from)."""
+    n_masked = min(max(round(n_context * masked_fraction), 1), n_context - 1)
+    positions = torch.zeros(n_context, dtype=torch.bool)
+    positions[n_context - n_masked:] = True
+    return positions
+
+
+def latent_masked_losses(model: Calm, crop: torch.Tensor, n_context: int, latent_weight: float,
+                         masked_fraction: float, model_input: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, dict[str, float], CalmOutput]:
+    """POYO-CAP's latent masked objective next to the forecast MSE, on crops (B, >= n_context + 1, N).
+
+    A twin pass of the same network: the full view reads the context as it is; the masked view reads it
+    with the later ``masked_fraction`` of its time steps hidden (marked missing, so the learned missing
+    embedding is the mask token and causal attention sees only the earlier steps). The masked view's
+    hidden states (the per-neuron latents of each time step) at the hidden steps regress with L1 onto the
+    full view's, which are the target only (no gradient). The forecast MSE is the full view's, so the
+    model keeps its forecasting head. (POYO-CAP adds a 0.01-weighted classification loss where labels
+    exist; the pretraining crops have none.)"""
+    horizon = model.config.forecast_horizon_frames
+    if model_input is None:
+        model_input = crop[:, :n_context]
+    full = model(model_input)
+    targets, mask = future_targets(crop, n_context, horizon)
+    loss_forecast = forecast_loss(full.forecast, targets, mask)
+    hidden_steps = masked_positions(n_context, masked_fraction).to(crop.device)
+    masked_input = model_input.masked_fill(hidden_steps[None, :, None], float("nan"))
+    masked = model(masked_input)
+    loss_latent = F.l1_loss(masked.hidden[:, hidden_steps], full.hidden[:, hidden_steps].detach())
+    loss = loss_forecast + latent_weight * loss_latent
+    parts = {"forecast_mse": float(loss_forecast.detach()), "latent_l1": float(loss_latent.detach()),
+             "loss": float(loss.detach())}
+    return loss, parts, full

@@ -73,12 +73,12 @@ def tiny_config(**changes):
 
 
 def test_shipped_configs_parse():
-    for name in ("pretrain_default.json", "pretrain_continuous.json", "pretrain_smoke.json"):
+    for name in ("pretrain_default.json", "ablation_continuous.json", "pretrain_smoke.json"):
         config = load_train_config(REPO / "configs" / name)
         assert config.model.codebook_size >= 256
         assert not set(config.data.validation_mice) & set(config.data.test_mice)
     default = load_train_config(REPO / "configs" / "pretrain_default.json")
-    continuous = load_train_config(REPO / "configs" / "pretrain_continuous.json")
+    continuous = load_train_config(REPO / "configs" / "ablation_continuous.json")
     assert default.model.input_mode == "tokens" and continuous.model.input_mode == "continuous"
     assert default.model == CalmConfig()  # the dataclass defaults are the default model's
     # the ablation changes the input representation and nothing else
@@ -210,9 +210,8 @@ def test_command_line(data_root, tmp_path, capsys):
 def test_autoregressive_skip_starts_at_the_least_squares_ar_fit():
     """On an AR(1) process x(t+1) = 0.9 x(t) + noise the best linear forecast of x(t+k) is 0.9^k x(t):
     the fitted skip must find it, and the model's forecast must then be the skip alone."""
-    from trainer.pretrain import fit_autoregressive_skip, transformer_parameter_groups
-
     from rtcalm.model import Calm
+    from trainer.pretrain import fit_autoregressive_skip, transformer_parameter_groups
 
     torch.manual_seed(0)
     config = CalmConfig(**{**TINY["model"], "autoregressive_order": 3})
