@@ -250,7 +250,8 @@ def model_card(config: TrainConfig, metrics: dict, size_bytes: int) -> str:
         f"- Tokenizer: windows of {cfg.token_window_frames} frames -> {cfg.codebook_size}-code VQ codebook (EMA, dead-code restarts).",
         f"- Input mode: {cfg.input_mode}. Transformer: d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
         f"causal temporal attention over {cfg.attention_window_frames} frames, cross-neuron attention through "
-        f"{cfg.n_latents} latents; linear autoregressive skip {'on' if cfg.autoregressive_skip else 'off'}. "
+        f"{cfg.n_latents} latents; linear autoregressive skip "
+        f"{f'on (order {cfg.autoregressive_order}, least-squares start)' if cfg.autoregressive_skip else 'off'}. "
         f"Receptive field {cfg.receptive_field_frames} frames.",
         f"- Checkpoint size {size_bytes / 1e6:.2f} MB (safetensors + JSON).",
         "",
