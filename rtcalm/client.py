@@ -246,6 +246,19 @@ class ControlClient:
             time.sleep(poll_s)
         raise TimeoutError(f"model {model!r} did not finish loading within {timeout_s} s")
 
+    def load_head(self, session: str, path: str) -> dict:
+        """Load a decoding head for a running session: ``path`` is the head's ``.json`` on the daemon's
+        machine (its ``.safetensors`` beside it, as ``DecodingHead.save`` writes them). A head with the
+        same name is replaced. From the next frame on, the session's predictions carry its outputs in
+        ``decoded``. Returns the reply (``head``, ``replaced``, ``heads``); raises DaemonError
+        (``unknown_session``, ``head_not_found``, ``head_invalid``, ``head_mismatch``, ``head_conflict``,
+        ``too_large``), in which case the session's heads are unchanged."""
+        return self.request("load_head", session=session, path=str(path))
+
+    def unload_head(self, session: str, name: str) -> dict:
+        """Remove the session's decoding head ``name``; raises DaemonError('unknown_head') if it has none."""
+        return self.request("unload_head", session=session, name=name)
+
     def close(self) -> None:
         self._socket.close()
 

@@ -35,7 +35,7 @@ FLOAT32_LE = np.dtype("<f4")
 UINT8 = np.dtype("u1")
 MAX_SEQ = 2**63 - 1  # sequence numbers and timestamps are signed 64-bit in every language
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-COMMANDS = ("status", "start", "stop", "reset", "load_model", "get_stats")
+COMMANDS = ("status", "start", "stop", "reset", "load_model", "get_stats", "load_head", "unload_head")
 
 # Stable error codes. The rig and control clients switch on these; the message is for humans.
 ERROR_CODES = {
@@ -57,6 +57,11 @@ ERROR_CODES = {
     "unknown_command": "the control command is not one of the commands of this protocol version",
     "model_loading": "a model load is already in progress",
     "model_load_failed": "the requested model could not be loaded; the previous model keeps serving",
+    "head_not_found": "the decoding head's .json, or the .safetensors beside it, does not exist",
+    "head_invalid": "the file is not a valid decoding head (format, config, corrupt or non-finite weights)",
+    "head_mismatch": "the decoding head was fitted for another neuron count or another model width (d_model)",
+    "head_conflict": "the decoding head's outputs would overwrite those of another head of the session",
+    "unknown_head": "the session has no decoding head of this name",
     "internal": "the daemon failed on this message (a bug); the session state was restarted",
 }
 

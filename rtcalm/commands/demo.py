@@ -159,7 +159,7 @@ def _draw(args, sender, state, latencies, daemon_latencies, accuracy, endpoints,
         "accuracy    predictable neurons, forecast vs copy-last (skill > 0: better than copy-last)",
         *accuracy.lines(rate_hz),
         "decoded     " + (", ".join(f"{k} = {v}" for k, v in decoded.items())
-                          if decoded else "none (this model has no decoding heads)"),
+                          if decoded else "none (no decoding head loaded for this session: control load_head)"),
         f"metrics     {endpoints.get('metrics', '-')}",
     ]
     if state["last_error"]:

@@ -1,9 +1,12 @@
-"""Control commands (the REQ/REP socket): status, start, stop, reset, load_model, get_stats.
+"""Control commands (the REQ/REP socket): status, start, stop, reset, load_model, get_stats, load_head,
+unload_head.
 
 Every request gets exactly one reply (REP requires it): a ``reply`` with ``ok: true`` or an ``error``
 with a code from :data:`rtcalm.protocol.ERROR_CODES`. A command either completes or changes nothing.
 ``load_model`` only *starts* a hot swap and replies at once; ``status`` reports its progress
-(``model.loading``) and outcome (``model.version`` or ``model.last_load_error``).
+(``model.loading``) and outcome (``model.version`` or ``model.last_load_error``). ``load_head`` reads a
+decoding head synchronously (a small file: milliseconds, during which frames wait in the ingest queue)
+and checks it fully before the session's heads change.
 """
 
 from __future__ import annotations
@@ -88,6 +91,14 @@ class ControlHandler:
         spec = request.string("model")
         self.daemon.begin_model_swap(spec)
         return {"loading": spec, "serving": self.daemon.pipeline.engine.version}
+
+    def cmd_load_head(self, request: ControlRequest) -> dict:
+        session = self._existing(request)
+        return self.daemon.pipeline.load_head(session, request.string("path"))
+
+    def cmd_unload_head(self, request: ControlRequest) -> dict:
+        session = self._existing(request)
+        return self.daemon.pipeline.unload_head(session, request.string("name"))
 
     def _existing(self, request: ControlRequest):
         session_id = request.session()

@@ -20,6 +20,7 @@ STAGES = ("validate", "stats", "model", "publish")
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 150e-6, 250e-6, 500e-6, 1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3, 6e-3,
                    8e-3, 12e-3, 16e-3, 25e-3, 33e-3, 50e-3, 66e-3, 100e-3, 250e-3, 1.0)
 SESSION_RESTART_REASONS = ("neuron_count", "gap_too_large", "reset", "internal")
+HEAD_DROP_REASONS = ("neuron_count", "model_swap")  # why decoding heads stopped fitting their session
 
 
 class DaemonMetrics:
@@ -64,6 +65,10 @@ class DaemonMetrics:
         self.errors_published = {code: errors.labels(code=code) for code in ERROR_CODES}
         self.control_requests = Counter("rtcalm_control_requests_total", "Control requests, by command and result",
                                         ["cmd", "result"], registry=registry)
+        dropped = Counter("rtcalm_heads_dropped_total", "Decoding heads dropped because they no longer fit their "
+                          "session (new neuron count, or a hot-swapped model of another d_model), by reason",
+                          ["reason"], registry=registry)
+        self.heads_dropped = {reason: dropped.labels(reason=reason) for reason in HEAD_DROP_REASONS}
         self.model_loads = Counter("rtcalm_model_loads_total", "Model loads (hot swaps), by result", ["result"],
                                    registry=registry)
 
@@ -73,6 +78,8 @@ class DaemonMetrics:
         self.predictable_fraction = Gauge("rtcalm_session_predictable_fraction",
                                           "Fraction of a session's neurons currently classed predictable",
                                           ["session"], registry=registry)
+        self.heads = Gauge("rtcalm_session_heads", "Decoding heads loaded for a session", ["session"],
+                           registry=registry)
         self.model_info = Gauge("rtcalm_model_info", "The serving model (value 1), labelled with version and backend",
                                 ["version", "backend"], registry=registry)
         self.model_loading = Gauge("rtcalm_model_loading", "1 while a model is being loaded for a hot swap",
@@ -100,7 +107,7 @@ class DaemonMetrics:
         self.model_info.labels(version=version, backend=backend).set(1)
 
     def forget_session(self, session: str) -> None:
-        for gauge in (self.neurons, self.predictable_fraction):
+        for gauge in (self.neurons, self.predictable_fraction, self.heads):
             try:
                 gauge.remove(session)
             except KeyError:

@@ -13,14 +13,18 @@ when the daemon keeps up, a backlog when it fell behind) and, per session in arr
    with them into the session's pending batch;
 4. **model**: the whole pending batch goes through the model: all but the newest frame folded by one
    ``step_many``, then one ``step`` for the newest. No frame is lost from the statistics or the model
-   state; only the newest gets its own prediction (the others count as ``batched``);
-5. **publish** the newest frame's forecast, de-normalised to ΔF/F, under the session's topic.
+   state; only the newest gets its own prediction (the others count as ``batched``). A session with
+   decoding heads (:mod:`rtcalm.daemon.heads`) folds its batch frame by frame instead, so that every
+   consumed frame's hidden state reaches the heads' EMA pools; the newest frame's is decoded;
+5. **publish** the newest frame's forecast, de-normalised to ΔF/F, and its decoded values under the
+   session's topic.
 
 Nothing here blocks: publishing is a PUB send, which drops for a slow subscriber instead of waiting.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 
@@ -30,12 +34,15 @@ import zmq
 from rtcalm import protocol
 from rtcalm.daemon.config import DaemonConfig
 from rtcalm.daemon.engine import WarmedStream
+from rtcalm.daemon.heads import LoadedHead, SessionHeads, read_head
 from rtcalm.daemon.metrics import DaemonMetrics, StageTimes
 from rtcalm.daemon.session import DUPLICATE, GAP, OUT_OF_ORDER, Session
 from rtcalm.engine import StepEngine
 from rtcalm.errors import RtcalmError
+from rtcalm.model.heads import DecodingHead, HeadConfig
 from rtcalm.protocol import Frame, ProtocolError
 
+log = logging.getLogger("rtcalm.daemon")
 perf_ns = time.perf_counter_ns
 WARM_UP_NEURONS = 8  # the warm-up stream's size when the engine allows it
 wall_ns = time.time_ns
@@ -97,9 +104,9 @@ class Pipeline:
         folded = accepted - 1  # received frames answered only through this prediction
         stats_ns = perf_ns() - start
 
-        # 4. model
+        # 4. model, and the session's decoding heads
         start = perf_ns()
-        forecast = self.engine.step(session.take_pending(), session.model_state)
+        forecast, decoded = self._step_model(session)
         model_ns = perf_ns() - start
 
         # 5. publish
@@ -110,7 +117,7 @@ class Pipeline:
         t_pub_ns = wall_ns()
         payload = protocol.build_prediction(
             session=session_id, seq=frame.seq, t_acq_ns=frame.t_acq_ns, t_recv_ns=t_recv_ns, t_pub_ns=t_pub_ns,
-            forecast=session.forecast, predictable=session.predictable, decoded=self.engine.decoded_outputs(),
+            forecast=session.forecast, predictable=session.predictable, decoded=decoded,
             model_version=self.engine.version, rate_hz=self.engine.rate_hz, stream_id=session.stream_id,
             stream_frame=session.stream_frames - 1, folded=folded, stage_ns=stage_ns)
         # copy=False: ZeroMQ takes the payload's buffer instead of copying it (pyzmq still copies
@@ -119,6 +126,28 @@ class Pipeline:
         end = perf_ns()
         self._account(session, folded, t_pub_ns - frame.t_acq_ns, end - t_recv, validate_ns, stats_ns, model_ns,
                       end - start)
+
+    def _step_model(self, session: Session) -> tuple[np.ndarray, dict]:
+        """The session's pending frames through the model: the newest frame's forecast (normalised, an
+        engine buffer) and its decoded values. Decoding heads pool the hidden state of *every* consumed
+        frame, and an engine only exposes the latest frame's, so a session with heads folds its batch
+        one frame at a time (the engines step frame by frame anyway: only the hidden readout is extra)."""
+        frames = session.take_pending()
+        if not session.heads:
+            return self.engine.step(frames, session.model_state), {}
+        self._fold(session, frames[:-1])
+        forecast = self.engine.step(frames[-1:], session.model_state)
+        return forecast, session.heads.decode(self.engine.hidden(session.model_state))
+
+    def _fold(self, session: Session, frames: np.ndarray) -> None:
+        """Consume ``frames`` without a prediction; with heads, each frame's hidden state still enters
+        their pools."""
+        if not session.heads:
+            self.engine.fold(frames, session.model_state)
+            return
+        for i in range(frames.shape[0]):
+            self.engine.fold(frames[i:i + 1], session.model_state)
+            session.heads.absorb(self.engine.hidden(session.model_state))
 
     def _validate(self, parts: list[bytes], t_recv_ns: int) -> Frame | None:
         try:
@@ -214,7 +243,7 @@ class Pipeline:
 
     def _add(self, session: Session, values: np.ndarray) -> None:
         if session.pending_full():  # a batch longer than the buffer: fold what is there first
-            self.engine.fold(session.take_pending(), session.model_state)
+            self._fold(session, session.take_pending())
         session.add_frame(values)
 
     def _account(self, session: Session, folded: int, acquisition_to_publish_ns: int, receive_to_publish_ns: int,
@@ -261,13 +290,22 @@ class Pipeline:
         self.metrics.sessions.set(len(self.sessions))
         self.metrics.neurons.labels(session=session_id).set(n_neurons)
         self.metrics.predictable_fraction.labels(session=session_id).set(0.0)
+        self.metrics.heads.labels(session=session_id).set(0)
         return session
 
     def restart_session(self, session: Session, reason: str, *, n_neurons: int | None = None) -> Session:
-        """A fresh stream for the same session id (its counters carry over)."""
+        """A fresh stream for the same session id (its counters carry over, and its decoding heads with
+        zeroed pools, unless the neuron count changed: then they no longer fit and are dropped)."""
         fresh = self.start_session(session.id, n_neurons or session.n_neurons, pinned=session.pinned)
         fresh.counts.update(session.counts)
         self.metrics.session_restarts[reason].inc()
+        if fresh.n_neurons == session.n_neurons:
+            session.heads.reset_pools()
+            fresh.heads = session.heads
+            self.metrics.heads.labels(session=fresh.id).set(len(fresh.heads))
+        elif session.heads:
+            self._drop_heads(session, "neuron_count", f"the session now has {fresh.n_neurons} neurons, the heads "
+                                                      f"were fitted for {session.n_neurons}")
         return fresh
 
     def stop_session(self, session_id: str) -> Session | None:
@@ -276,6 +314,34 @@ class Pipeline:
             self.metrics.sessions.set(len(self.sessions))
             self.metrics.forget_session(session_id)
         return session
+
+    # --- decoding heads (control commands, between batches) -------------------------------------------
+    def load_head(self, session: Session, path: str) -> dict:
+        """Read and check the head at ``path`` for ``session``, then add it (or replace the head of the
+        same name) at once. Raises ProtocolError, changing nothing, if it does not fit (rtcalm.daemon.heads)."""
+        head = read_head(path, n_neurons=session.n_neurons, d_model=self.engine.config.d_model)
+        session.heads.check_room(head)
+        loaded = LoadedHead(head, path)
+        replaced = session.heads.install(loaded)
+        self.metrics.heads.labels(session=session.id).set(len(session.heads))
+        log.info("session %s: decoding head %r loaded from %s", session.id, loaded.name, path)
+        return {"session": session.id, "head": loaded.describe(), "replaced": replaced,
+                "heads": session.heads.describe()}
+
+    def unload_head(self, session: Session, name: str) -> dict:
+        """Raises ProtocolError('unknown_head') if ``session`` has no head ``name``."""
+        session.heads.remove(name)
+        self.metrics.heads.labels(session=session.id).set(len(session.heads))
+        return {"session": session.id, "unloaded": name, "heads": session.heads.describe()}
+
+    def _drop_heads(self, session: Session, reason: str, why: str) -> None:
+        """The session's heads no longer fit its stream or the model: drop them, count and log it."""
+        names = session.heads.names()
+        session.heads = SessionHeads()
+        self.metrics.heads_dropped[reason].inc(len(names))
+        self.metrics.heads.labels(session=session.id).set(0)
+        log.warning("session %s: decoding heads %s dropped: %s; load heads that fit to decode again",
+                    session.id, names, why)
 
     # --- between batches -----------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -288,15 +354,19 @@ class Pipeline:
         payload = protocol.build_frame("warm-up", 0, 0, frame)
         protocol.parse_frame(payload, max_bytes=self.limits.max_message_bytes, max_neurons=self.limits.max_neurons,
                              inf_scratch=self._inf_scratch)
+        warm_head = DecodingHead(HeadConfig("warm-up", "classification", n_probe, self.engine.config.d_model,
+                                            pool_frames=2.0, classes=[0.0, 1.0]))
         for kind in ("dff", "fluorescence"):
             session = Session("warm-up", frame.shape[0], 0, self.engine, self.config, pinned=False)
+            if kind == "dff":  # a decoding head's pool and readout too
+                session.heads.install(LoadedHead(warm_head, "warm-up"))
             probe = Frame("warm-up", 0, 0, n_probe, frame if kind == "dff" else None,
                           raw=None if kind == "dff" else frame + 2.0, neuropil=None if kind == "dff" else frame + 1.0)
             session.accepts_kind(probe)
             for step in range(3):
                 session.add_frame(session.dff_of(probe) * np.float32(step + 1))
             session.add_frame(session.missing_dff())
-            forecast = self.engine.step(session.take_pending(), session.model_state)
+            forecast, _ = self._step_model(session)
             session.scale.denormalise_into(forecast, session.forecast)
             session.refresh_predictable(self.config.stats.predictable_method,
                                         self.config.stats.thresholds_refresh_frames)
@@ -335,4 +405,10 @@ class Pipeline:
             session.model_state = state
             if session.forecast.shape[1] != engine.horizon:
                 session.forecast = np.empty((session.n_neurons, engine.horizon), dtype=np.float32)
+        # A head reads the hidden state of the backbone it was fitted on; another model's hidden state means
+        # something else even at the same width, and a closed loop must not act on such a readout.
+        for session in self.sessions.values():
+            if session.heads:
+                self._drop_heads(session, "model_swap", f"model {engine.version} replaced {self.engine.version}, "
+                                 "which the heads were fitted on")
         self.engine = engine

@@ -22,6 +22,7 @@ import numpy as np
 
 from rtcalm.daemon import kernels
 from rtcalm.daemon.config import DaemonConfig
+from rtcalm.daemon.heads import SessionHeads
 from rtcalm.engine import StepEngine
 from rtcalm.protocol import Frame
 from rtcalm.stats.dff import OnlineDff
@@ -80,6 +81,9 @@ class Session:
         self.stats = new_stats(n_neurons, config)
         self.scale = Scale(n_neurons, config.stats.warmup_frames)
         self.model_state = engine.new_stream(n_neurons)
+        # Decoding heads (load_head): a fresh stream of the same neuron count takes over the previous
+        # stream's, with zeroed pools (Pipeline.restart_session).
+        self.heads = SessionHeads()
         self.last_seq: int | None = None
         self.stream_frames = 0  # frames consumed by stats and model, including filled-in missing ones
 
@@ -178,7 +182,8 @@ class Session:
         return {"session": self.id, "stream_id": self.stream_id, "neurons": self.n_neurons, "pinned": self.pinned,
                 "last_seq": self.last_seq, "stream_frames": self.stream_frames,
                 "predictable": int(self.predictable.sum()),
-                "thresholds": None if self.thresholds is None else self.thresholds.to_dict(), **self.counts}
+                "thresholds": None if self.thresholds is None else self.thresholds.to_dict(),
+                "heads": self.heads.describe(), **self.counts}
 
     def statistics(self) -> dict:
         """Per-neuron statistics for the ``get_stats`` command: float32 little-endian bytes per field."""

@@ -25,12 +25,13 @@ SMALL_MODEL = dict(token_window_frames=4, codebook_size=16, code_dim=4, tokenize
                    n_heads=2, mlp_hidden=32, attention_window_frames=6, n_latents=4, forecast_horizon_frames=5)
 
 
-def make_checkpoint(directory, seed: int) -> Calm:
+def make_checkpoint(directory, seed: int, **overrides) -> Calm:
     """A small CalM with random weights large enough that its forecasts depend strongly on the input:
     at the training initialisation (std 0.02) every code is the same and the forecast does not depend
-    on the frames at all, which would make "equals the reference" tests pass for any input."""
+    on the frames at all, which would make "equals the reference" tests pass for any input.
+    ``overrides``: CalmConfig fields that differ from SMALL_MODEL (e.g. another d_model)."""
     torch.manual_seed(seed)
-    model = Calm(CalmConfig(**SMALL_MODEL)).eval()
+    model = Calm(CalmConfig(**{**SMALL_MODEL, **overrides})).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if parameter.dim() >= 2:
@@ -53,7 +54,9 @@ def make_config(**sections) -> DaemonConfig:
 
 class OfflineReference:
     """What the daemon must publish, computed without it: the same statistics update, normalisation,
-    model step and de-normalisation, one frame at a time. NaN rows stand for filled-in gaps."""
+    model step and de-normalisation, one frame at a time. NaN rows stand for filled-in gaps. ``hidden``:
+    the latest frame's per-neuron hidden state (``CalmOutput.hidden``, (N, d_model)), what decoding
+    heads read."""
 
     def __init__(self, model: Calm, n_neurons: int, config: DaemonConfig, *, fluorescence: bool = False):
         self.model = model
@@ -63,6 +66,7 @@ class OfflineReference:
         self.converter = OnlineDff(n_neurons, **config.to_dict()["dff"]) if fluorescence else None
         self.z = np.empty(n_neurons, dtype=np.float32)
         self.z_history: list[np.ndarray] = []
+        self.hidden: torch.Tensor | None = None
 
     def step(self, frame: np.ndarray, neuropil: np.ndarray | None = None) -> np.ndarray:
         if self.converter is not None:
@@ -72,6 +76,7 @@ class OfflineReference:
         self.scale.normalise_into(frame, self.z)
         self.z_history.append(self.z.copy())
         out, _ = self.model.step(torch.from_numpy(self.z), self.state)
+        self.hidden = out.hidden.clone()
         forecast = np.empty(tuple(out.forecast.shape), dtype=np.float32)
         self.scale.denormalise_into(out.forecast.numpy(), forecast)
         return forecast
