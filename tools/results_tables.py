@@ -1,11 +1,13 @@
 """Render the result tables of docs/results.md from the training runs' own output files.
 
-    python tools/results_tables.py --default runs/default --ablation runs/ablation-tokens runs/ablation-continuous \\
-        --scratch runs/scratch/scratch.json [--decode runs/decode-direction.json] > docs/results_tables.md
+    python tools/results_tables.py --default runs/default --ablation runs/default runs/ablation-continuous \\
+        --scratch runs/scratch/scratch.json [--decode runs/decode-direction.json] \\
+        [--curriculum runs/curriculum/curriculum.json]
 
 Inputs are what the commands in docs/results.md write: ``metrics.json`` of ``python -m trainer pretrain``
 (tokenizer metrics and the forecast protocol on validation and test mice), ``scratch.json`` of
-``tools/scratch_baseline.py`` and the ``--json`` output of ``rtcalm decode-eval``. Nothing is typed in
+``tools/scratch_baseline.py``, the ``--json`` output of ``rtcalm decode-eval`` and ``curriculum.json`` of
+``tools/curriculum_experiment.py``. Nothing is typed in
 by hand.
 """
 
@@ -47,6 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ablation", type=Path, nargs=2, metavar=("TOKENS_RUN", "CONTINUOUS_RUN"))
     parser.add_argument("--scratch", type=Path, help="scratch.json of tools/scratch_baseline.py")
     parser.add_argument("--decode", type=Path, nargs="*", default=[], help="rtcalm decode-eval --json outputs")
+    parser.add_argument("--curriculum", type=Path, help="curriculum.json of tools/curriculum_experiment.py")
     args = parser.parse_args(argv)
 
     metrics = _load(args.default / "metrics.json")
@@ -113,8 +116,35 @@ def main(argv=None) -> int:
         out.append(f"| **mean** | | | {result['model']:.3f} | {result['baselines']['linear_mean_response']:.3f} | "
                    f"{result['baselines']['chance']:.3f} |")
         out.append("")
+    if args.curriculum:
+        out += curriculum_table(_load(args.curriculum), args.curriculum)
     print("\n".join(out))
     return 0
+
+
+def curriculum_table(result: dict, path: Path) -> list[str]:
+    rows = result["rows"]
+    horizons = list(next(iter(rows.values()))["forecast_mse_ratio"])
+    seeds = ", ".join(map(str, result["seeds"]))
+    out = ["### POYO-CAP ablation: neuron curriculum and pretraining objective", "",
+           f"`{path}`: {result['transformer_steps']} transformer steps per run, seeds {seeds}; mean ± half-width of "
+           f"the 95 % confidence interval over seeds (Student t). Forecasting: mse_ratio on the test mice "
+           f"({', '.join(result['test_mice'])}); decoding: grating direction accuracy, head on the frozen "
+           "backbone, 5-fold CV, mean over the grating recordings.", "",
+           "| regime | objective | " + " | ".join(f"h={h} mse_ratio" for h in horizons) + " | direction accuracy |",
+           "|---|---|" + "---|" * len(horizons) + "---|"]
+    for name, row in rows.items():
+        regime, _, objective = name.partition(", ")
+        cells = [f"{row['forecast_mse_ratio'][h]['mean']:.4f} ± {row['forecast_mse_ratio'][h]['ci95']:.4f}" for h in horizons]
+        accuracy = row["direction_accuracy"]
+        out.append(f"| {regime} | {objective or 'autoregressive'} | " + " | ".join(cells)
+                   + f" | {accuracy['mean']:.3f} ± {accuracy['ci95']:.3f} |")
+    runs = result["runs"]
+    out += ["", "Same runs, pooled AR mse_ratio (fitted on the training mice): "
+            + ", ".join(f"h={h} {runs[0]['pooled_ar_mse_ratio'][h]:.4f}" for h in horizons)
+            + f"; linear mean-response direction decoder {runs[0]['linear_mean_response']:.3f}, chance "
+            f"{runs[0]['chance']:.3f}.", ""]
+    return out
 
 
 if __name__ == "__main__":
