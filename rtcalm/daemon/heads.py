@@ -14,7 +14,8 @@ model consumes to the session's heads:
   a frame-by-frame run would have.
 
 A fresh stream of the same neuron count keeps its heads with zeroed pools; a new neuron count, or a
-hot-swapped model with another ``d_model``, drops them (the pipeline counts and logs it).
+hot-swapped model (any: a head reads the hidden state of the backbone it was fitted on), drops them (the
+pipeline counts and logs it).
 """
 
 from __future__ import annotations
