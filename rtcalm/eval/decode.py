@@ -20,7 +20,9 @@ The response window is ``0 <= trial_time_s < response_end_s`` (stimulus on; 2 s 
 
 Decoders compared on the same folds:
 
-- ``model``: a linear head (logistic / ridge) on features from the model (``feature_fn``);
+- ``model``: a linear head (logistic / ridge) on features from the model (``feature_fn``), backbone frozen;
+- ``model_finetuned`` (``--finetune-steps``): that head and a copy of the backbone trained together on
+  the training folds (:func:`finetuned_decoder`);
 - ``linear_mean_response``: the same kind of head on each neuron's mean ΔF/F in the response window;
 - ``chance``: the majority class of the training folds (classification) or their mean (regression).
 
@@ -40,6 +42,8 @@ from rtcalm.errors import RtcalmError
 
 TASKS = {"direction": "accuracy", "orientation": "accuracy", "speed": "r2", "pupil": "r2"}
 FeatureFn = Callable[[Recording], np.ndarray]  # recording -> (trials, features)
+# (recording, its task data) -> fit_predict(train trials, test trials) -> predictions for the test trials
+FoldDecoderFactory = Callable[[Recording, "TaskData"], Callable[[np.ndarray, np.ndarray], np.ndarray]]
 
 
 class DecodingError(RtcalmError, ValueError):
@@ -127,7 +131,9 @@ def _score(predictions: np.ndarray, targets: np.ndarray, metric: str) -> float:
 
 
 def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | None, folds: int = 5,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, fold_decoders: dict[str, FoldDecoderFactory] | None = None) -> dict:
+    """Scores of every decoder on one recording. ``fold_decoders``: further decoders by name that fit
+    per fold themselves (e.g. :func:`finetuned_decoder`), scored on the same folds."""
     data = task_data(recording, task)
     splits = fold_indices(data.targets, data.metric, folds, seed)
     mean_responses = mean_response_features(recording, data.response_frames)
@@ -140,6 +146,8 @@ def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | 
         if model_features.shape[0] != data.targets.shape[0]:
             raise AssertionError("feature_fn must return one row per trial")
         decoders = {"model": lambda tr, te: _fit_predict(model_features, data.targets, tr, te, data.metric), **decoders}
+    for name, factory in (fold_decoders or {}).items():
+        decoders[name] = factory(recording, data)
     scores = {}
     for name, decoder in decoders.items():
         predictions = np.empty_like(data.targets, dtype=np.float64)
@@ -151,42 +159,90 @@ def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | 
 
 
 def evaluate(recordings: Sequence[Recording], task: str, feature_fn: FeatureFn | None, folds: int = 5,
-             seed: int = 0) -> dict:
+             seed: int = 0, fold_decoders: dict[str, FoldDecoderFactory] | None = None) -> dict:
     """The ``--json`` document of ``rtcalm decode-eval``: means over files of the per-file scores."""
     if task not in TASKS:
         raise DecodingError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
-    per_file = [evaluate_recording(rec, task, feature_fn, folds, seed) for rec in recordings]
+    per_file = [evaluate_recording(rec, task, feature_fn, folds, seed, fold_decoders) for rec in recordings]
     result = {"task": task, "metric": TASKS[task], "folds": folds}
     if feature_fn is not None:
         result["model"] = float(np.mean([f["model"] for f in per_file]))
+    for name in fold_decoders or {}:
+        result[name] = float(np.mean([f[name] for f in per_file]))
     result["baselines"] = {name: float(np.mean([f[name] for f in per_file]))
                            for name in ("linear_mean_response", "chance")}
     result["per_file"] = per_file
     return result
 
 
-def model_features(model, response_end_s: float = 2.0) -> FeatureFn:
-    """Features for the ``model`` decoder: CalM's per-neuron hidden states (``CalmOutput.hidden``),
-    averaged over the response window of each trial and flattened to (trials, N * D).
+def model_inputs(model, recording: Recording, response_end_s: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """What the model reads of a trial recording: (z (trials, frames, N) float32, response (frames,) bool).
 
-    Each epoch is resampled to the model's rate (:mod:`rtcalm.data.resample`), z-scored per neuron with
+    Each epoch is resampled to the model's rate (:mod:`rtcalm.data.resample`) and z-scored per neuron with
     the statistics of all the recording's frames (label-free, so nothing about the held-out fold's labels
-    leaks), and run through the model from the epoch's first frame (1 s before onset on the grating files)."""
-    import torch
-
+    leaks); the model runs from the epoch's first frame (1 s before onset on the grating files)."""
     from rtcalm.data.resample import resample_recording
     from rtcalm.stats import stats_of_recording
 
+    resampled = resample_recording(recording, model.config.rate_hz)
+    stats = stats_of_recording(resampled)
+    std = np.where(stats.std > 1e-8, stats.std, 1.0)
+    z = ((resampled.dff - stats.mean) / std).astype(np.float32)
+    return z, (resampled.trial_time_s >= 0) & (resampled.trial_time_s < response_end_s)
+
+
+def pooled_hidden(model, z: np.ndarray, response: np.ndarray):
+    """CalM's per-neuron hidden states (``CalmOutput.hidden``) averaged over the response window:
+    (trials, N, D) torch tensor, without gradients."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        hidden = model(torch.from_numpy(z)).hidden  # (trials, frames, N, D)
+        return hidden[:, torch.from_numpy(response)].mean(dim=1)
+
+
+def model_features(model, response_end_s: float = 2.0) -> FeatureFn:
+    """Features for the ``model`` decoder (backbone frozen): :func:`pooled_hidden` of
+    :func:`model_inputs`, flattened to (trials, N * D)."""
+
     def features(recording: Recording) -> np.ndarray:
-        resampled = resample_recording(recording, model.config.rate_hz)
-        stats = stats_of_recording(resampled)
-        std = np.where(stats.std > 1e-8, stats.std, 1.0)
-        z = ((resampled.dff - stats.mean) / std).astype(np.float32)  # (trials, frames, N)
-        response = (resampled.trial_time_s >= 0) & (resampled.trial_time_s < response_end_s)
-        model.eval()
-        with torch.inference_mode():
-            hidden = model(torch.from_numpy(z)).hidden  # (trials, frames, N, D)
-            pooled = hidden[:, torch.from_numpy(response)].mean(dim=1)
+        pooled = pooled_hidden(model, *model_inputs(model, recording, response_end_s))
         return pooled.reshape(pooled.shape[0], -1).numpy()
 
     return features
+
+
+def finetuned_decoder(model, steps: int, lr: float = 1e-3, batch_trials: int = 16,
+                      response_end_s: float = 2.0) -> FoldDecoderFactory:
+    """The ``model_finetuned`` decoder: per fold, a copy of the backbone and a head fitted on the frozen
+    features of the training trials (:func:`rtcalm.model.heads.fit_head`), then both trained together for
+    ``steps`` steps of ``batch_trials`` training trials (:func:`rtcalm.model.heads.finetune_head`); the
+    test trials are read by the tuned copy only. The model given is never changed."""
+    import copy
+
+    import torch
+
+    from rtcalm.model.heads import HeadConfig, finetune_head, fit_head
+
+    def for_recording(recording: Recording, data: TaskData):
+        z, response = model_inputs(model, recording, response_end_s)
+        classification = data.metric == "accuracy"
+        config = HeadConfig(name="task", kind="classification" if classification else "regression",
+                            n_neurons=recording.n_neurons, d_model=model.config.d_model,
+                            pool_frames=float(max(1, response.sum())),
+                            classes=[float(c) for c in range(int(data.targets.max()) + 1)] if classification else [])
+
+        def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+            tuned = copy.deepcopy(model)
+            features = pooled_hidden(tuned, z[train], response).numpy()
+            head = fit_head(features, data.targets[train].astype(np.float64), config)
+            finetune_head(tuned, head, torch.from_numpy(z[train]), data.targets[train].astype(np.float64), response,
+                          steps=steps, lr=lr, batch_trials=batch_trials)
+            with torch.inference_mode():
+                output = head(pooled_hidden(tuned, z[test], response))
+            return output.argmax(dim=-1).numpy() if classification else output[:, 0].numpy()
+
+        return fit_predict
+
+    return for_recording

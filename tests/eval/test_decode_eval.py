@@ -77,3 +77,32 @@ def test_real_grating_baselines(grating_files):
 
     result = evaluate([load_recording(grating_files[3])], "direction", None)  # mrcuts28: strongly tuned
     assert result["baselines"]["linear_mean_response"] > 0.5 > result["baselines"]["chance"]
+
+
+def test_finetuned_decoder_trains_a_copy_per_fold_and_leaves_the_model_alone():
+    import torch
+
+    from rtcalm.eval.decode import finetuned_decoder, model_features
+    from rtcalm.model import Calm, CalmConfig
+
+    torch.manual_seed(0)
+    model = Calm(CalmConfig(token_window_frames=4, codebook_size=32, code_dim=4, tokenizer_hidden=16, d_model=16,
+                            n_layers=1, n_heads=2, mlp_hidden=32, attention_window_frames=8, n_latents=4,
+                            forecast_horizon_frames=5, input_mode="continuous", rate_hz=16.0)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = evaluate([_trial_recording()], "direction", model_features(model), folds=4,
+                      fold_decoders={"model_finetuned": finetuned_decoder(model, steps=5, batch_trials=8)})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # tuned copies only
+    row = result["per_file"][0]
+    assert row["model_finetuned"] == result["model_finetuned"] > 0.5  # 8 classes: chance 0.125
+    regression = evaluate([_trial_recording(informative=False)], "speed", None, folds=4,
+                          fold_decoders={"model_finetuned": finetuned_decoder(model, steps=3, batch_trials=8)})
+    assert np.isfinite(regression["model_finetuned"])
+
+
+def test_finetune_steps_must_be_positive(capsys):
+    from rtcalm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["decode-eval", "x.mat", "--task", "direction", "--finetune-steps", "0"])
+    assert "--finetune-steps" in capsys.readouterr().err
