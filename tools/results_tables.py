@@ -108,13 +108,16 @@ def main(argv=None) -> int:
 
     for path in args.decode:
         result = _load(path)
+        tuned = "model_finetuned" in result
         out += [f"### Decoding: {result['task']} ({result['metric']}, {result['folds']}-fold CV over trials)", "",
-                "| file | mouse | neurons | CalM head | linear mean response | chance |", "|---|---|---|---|---|---|"]
+                "| file | mouse | neurons | CalM head (frozen) | " + ("CalM head + fine-tuned backbone | " if tuned else "")
+                + "linear mean response | chance |", "|---|---|---|---|" + ("---|" if tuned else "") + "---|---|"]
         for row in result["per_file"]:
             out.append(f"| {Path(row['file']).name} | {row['mouse']} | {row['neurons']} | {row['model']:.3f} | "
-                       f"{row['linear_mean_response']:.3f} | {row['chance']:.3f} |")
-        out.append(f"| **mean** | | | {result['model']:.3f} | {result['baselines']['linear_mean_response']:.3f} | "
-                   f"{result['baselines']['chance']:.3f} |")
+                       + (f"{row['model_finetuned']:.3f} | " if tuned else "")
+                       + f"{row['linear_mean_response']:.3f} | {row['chance']:.3f} |")
+        out.append(f"| **mean** | | | {result['model']:.3f} | " + (f"{result['model_finetuned']:.3f} | " if tuned else "")
+                   + f"{result['baselines']['linear_mean_response']:.3f} | {result['baselines']['chance']:.3f} |")
         out.append("")
     if args.curriculum:
         out += curriculum_table(_load(args.curriculum), args.curriculum)
