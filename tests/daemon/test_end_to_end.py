@@ -113,7 +113,7 @@ def test_demo_runs_and_stops_cleanly(checkpoint):
     predictions = int(last.split("predictions ")[1].split(",")[0])
     assert predictions > 60  # about 30 per second after start-up
     assert "rig send -> prediction   p50" in last and "skill" in last
-    assert "decoded     none (this model has no decoding heads)" in last
+    assert "decoded     none (no decoding head loaded for this session: control load_head)" in last
     assert "rtcalm demo: stopped" in result.stderr
 
 
