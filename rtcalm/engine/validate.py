@@ -30,6 +30,11 @@ FP32_TOLERANCE = 1e-4  # max |forecast difference|, normalised units (forecasts 
 FP16_TOLERANCE = 5e-2
 FP32_TIE_MARGIN = 1e-4  # squared-distance gap under which a code choice counts as a near tie
 FP16_TIE_MARGIN = 1e-2
+# Code flips allowed per (step, neuron) compared. Float32 near ties are rare per token (the shipped default
+# model: ~1e-4 per neuron-step), but a step holds N tokens, so the chance of one somewhere in a step grows
+# with N; an engine whose tokenizer is not the model's flips far more often, and off near ties too (those
+# count as unexplained steps).
+MAX_FLIPS_PER_NEURON_STEP = 1e-3
 
 
 def validation_frames(n_frames: int, n_neurons: int, seed: int = 0) -> np.ndarray:
@@ -68,10 +73,11 @@ class Agreement:
 
     @property
     def passed(self) -> bool:
-        # a flip now and then is expected; flips on more than 2 % of steps mean the engine's tokenizer
-        # is not the model's (or FP16 is too coarse for it)
+        # a flip now and then is expected; many more mean the engine's tokenizer is not the model's (or FP16
+        # is too coarse for it)
+        allowed_flips = max(1.0, MAX_FLIPS_PER_NEURON_STEP * self.steps * self.n_neurons)
         return (self.unexplained_steps == 0 and self.max_abs_error <= self.tolerance
-                and self.code_flip_steps <= max(1, 0.02 * self.steps))
+                and self.code_flip_steps <= allowed_flips)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}

@@ -70,3 +70,18 @@ def test_torch_graph_mode_equals_eager_calm_step():
     assert worst <= 1e-5 and a.frames_seen == b.frames_seen == 120
     assert np.array_equal(eager.hidden(a), graph.hidden(b))
     assert compare_with_reference(graph, model, 11, 60, tolerance=1e-5, tie_margin=1e-4).passed
+
+
+@pytest.mark.parametrize("neurons, steps, flips, passed", [
+    (512, 200, 9, True),  # the shipped default model's measured rate at 512 neurons
+    (4096, 200, 53, True),
+    (512, 200, 150, False),  # > 1 per 1,000 neuron-steps: the engine's tokenizer is not the model's
+    (5, 40, 1, True),  # at least one flip is always allowed
+    (5, 40, 2, False),
+])
+def test_allowed_code_flips_scale_with_the_tokens_compared(neurons, steps, flips, passed):
+    from rtcalm.engine.validate import Agreement
+
+    result = Agreement(n_neurons=neurons, steps=steps, compared_steps=steps - flips, max_abs_error=1e-6,
+                       mean_abs_error=1e-7, code_flip_steps=flips, unexplained_steps=0, tolerance=1e-4)
+    assert result.passed == passed
