@@ -406,9 +406,10 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         val_crops = fixed_crops(validation, crop_frames, scfg.validation_crops_per_epoch)
         if not val_crops:
             raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
-        if state["step"] == 0 and config.model.autoregressive_skip and scfg.skip_init_batches > 0:
+        if not state.get("skip_initialised") and config.model.autoregressive_skip and scfg.skip_init_batches > 0:
             fit = fit_autoregressive_skip(model, lambda: samplers[0].sample(scfg.batch_crops, generator),
                                           scfg.skip_init_batches, context)
+            state["skip_initialised"] = True  # saved with the weights: a resumed run never fits twice
             log(f"autoregressive skip: least-squares start on {fit['rows']} windows, train MSE {fit['train_mse']:.4f}")
         model.train()
         model.tokenizer.eval()

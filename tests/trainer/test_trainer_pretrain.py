@@ -163,7 +163,7 @@ def last_weights(out: Path) -> dict:
     return load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("stop_after", [5, 11])  # inside the tokenizer stage, inside the transformer stage
+@pytest.mark.parametrize("stop_after", [5, 8, 11])  # in the tokenizer stage; right after the skip fit; in stage 2
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_root, tmp_path, stop_after):
     config = tiny_config()
     straight = tmp_path / "straight"
