@@ -16,6 +16,19 @@ NEURODIO_GLOB = "yueqiw_neurod-io/data/*/*/rec_data.npz"
 GRATING_GLOB = "surlab_Park_et_al/sample-data/glm/*_data.mat"
 
 
+@pytest.fixture(autouse=True)
+def single_threaded_torch():
+    """Torch runs single-threaded in every test, as the daemon does by default: on a 2-core machine shared
+    with other work, a second intra-op thread that is descheduled stalls every small matmul of the
+    streaming step by a scheduler time slice."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _require_real_data() -> Path:
     if not REAL_DATA_DIR.is_dir():
         pytest.skip(f"real recordings not found at {REAL_DATA_DIR} (../shared is absent; set RTCALM_REAL_DATA)")

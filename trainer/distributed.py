@@ -69,8 +69,8 @@ from trainer.pretrain import (
     _append_log,
     drop_frames,
     final_report,
-    fit_autoregressive_skip,
     lr_at,
+    start_from_least_squares,
     tokenizer_metrics,
     transformer_parameter_groups,
     validate_transformer,
@@ -869,14 +869,10 @@ def pretrain_distributed(config: TrainConfig, data_root, out_dir, settings: Dist
             raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
         val_crops = ([c.to(rt.device) for c in fixed_crops(validation, crop_frames, scfg.validation_crops_per_epoch)]
                      if rt.is_main else [])
-        if not state.get("skip_initialised") and config.model.autoregressive_skip and scfg.skip_init_batches > 0:
-            # every rank draws the same whole batches (the generator is shared), so all fit the same skip
-            whole_batch = torch.arange(scfg.batch_crops)
-            fit = fit_autoregressive_skip(model, lambda: sampler.sample_rows(scfg.batch_crops, generator, whole_batch),
-                                          scfg.skip_init_batches, context)
-            state["skip_initialised"] = True  # saved with the weights: a resumed run never fits twice
-            main_log(f"autoregressive skip: least-squares start on {fit['rows']} windows, "
-                     f"train MSE {fit['train_mse']:.4f}")
+        # every rank draws the same whole batches (the generator is shared), so all fit the same skip
+        whole_batch = torch.arange(scfg.batch_crops)
+        start_from_least_squares(model, config, state,
+                                 lambda: sampler.sample_rows(scfg.batch_crops, generator, whole_batch), main_log)
         freeze_unused_transformer_parameters(model, scfg.next_code_weight)
         model.train()
         model.tokenizer.eval()

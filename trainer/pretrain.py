@@ -145,6 +145,17 @@ def fit_autoregressive_skip(model: Calm, sample_crops, n_batches: int, context: 
     return {"rows": n_rows, "train_mse": float(residual.sum() / (n_rows * horizon))}
 
 
+def start_from_least_squares(model: Calm, config: TrainConfig, state: dict, sample_crops, log) -> None:
+    """Stage 2's start (:func:`fit_autoregressive_skip`), once per run: the trainer state records it, and
+    is saved with the weights, so a resumed run never fits twice."""
+    scfg = config.transformer
+    if state.get("skip_initialised") or not config.model.autoregressive_skip or scfg.skip_init_batches == 0:
+        return
+    fit = fit_autoregressive_skip(model, sample_crops, scfg.skip_init_batches, scfg.context_frames)
+    state["skip_initialised"] = True
+    log(f"autoregressive skip: least-squares start on {fit['rows']} windows, train MSE {fit['train_mse']:.4f}")
+
+
 def next_code_weight(stage: TransformerStage) -> float:
     """The next-token cross-entropy belongs to the autoregressive objective only."""
     return stage.next_code_weight if stage.objective == "autoregressive" else 0.0
@@ -406,11 +417,7 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         val_crops = fixed_crops(validation, crop_frames, scfg.validation_crops_per_epoch)
         if not val_crops:
             raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
-        if not state.get("skip_initialised") and config.model.autoregressive_skip and scfg.skip_init_batches > 0:
-            fit = fit_autoregressive_skip(model, lambda: samplers[0].sample(scfg.batch_crops, generator),
-                                          scfg.skip_init_batches, context)
-            state["skip_initialised"] = True  # saved with the weights: a resumed run never fits twice
-            log(f"autoregressive skip: least-squares start on {fit['rows']} windows, train MSE {fit['train_mse']:.4f}")
+        start_from_least_squares(model, config, state, lambda: samplers[0].sample(scfg.batch_crops, generator), log)
         model.train()
         model.tokenizer.eval()
         bar = tqdm(total=steps, initial=state["step"], desc="transformer", disable=not progress,

@@ -1,21 +1,12 @@
 """Fixtures of the daemon tests: small real checkpoints (two different weights for hot swaps) and a
-running daemon with connected clients. Torch runs single-threaded, as the daemon does by default."""
+running daemon with connected clients."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 from daemon_helpers import Harness, make_checkpoint, make_config
 
 from rtcalm.model import load_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def single_threaded_torch():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

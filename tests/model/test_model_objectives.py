@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_model_calm import randomised_model  # noqa: E402  (every parameter non-trivial)
 
-from rtcalm.model import Calm, CalmConfig
 from rtcalm.model.objectives import crop_losses, latent_masked_losses, masked_positions
 
-SMALL = CalmConfig(token_window_frames=4, codebook_size=32, code_dim=4, tokenizer_hidden=16, d_model=16, n_layers=2,
-                   n_heads=4, mlp_hidden=32, attention_window_frames=8, n_latents=4, forecast_horizon_frames=5,
-                   autoregressive_order=6)
+OBJECTIVE_MODEL = dict(attention_window_frames=8, autoregressive_order=6)
 
 
 @pytest.mark.parametrize("n_context, fraction, first_masked", [(10, 0.5, 5), (96, 0.5, 48), (9, 0.5, 5),
@@ -21,25 +19,13 @@ def test_masked_positions_are_the_later_fraction_of_the_context(n_context, fract
     assert positions.nonzero().squeeze(1).tolist() == list(range(first_masked, n_context))  # a suffix, >= 1, < all
 
 
-def randomised(seed: int) -> Calm:
-    """Every parameter non-trivial (a fresh model's missing embedding is zero and its codebook untrained,
-    which would make a masked step look like any other)."""
-    torch.manual_seed(seed)
-    model = Calm(SMALL)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        model.tokenizer.codebook.normal_()
-    return model
-
-
 def crops(seed=0, batch=2, frames=30, neurons=7):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, frames, neurons, generator=generator).cumsum(1) * 0.3
 
 
 def test_the_masked_view_sees_the_unmasked_steps_only_and_regresses_onto_the_full_view():
-    model = randomised(0).eval()  # no dropout: the two views differ only by the mask
+    model = randomised_model(0, **OBJECTIVE_MODEL).eval()  # no dropout: the views differ only by the mask
     crop, context = crops(), 20
     hidden_steps = masked_positions(context, 0.5)
     full = model(crop[:, :context]).hidden
@@ -58,7 +44,7 @@ def test_the_masked_view_sees_the_unmasked_steps_only_and_regresses_onto_the_ful
 def test_the_full_view_is_a_target_only():
     """Gradients reach the weights through the masked view and the forecast, never through the target:
     with the forecast loss removed (head and skip frozen) the L1 still trains the blocks."""
-    model = randomised(1).train()
+    model = randomised_model(1, **OBJECTIVE_MODEL).train()
     crop, context = crops(seed=2), 20
     loss, _, out = latent_masked_losses(model, crop, context, latent_weight=1.0, masked_fraction=0.5)
     loss.backward()
