@@ -45,11 +45,13 @@ ERROR_CODES = {
     "bad_field": "a required field is missing, has the wrong type, or is out of range",
     "payload_size": "a vector's byte length does not match the neuron count (truncated or too long)",
     "non_finite": "a vector holds +-Inf (NaN is allowed and means 'missing')",
+    "value_out_of_range": "a value's magnitude exceeds the daemon's bound (limits.max_abs_dff for ΔF/F, "
+                          "limits.max_abs_fluorescence for raw and neuropil)",
     "too_large": "the message or its neuron count exceeds the daemon's limits",
     "neuron_count": "the neuron count differs from the one the session was started with",
     "neuron_range": "the serving model cannot run this neuron count (it was compiled for another range)",
     "duplicate": "a frame with this sequence number was already received; dropped",
-    "out_of_order": "the frame is older than one already processed (its slot was filled as missing); dropped",
+    "out_of_order": "the frame is older than the last one processed (the stream is past its slot); dropped",
     "gap_too_large": "more frames were missing than the daemon fills in; the session state restarted",
     "too_many_sessions": "the daemon already serves its maximum number of sessions",
     "unknown_session": "no session with this id is running",
@@ -64,6 +66,12 @@ ERROR_CODES = {
     "unknown_head": "the session has no decoding head of this name",
     "internal": "the daemon failed on this message (a bug); the session state was restarted",
 }
+
+
+# The codes an ingest frame can be rejected with before it reaches its session's state (counted in
+# rtcalm_frames_malformed_total{code}); the others answer control commands or describe sequencing.
+FRAME_REJECTION_CODES = ("malformed", "unsupported_version", "wrong_type", "bad_field", "payload_size", "non_finite",
+                         "value_out_of_range", "too_large", "neuron_count")
 
 
 class ProtocolError(RtcalmError, ValueError):
@@ -214,9 +222,12 @@ def _vector_bytes(values, name: str) -> memoryview:
 
 
 def parse_frame(data: bytes, *, max_bytes: int | None = None, max_neurons: int | None = None,
-                inf_scratch: np.ndarray | None = None) -> Frame:
+                inf_scratch: np.ndarray | None = None, max_abs_dff: float | None = None,
+                max_abs_fluorescence: float | None = None) -> Frame:
     """Validate one ingest message completely. Raises ProtocolError; never returns a partly checked frame.
-    ``inf_scratch``: optional bool buffer of at least ``max_neurons`` entries for the Inf check."""
+    ``inf_scratch``: optional bool buffer of at least ``max_neurons`` entries for the Inf check.
+    ``max_abs_dff`` / ``max_abs_fluorescence``: bounds on |value| of ``dff`` / ``raw`` and ``neuropil``
+    (None: any finite value)."""
     message = unpack_map(data, max_bytes=max_bytes)
     _check_envelope(message, ("frame",))
     session = _session_field(message)
@@ -235,19 +246,38 @@ def parse_frame(data: bytes, *, max_bytes: int | None = None, max_neurons: int |
                                          + (" (it has both)" if has_dff else " (it has neither)"))
     if has_dff:
         dff = _vector_field(message, "dff", n, FLOAT32_LE)
-        _reject_infinite(dff, "dff", inf_scratch)
+        _check_values(dff, "dff", inf_scratch, max_abs_dff, "limits.max_abs_dff")
         return Frame(session, seq, t_acq_ns, n, dff, reset=reset)
     raw = _vector_field(message, "raw", n, FLOAT32_LE)
     neuropil = _vector_field(message, "neuropil", n, FLOAT32_LE)
-    _reject_infinite(raw, "raw", inf_scratch)
-    _reject_infinite(neuropil, "neuropil", inf_scratch)
+    _check_values(raw, "raw", inf_scratch, max_abs_fluorescence, "limits.max_abs_fluorescence")
+    _check_values(neuropil, "neuropil", inf_scratch, max_abs_fluorescence, "limits.max_abs_fluorescence")
     return Frame(session, seq, t_acq_ns, n, None, raw=raw, neuropil=neuropil, reset=reset)
 
 
-def _reject_infinite(values: np.ndarray, name: str, scratch: np.ndarray | None) -> None:
+def _check_values(values: np.ndarray, name: str, scratch: np.ndarray | None, max_abs: float | None,
+                  bound_name: str) -> None:
+    """Raise 'non_finite' for +-Inf, 'value_out_of_range' for a finite |value| above ``max_abs``.
+
+    A finite but absurd value (3e38 is a valid float32) would otherwise enter the running statistics and
+    dominate that neuron's mean and std, so its forecasts stay off by orders of magnitude for as long as
+    the statistics remember it."""
+    if max_abs is not None:
+        # fmax/fmin skip NaN (missing values): two reductions decide the common, all-good case; Inf
+        # is above any finite bound, so only a frame that fails them needs the detailed checks below.
+        high, low = np.fmax.reduce(values), np.fmin.reduce(values)
+        if not (high > max_abs or low < -max_abs):
+            return
     bad = count_infinite(values, scratch)
     if bad:
         raise ProtocolError("non_finite", f"field {name!r} has {bad} infinite values (use NaN for missing)")
+    if max_abs is not None:
+        outside = np.flatnonzero(np.abs(values) > max_abs)
+        first = int(outside[0])
+        raise ProtocolError("value_out_of_range",
+                            f"field {name!r} has {outside.size} value(s) with magnitude above {max_abs:g} "
+                            f"({bound_name}; first: neuron {first}, {float(values[first]):g}); a value that "
+                            "large is a unit or scaling error upstream, and would swamp the neuron's statistics")
 
 
 def peek_session(data: bytes) -> tuple[str, int | None]:

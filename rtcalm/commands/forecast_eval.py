@@ -27,7 +27,7 @@ def parse_horizons(text: str) -> list[int]:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "forecast-eval", help="score a model's forecasts against baselines on recordings",
-        description="For each file, forecast the frames t+h for every t in the last 30%% of the recording from the "
+        description="For each file, forecast the frames t+h for every t in the last 30% of the recording from the "
                     "--context frames up to t; report mse_ratio (vs copy-last) and Pearson per horizon for the "
                     "model and the copy_last, context_mean and pooled_ar baselines. Contiguous recordings only.")
     parser.add_argument("files", nargs="+", metavar="FILE")

@@ -41,6 +41,10 @@ def register(subparsers) -> None:
                              "authentication: anyone who reaches the port can send frames and commands)")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="Prometheus metrics port on the metrics host (0: pick a free one; -1: no metrics)")
+    parser.add_argument("--max-sessions", type=int, metavar="N",
+                        help="sessions served at once (default: config, 16); more are refused (too_many_sessions)")
+    parser.add_argument("--session-idle-timeout", type=float, metavar="S",
+                        help="stop a session after S seconds without a frame (default: config, 600; 0: never)")
     parser.add_argument("--ready-file", metavar="FILE",
                         help="once listening, write the bound endpoints as JSON to FILE (for scripts and tests)")
     parser.set_defaults(handler=run)
@@ -71,7 +75,10 @@ def build_config(args: argparse.Namespace):
 
         security = {"server_secret_key": os.path.join(args.keys, SERVER_SECRET),
                     "authorized_clients": os.path.join(args.keys, AUTHORIZED_DIR)}
-    return config.replace(sockets=sockets, security=security, metrics=metrics, model=model)
+    limits = {} if args.max_sessions is None else {"max_sessions": args.max_sessions}
+    sessions = {} if args.session_idle_timeout is None else {"idle_timeout_s": args.session_idle_timeout}
+    return config.replace(sockets=sockets, security=security, metrics=metrics, model=model, limits=limits,
+                          sessions=sessions)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,9 +21,9 @@ def register(subparsers) -> None:
                     "autocorrelation, SNR), the skewness/kurtosis thresholds and which neurons are "
                     "'predictable' (under both thresholds, as in POYO-CAP). See docs/statistics.md.")
     parser.add_argument("files", nargs="*", metavar="FILE", help="recording files (any supported format)")
-    parser.add_argument("--thresholds", choices=("knee", "poyo-cap"), default="knee",
-                        help="knee: Kneedle on the sorted values (default); poyo-cap: skewness <= 3.51, "
-                             "kurtosis <= 22.62")
+    parser.add_argument("--thresholds", choices=("knee", "poyo-cap"), default="poyo-cap",
+                        help="poyo-cap: skewness <= 3.51, kurtosis <= 22.62, the published values and the daemon's "
+                             "default (default); knee: Kneedle on the sorted values")
     parser.add_argument("--knee-over", choices=("auto", "neurons", "cre-lines"), default="auto",
                         help="points for the knee: per-neuron values, or per-Cre-line means (auto: lines when "
                              "at least 5 are known)")

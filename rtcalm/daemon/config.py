@@ -136,16 +136,26 @@ class SessionsSection:
     # A frame for an unknown session starts it (a rig needs no control socket). When false, sessions
     # must be started with the `start` control command.
     auto_start: bool = True
+    # A session that has had no frame for this long is stopped and its state freed (logged, counted in
+    # rtcalm_sessions_expired_total), so that rigs which come back under new session ids cannot use up
+    # limits.max_sessions. 0: sessions never expire. Started and pinned sessions expire too.
+    idle_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_neurons: int = 65536
-    max_sessions: int = 16
+    max_sessions: int = 16  # sessions served at once; a new one beyond this is refused ('too_many_sessions')
     # Neurons over all sessions: what bounds the daemon's memory (per-session buffers and model state grow
     # with the neuron count: the default model needs about 7 KB per neuron).
     max_total_neurons: int = 262144
+    # Bounds on the magnitude of frame values: a larger finite value is refused ('value_out_of_range')
+    # before it reaches the statistics. ΔF/F is a ratio to the baseline; 1e4 is far beyond any real
+    # transient (tens), so a value above it is a unit or scaling error. Raw fluorescence is in the
+    # rig's own units (16-bit counts, or sums over an ROI's pixels).
+    max_abs_dff: float = 1e4
+    max_abs_fluorescence: float = 1e9
     max_gap_frames: int = 90  # gaps up to this are filled with missing frames; larger ones restart the session
     max_backlog_frames: int = 256  # messages drained from the ingest socket in one batch
     history_frames: int = 256  # normalised frames kept per session to warm a hot-swapped model
@@ -194,6 +204,9 @@ _RANGES = {
     ("limits", "max_sessions"): (1, 10000),
     ("limits", "max_total_neurons"): (1, 1 << 26),
     ("limits", "max_gap_frames"): (0, 10**6),
+    ("limits", "max_abs_dff"): (1.0, 1e30),
+    ("limits", "max_abs_fluorescence"): (1.0, 1e30),
+    ("sessions", "idle_timeout_s"): (0.0, 1e9),
     ("limits", "max_backlog_frames"): (1, 100000),
     ("limits", "history_frames"): (1, 100000),
     ("limits", "ingest_hwm"): (1, 10**7),

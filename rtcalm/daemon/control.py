@@ -41,12 +41,20 @@ class ControlHandler:
             self.daemon.metrics.control_requests.labels(cmd=cmd, result="ok").inc()
             return protocol.build_reply(cmd, **reply)
         except ProtocolError as error:
-            self.daemon.metrics.control_requests.labels(cmd=cmd or "invalid", result=error.code).inc()
-            return protocol.build_error(error.code, error.message, cmd=cmd)
+            return self._error(parts, cmd, error.code, error.message)
         except Exception as exc:  # a bug: answer (REP must) and keep serving
             traceback.print_exc()
-            self.daemon.metrics.control_requests.labels(cmd=cmd or "invalid", result="internal").inc()
-            return protocol.build_error("internal", f"{type(exc).__name__}: {exc}", cmd=cmd)
+            return self._error(parts, cmd, "internal", f"{type(exc).__name__}: {exc}")
+
+    def _error(self, parts: list[bytes], cmd: str | None, code: str, message: str) -> bytes:
+        """An error reply, counted like a published error, addressed to the request's session when its
+        id can be read (the same best-effort reading as for a rejected frame, within the size limit)."""
+        metrics = self.daemon.metrics
+        metrics.control_requests.labels(cmd=cmd or "invalid", result=code).inc()
+        metrics.errors_published[code].inc()
+        readable = len(parts) == 1 and len(parts[0]) <= self.daemon.config.limits.max_message_bytes
+        session, _seq = protocol.peek_session(parts[0]) if readable else ("", None)
+        return protocol.build_error(code, message, session=session, cmd=cmd)
 
     # --- commands ------------------------------------------------------------------------------------
     def cmd_status(self, request: ControlRequest) -> dict:
@@ -73,8 +81,9 @@ class ControlHandler:
         if session_id in pipeline.sessions:
             raise ProtocolError("session_exists", f"session {session_id!r} is already running; "
                                                   "reset or stop it first")
-        if len(pipeline.sessions) >= self.daemon.config.limits.max_sessions:
-            raise ProtocolError("too_many_sessions", f"already serving {len(pipeline.sessions)} sessions")
+        if len(pipeline.sessions) >= self.daemon.config.limits.max_sessions and not pipeline.expire_idle_sessions():
+            raise ProtocolError("too_many_sessions", f"already serving {len(pipeline.sessions)} sessions "
+                                                     "(limits.max_sessions), none idle for sessions.idle_timeout_s")
         return pipeline.start_session(session_id, n_neurons, pinned=True).describe()
 
     def cmd_stop(self, request: ControlRequest) -> dict:

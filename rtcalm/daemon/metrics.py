@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from rtcalm.protocol import ERROR_CODES
+from rtcalm.protocol import ERROR_CODES, FRAME_REJECTION_CODES
 
 STAGES = ("validate", "stats", "model", "publish")
 # Latency buckets in seconds: fine below a millisecond (the non-model stages), then up to several
@@ -45,7 +45,7 @@ class DaemonMetrics:
                                              registry=registry)
         malformed = Counter("rtcalm_frames_malformed_total", "Ingest messages rejected by validation, by error code",
                             ["code"], registry=registry)
-        self.malformed = {code: malformed.labels(code=code) for code in ERROR_CODES}
+        self.malformed = {code: malformed.labels(code=code) for code in FRAME_REJECTION_CODES}
         self.gaps = Counter("rtcalm_gaps_total", "Sequence gaps (one or more missing frames)", registry=registry)
         self.gap_frames = Counter("rtcalm_gap_frames_total", "Missing frames filled in as missing data",
                                   registry=registry)
@@ -60,8 +60,8 @@ class DaemonMetrics:
         restarts = Counter("rtcalm_session_restarts_total", "Session states started afresh, by reason",
                            ["reason"], registry=registry)
         self.session_restarts = {reason: restarts.labels(reason=reason) for reason in SESSION_RESTART_REASONS}
-        errors = Counter("rtcalm_errors_published_total", "Error messages published to subscribers, by code",
-                         ["code"], registry=registry)
+        errors = Counter("rtcalm_errors_published_total", "Error messages sent, by code: published to subscribers "
+                         "(frames) or sent as control replies", ["code"], registry=registry)
         self.errors_published = {code: errors.labels(code=code) for code in ERROR_CODES}
         self.control_requests = Counter("rtcalm_control_requests_total", "Control requests, by command and result",
                                         ["cmd", "result"], registry=registry)
@@ -69,15 +69,18 @@ class DaemonMetrics:
                           "session (new neuron count, or a hot-swapped model of another d_model), by reason",
                           ["reason"], registry=registry)
         self.heads_dropped = {reason: dropped.labels(reason=reason) for reason in HEAD_DROP_REASONS}
+        self.sessions_expired = Counter("rtcalm_sessions_expired_total",
+                                        "Sessions stopped after sessions.idle_timeout_s without a frame",
+                                        registry=registry)
         self.model_loads = Counter("rtcalm_model_loads_total", "Model loads (hot swaps), by result", ["result"],
                                    registry=registry)
 
         self.sessions = Gauge("rtcalm_sessions", "Sessions being served", registry=registry)
         self.neurons = Gauge("rtcalm_session_neurons", "Neurons per frame of a session", ["session"],
                              registry=registry)
-        self.predictable_fraction = Gauge("rtcalm_session_predictable_fraction",
-                                          "Fraction of a session's neurons currently classed predictable",
-                                          ["session"], registry=registry)
+        self.predictable_ratio = Gauge("rtcalm_session_predictable_ratio",
+                                       "Fraction (0-1) of a session's neurons currently classed predictable",
+                                       ["session"], registry=registry)
         self.heads = Gauge("rtcalm_session_heads", "Decoding heads loaded for a session", ["session"],
                            registry=registry)
         self.model_info = Gauge("rtcalm_model_info", "The serving model (value 1), labelled with version and backend",
@@ -107,7 +110,7 @@ class DaemonMetrics:
         self.model_info.labels(version=version, backend=backend).set(1)
 
     def forget_session(self, session: str) -> None:
-        for gauge in (self.neurons, self.predictable_fraction, self.heads):
+        for gauge in (self.neurons, self.predictable_ratio, self.heads):
             try:
                 gauge.remove(session)
             except KeyError:

@@ -101,6 +101,7 @@ class Pipeline:
         if newest is None:
             return
         session = self.sessions[session_id]
+        session.last_frame_at = time.monotonic()  # for sessions.idle_timeout_s
         folded = accepted - 1  # received frames answered only through this prediction
         stats_ns = perf_ns() - start
 
@@ -154,7 +155,9 @@ class Pipeline:
             if len(parts) != 1:
                 raise ProtocolError("malformed", f"a frame is one message part, got {len(parts)}")
             return protocol.parse_frame(parts[0], max_bytes=self.limits.max_message_bytes,
-                                        max_neurons=self.limits.max_neurons, inf_scratch=self._inf_scratch)
+                                        max_neurons=self.limits.max_neurons, inf_scratch=self._inf_scratch,
+                                        max_abs_dff=self.limits.max_abs_dff,
+                                        max_abs_fluorescence=self.limits.max_abs_fluorescence)
         except ProtocolError as error:
             # Address the error to the sender's session if it can be read, but never unpack more than the
             # size limit for that.
@@ -176,9 +179,10 @@ class Pipeline:
                                    "sessions.auto_start is off: send the start command first",
                                    frame.session, frame.seq, t_recv_ns)
                 return None
-            if len(self.sessions) >= self.limits.max_sessions:
+            if len(self.sessions) >= self.limits.max_sessions and not self.expire_idle_sessions():
                 self.publish_error("too_many_sessions", f"already serving {len(self.sessions)} sessions "
-                                   f"(limits.max_sessions); stop one first", frame.session, frame.seq, t_recv_ns)
+                                   f"(limits.max_sessions), none idle for sessions.idle_timeout_s; stop one "
+                                   "first", frame.session, frame.seq, t_recv_ns)
                 return None
             try:
                 session = self.start_session(frame.session, frame.n_neurons, pinned=False)
@@ -222,9 +226,10 @@ class Pipeline:
         if kind == OUT_OF_ORDER:
             session.counts["reordered"] += 1
             self.metrics.reordered.inc()
-            self.publish_error("out_of_order", f"frame {frame.seq} arrived after frame {session.last_seq}; its "
-                               "slot was filled as missing. A rig that restarts its sequence numbers must "
-                               "send reset=true or use a new session id", session.id, frame.seq, t_recv_ns)
+            self.publish_error("out_of_order", f"frame {frame.seq} arrived after frame {session.last_seq} was "
+                               "processed; dropped, since the stream is past its slot. A rig that restarts its "
+                               "sequence numbers must send reset=true or use a new session id", session.id,
+                               frame.seq, t_recv_ns)
             return False
         if kind == GAP:
             session.counts["gaps"] += 1
@@ -289,7 +294,7 @@ class Pipeline:
         self.sessions[session_id] = session
         self.metrics.sessions.set(len(self.sessions))
         self.metrics.neurons.labels(session=session_id).set(n_neurons)
-        self.metrics.predictable_fraction.labels(session=session_id).set(0.0)
+        self.metrics.predictable_ratio.labels(session=session_id).set(0.0)
         self.metrics.heads.labels(session=session_id).set(0)
         return session
 
@@ -307,6 +312,21 @@ class Pipeline:
             self._drop_heads(session, "neuron_count", f"the session now has {fresh.n_neurons} neurons, the heads "
                                                       f"were fitted for {session.n_neurons}")
         return fresh
+
+    def expire_idle_sessions(self, now: float | None = None) -> list[str]:
+        """Stop every session that has had no frame for sessions.idle_timeout_s (0: never); returns their
+        ids. Run in housekeeping, and before refusing a new session for limits.max_sessions."""
+        timeout = self.config.sessions.idle_timeout_s
+        if timeout <= 0:
+            return []
+        now = time.monotonic() if now is None else now
+        expired = [s for s in self.sessions.values() if now - s.last_frame_at > timeout]
+        for session in expired:
+            self.stop_session(session.id)
+            self.metrics.sessions_expired.inc()
+            log.info("session %s expired: no frame for %.0f s (sessions.idle_timeout_s = %g); its state is freed, "
+                     "its next frame starts it afresh", session.id, now - session.last_frame_at, timeout)
+        return [s.id for s in expired]
 
     def stop_session(self, session_id: str) -> Session | None:
         session = self.sessions.pop(session_id, None)
@@ -353,7 +373,8 @@ class Pipeline:
         frame = np.linspace(-1.0, 1.0, n_probe, dtype=np.float32)
         payload = protocol.build_frame("warm-up", 0, 0, frame)
         protocol.parse_frame(payload, max_bytes=self.limits.max_message_bytes, max_neurons=self.limits.max_neurons,
-                             inf_scratch=self._inf_scratch)
+                             inf_scratch=self._inf_scratch, max_abs_dff=self.limits.max_abs_dff,
+                             max_abs_fluorescence=self.limits.max_abs_fluorescence)
         warm_head = DecodingHead(HeadConfig("warm-up", "classification", n_probe, self.engine.config.d_model,
                                             pool_frames=2.0, classes=[0.0, 1.0]))
         for kind in ("dff", "fluorescence"):
@@ -372,8 +393,10 @@ class Pipeline:
                                         self.config.stats.thresholds_refresh_frames)
 
     def housekeeping(self) -> None:
-        """Refresh the predictable masks that are due. Called when the ingest queue is empty."""
+        """Expire idle sessions and refresh the predictable masks that are due. Called when the ingest queue
+        is empty."""
         stats = self.config.stats
+        self.expire_idle_sessions()
         for session in list(self.sessions.values()):
             if session.stream_frames - session.frames_at_mask >= stats.predictable_refresh_frames:
                 try:
@@ -382,7 +405,7 @@ class Pipeline:
                     traceback.print_exc()
                     session.frames_at_mask = session.stream_frames
                     continue
-                self.metrics.predictable_fraction.labels(session=session.id).set(fraction)
+                self.metrics.predictable_ratio.labels(session=session.id).set(fraction)
 
     def install_engine(self, engine: StepEngine, warmed: dict[int, WarmedStream]) -> None:
         """Switch every session to ``engine`` (between batches: nothing is pending). A session warmed by

@@ -17,6 +17,7 @@ reproduce its outputs offline (the end-to-end tests do)::
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 
@@ -86,6 +87,8 @@ class Session:
         self.heads = SessionHeads()
         self.last_seq: int | None = None
         self.stream_frames = 0  # frames consumed by stats and model, including filled-in missing ones
+        # time.monotonic() of the stream's start or its latest accepted frame (sessions.idle_timeout_s)
+        self.last_frame_at = time.monotonic()
 
         # Frames of one batch, normalised, waiting for the model: drained backlog plus filled gaps.
         # When a batch outgrows this buffer the rows so far are folded into the model and it starts over

@@ -77,7 +77,8 @@ def test_overrides_are_validated_like_the_file():
 
 def serve_args(**values) -> argparse.Namespace:
     defaults = dict(config=None, ingest=None, publish=None, control=None, metrics_port=None, model=None,
-                    backend=None, artifact=None, keys=None, insecure=False)
+                    backend=None, artifact=None, keys=None, insecure=False, max_sessions=None,
+                    session_idle_timeout=None)
     defaults.update(values)
     return argparse.Namespace(**defaults)
 
@@ -93,6 +94,19 @@ def test_serve_flags_override_the_file(tmp_path):
     flagged = build_config(serve_args(config=str(path), backend="onnx", artifact="/a/onnx-n1-64.onnx"))
     assert (flagged.model.name, flagged.model.backend, flagged.model.artifact) == ("from-file", "onnx",
                                                                                  "/a/onnx-n1-64.onnx")
+
+
+def test_session_cap_and_idle_timeout_come_from_the_file_and_the_flags(tmp_path):
+    path = tmp_path / "d.toml"
+    path.write_text("[sessions]\nidle_timeout_s = 30\n[limits]\nmax_sessions = 4\n")
+    from_file = build_config(serve_args(config=str(path)))
+    assert (from_file.sessions.idle_timeout_s, from_file.limits.max_sessions) == (30.0, 4)
+    flagged = build_config(serve_args(config=str(path), max_sessions=64, session_idle_timeout=0))
+    assert (flagged.sessions.idle_timeout_s, flagged.limits.max_sessions) == (0.0, 64)
+    with pytest.raises(ConfigError, match="max_sessions = 0 is outside"):
+        build_config(serve_args(max_sessions=0))
+    with pytest.raises(ConfigError, match="idle_timeout_s = -1.0 is outside"):
+        build_config(serve_args(session_idle_timeout=-1.0))
 
 
 @pytest.mark.parametrize("argv, problem", [

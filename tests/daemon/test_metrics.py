@@ -78,7 +78,7 @@ def test_counters_histograms_and_gauges(harness):
     version = harness.control.status()["model"]["version"]
     assert value(after, "rtcalm_model_info", version=version, backend="torch-cpu") == 1
     assert value(after, "rtcalm_ingest_backlog_frames") >= 1
-    assert 0 <= value(after, "rtcalm_session_predictable_fraction", session="m") <= 1
+    assert 0 <= value(after, "rtcalm_session_predictable_ratio", session="m") <= 1
 
     harness.control.stop_session("m")
     stopped = scrape(harness)

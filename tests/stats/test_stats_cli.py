@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rtcalm.cli import main
+from rtcalm.daemon.config import DaemonConfig
 from rtcalm.data import load_recording
 from rtcalm.stats import stats_of_recording
 
@@ -19,7 +20,7 @@ def _json(capsys, argv):
 
 @pytest.mark.real_data
 def test_one_file_prints_the_documented_object(capsys, cascade_mat):
-    report = _json(capsys, ["stats", str(cascade_mat), "--json"])
+    report = _json(capsys, ["stats", str(cascade_mat), "--json", "--thresholds", "knee"])
     assert {"neurons", "thresholds", "summary", "file", "cre_line", "lines"} <= set(report)
     rec = load_recording(cascade_mat)
     stats = stats_of_recording(rec)
@@ -38,8 +39,9 @@ def test_one_file_prints_the_documented_object(capsys, cascade_mat):
 
 
 @pytest.mark.real_data
-def test_poyo_cap_preset(capsys, cascade_mat):
-    report = _json(capsys, ["stats", str(cascade_mat), "--json", "--thresholds", "poyo-cap"])
+def test_poyo_cap_preset_is_the_default_like_the_daemons(capsys, cascade_mat):
+    report = _json(capsys, ["stats", str(cascade_mat), "--json"])
+    assert report["thresholds"]["requested"] == "poyo-cap" == DaemonConfig().stats.predictable_method
     assert report["thresholds"]["skewness"] == {"value": 3.51, "method": "poyo-cap preset", "fallback": None}
     assert report["thresholds"]["kurtosis"]["value"] == 22.62
 
@@ -47,7 +49,7 @@ def test_poyo_cap_preset(capsys, cascade_mat):
 @pytest.mark.real_data
 def test_several_files_share_thresholds(capsys, neurodio_files, grating_files):
     paths = [str(neurodio_files[0]), str(grating_files[0])]
-    report = _json(capsys, ["stats", *paths, "--json"])
+    report = _json(capsys, ["stats", *paths, "--json", "--thresholds", "knee"])
     assert [f["file"] for f in report["files"]] == paths
     assert "neurons" not in report
     total = sum(f["summary"]["neurons"] for f in report["files"])
@@ -59,7 +61,7 @@ def test_several_files_share_thresholds(capsys, neurodio_files, grating_files):
 def test_text_output_and_synthetic(capsys):
     assert main(["stats", "--synthetic", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    assert "thresholds (requested: knee)" in out
+    assert "thresholds (requested: poyo-cap)" in out
     assert "split:" in out and "neurons predictable" in out
 
 
