@@ -106,9 +106,27 @@ def test_get_stats_equals_offline_statistics(harness, frames):
     ([protocol.build_request("status"), b"second part"], "malformed"),
 ], ids=["garbage", "version", "type", "no command", "bad argument", "empty model", "two parts"])
 def test_bad_requests_get_error_replies(harness, parts, code):
+    errors = harness.daemon.metrics.errors_published[code]
+    before = errors._value.get()
     reply = raw_request(harness, *parts)
     assert isinstance(reply, protocol.ErrorMessage) and reply.code == code and reply.message
     assert harness.control.status()["ok"]  # and the daemon still answers
+    # docs/protocol.md: every error, published or a control reply, is counted by code.
+    assert errors._value.get() == before + 1
+
+
+@pytest.mark.parametrize("cmd", ["get_stats", "stop", "reset", "unload_head"])
+def test_error_replies_carry_the_requests_session_and_are_counted(harness, cmd):
+    errors = harness.daemon.metrics.errors_published["unknown_session"]
+    before = errors._value.get()
+    reply = raw_request(harness, protocol.build_request(cmd, session="nobody", name="direction"))
+    assert isinstance(reply, protocol.ErrorMessage)
+    assert (reply.code, reply.session) == ("unknown_session", "nobody")
+    assert errors._value.get() == before + 1
+    assert harness.daemon.metrics.control_requests.labels(cmd=cmd, result="unknown_session")._value.get() >= 1
+    # An unreadable session id is no address: the reply carries "".
+    reply = raw_request(harness, protocol.build_request(cmd, session="not a session id"))
+    assert (reply.code, reply.session) == ("bad_field", "")
 
 
 def test_hot_swap_keeps_serving_and_warms_the_new_model(harness, model, second_checkpoint, frames):

@@ -3,6 +3,8 @@ sender's session when it can be read), counts it, and keeps serving good frames 
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import numpy as np
 import pytest
@@ -32,6 +34,8 @@ def packed(**changes) -> bytes:
 
 inf_frame = np.zeros(N, "<f4")
 inf_frame[3] = np.inf
+huge_frame = np.zeros(N, "<f4")
+huge_frame[3] = 3e38  # finite float32: it once entered the statistics and left forecasts near 6e37
 
 BAD_MESSAGES = [
     ("garbage bytes", [b"\x00\xffnot msgpack at all\xc1"], "malformed", ""),
@@ -53,6 +57,11 @@ BAD_MESSAGES = [
     ("truncated payload", [packed(dff=np.zeros(N, "<f4").tobytes()[:-3])], "payload_size", "bad"),
     ("payload too long", [packed(dff=np.zeros(N + 2, "<f4").tobytes())], "payload_size", "bad"),
     ("infinite value", [packed(dff=inf_frame.tobytes())], "non_finite", "bad"),
+    ("finite dF/F far beyond max_abs_dff", [packed(dff=huge_frame.tobytes())], "value_out_of_range", "bad"),
+    ("negative dF/F just beyond max_abs_dff", [packed(dff=np.full(N, -1.001e4, "<f4").tobytes())],
+     "value_out_of_range", "bad"),
+    ("raw fluorescence beyond max_abs_fluorescence",
+     [packed(dff=None, raw=huge_frame.tobytes(), neuropil=np.zeros(N, "<f4").tobytes())], "value_out_of_range", "bad"),
     ("both dff and raw", [packed(raw=np.zeros(N, "<f4").tobytes(), neuropil=np.zeros(N, "<f4").tobytes())],
      "bad_field", "bad"),
     ("too many neurons", [packed(n=100, dff=np.zeros(100, "<f4").tobytes())], "too_large", "bad"),
@@ -92,6 +101,70 @@ def test_bad_message_is_answered_counted_and_harmless(bad_harness, model, frames
     assert after["stream_id"] == before["stream_id"]
     assert after["accepted"] == before["accepted"] + 1
     assert after["rejected"] == before["rejected"] + (1 if session == "bad" else 0)
+
+
+def test_values_at_the_bound_are_accepted_like_any_other(make_harness, model, frames):
+    """limits.max_abs_dff is inclusive, and a frame with a value beyond it is dropped whole: the stream then
+    equals the reference without that frame (a gap), and the neuron's forecasts stay at data scale."""
+    h = make_harness(limits={"max_abs_dff": 50.0})
+    sender = h.sender("bound")
+    h.send_lockstep(sender, frames[:20])
+    at_bound = frames[20].copy()
+    at_bound[0] = -50.0
+    assert h.send_lockstep(sender, [at_bound])[0].seq == 20
+    beyond = frames[21].copy()
+    beyond[3] = 3e38
+    sender.send(beyond)
+    error = h.error("bound")
+    assert (error.code, error.seq) == ("value_out_of_range", 21)
+    assert "neuron 3" in error.message and "limits.max_abs_dff" in error.message
+    good = h.send_lockstep(sender, frames[22:23], seqs=[22])[0]
+    reference = OfflineReference(model, N, make_config())
+    reference.run(np.concatenate([frames[:20], at_bound[None]]))
+    reference.step(np.full(N, np.nan, np.float32))  # frame 21 was refused: its slot is a gap
+    np.testing.assert_allclose(good.forecast, reference.step(frames[22]), rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert np.nanmax(np.abs(good.forecast)) < 100
+    assert h.daemon.metrics.malformed["value_out_of_range"]._value.get() == 1
+    assert h.daemon.metrics.errors_published["value_out_of_range"]._value.get() == 1
+
+
+def test_idle_sessions_expire_and_free_their_place(make_harness, frames, caplog):
+    """Rigs that come back under new session ids must not lock others out: a session without frames for
+    sessions.idle_timeout_s is stopped (logged, counted), and a new session gets its place."""
+    h = make_harness(limits={"max_sessions": 2}, sessions={"idle_timeout_s": 1.0})
+    caplog.set_level("INFO", logger="rtcalm.daemon")
+    old, busy = h.sender("old"), h.sender("busy")
+    h.send_lockstep(old, frames[:3])
+    first_stream = h.session_status("old")["stream_id"]
+    h.send_lockstep(busy, frames[:3])
+    newcomer = h.sender("new")
+    newcomer.send(frames[0])
+    error = h.error("new")
+    assert error.code == "too_many_sessions" and "idle_timeout_s" in error.message
+
+    # "busy" keeps streaming every 0.2 s; "old" falls silent and expires after a second.
+    deadline = time.monotonic() + 10
+    while "old" in {s["session"] for s in h.control.status()["sessions"]}:
+        assert time.monotonic() < deadline, "the idle session never expired"
+        h.send_lockstep(busy, frames[busy.next_seq:busy.next_seq + 1])
+        time.sleep(0.2)
+    assert {s["session"] for s in h.control.status()["sessions"]} == {"busy"}
+    assert h.daemon.metrics.sessions_expired._value.get() == 1
+    assert any("session old expired" in r.getMessage() for r in caplog.records)
+    assert h.send_lockstep(newcomer, frames[1:2], seqs=[1])[0].seq == 1  # the freed place
+    # The expired id is a new stream when its rig comes back (once there is room again).
+    h.control.stop_session("new")
+    back = h.send_lockstep(old, frames[3:4], seqs=[3])[0]
+    assert back.stream_frame == 0 and h.session_status("old")["stream_id"] != first_stream
+
+
+def test_started_sessions_expire_too(make_harness, frames):
+    """A session started with the control command, but never sent a frame, expires like any other."""
+    h = make_harness(limits={"max_sessions": 1}, sessions={"idle_timeout_s": 0.3})
+    h.control.start_session("started", N)  # a started session expires too when no frame comes
+    time.sleep(0.6)
+    assert h.send_lockstep(h.sender("rig"), frames[:1])[0].seq == 0
+    assert {s["session"] for s in h.control.status()["sessions"]} == {"rig"}
 
 
 def test_pinned_session_rejects_another_neuron_count(make_harness, model, frames):

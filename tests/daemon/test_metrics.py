@@ -78,11 +78,25 @@ def test_counters_histograms_and_gauges(harness):
     version = harness.control.status()["model"]["version"]
     assert value(after, "rtcalm_model_info", version=version, backend="torch-cpu") == 1
     assert value(after, "rtcalm_ingest_backlog_frames") >= 1
+    assert ("rtcalm_session_predictable_ratio", (("session", "m"),)) in after
     assert 0 <= value(after, "rtcalm_session_predictable_ratio", session="m") <= 1
+    assert not any(name.endswith("_fraction") for name, _labels in after)  # a 0-1 ratio's name ends in _ratio
 
     harness.control.stop_session("m")
     stopped = scrape(harness)
     assert ("rtcalm_session_neurons", (("session", "m"),)) not in stopped
+
+
+def test_frame_rejections_are_labelled_only_with_frame_codes(harness):
+    """rtcalm_frames_malformed_total{code} is pre-created for the codes a frame can be rejected with, not
+    for control-only codes (unknown_command, model_loading, head_*) that no frame can ever have."""
+    from rtcalm.protocol import ERROR_CODES, FRAME_REJECTION_CODES
+
+    samples = scrape(harness)
+    labels = {dict(key[1])["code"] for key in samples if key[0] == "rtcalm_frames_malformed_total"}
+    assert labels == set(FRAME_REJECTION_CODES)
+    assert {"unknown_command", "model_loading", "head_invalid", "session_exists"}.isdisjoint(labels)
+    assert set(FRAME_REJECTION_CODES) <= set(ERROR_CODES)
 
 
 def test_batched_frames_are_counted(harness):

@@ -69,6 +69,8 @@ def test_duplicate_and_out_of_order_frames_are_dropped_and_reported(harness, mod
     sender.send(frames[3], seq=3)
     error = harness.error("dup")
     assert (error.code, error.seq) == ("out_of_order", 3)
+    # Frame 3 was processed normally when it first came: the message must not claim it was filled as missing.
+    assert "filled as missing" not in error.message and "dropped" in error.message
     p = harness.send_lockstep(sender, frames[15:16], seqs=[15])[0]
     assert_forecast(p, OfflineReference(model, N, make_config()).run(frames[:16])[-1])
     status = harness.session_status("dup")
