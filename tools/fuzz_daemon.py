@@ -87,7 +87,8 @@ def is_rejected(parts: list[bytes], limits) -> bool:
     if len(parts) != 1:
         return True
     try:
-        protocol.parse_frame(parts[0], max_bytes=limits.max_message_bytes, max_neurons=limits.max_neurons)
+        protocol.parse_frame(parts[0], max_bytes=limits.max_message_bytes, max_neurons=limits.max_neurons,
+                             max_abs_dff=limits.max_abs_dff, max_abs_fluorescence=limits.max_abs_fluorescence)
     except ProtocolError:
         return True
     return False
