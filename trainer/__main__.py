@@ -47,7 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
                           "available, else the CPU with gloo")
     ddp.add_argument("--log-every", type=positive_int, metavar="N",
                      help="write a steps.csv row (loss, lr, samples/s) every N steps (default 10)")
+    base = commands.add_parser("baselines", help="fit the learned forecasting baselines (per-neuron MLP, POCO-style)",
+                               description="Fit the per-neuron MLP and POCO-style baselines on the training mice of a "
+                                           "pretraining config (same data and split as the model).")
+    base.add_argument("--config", required=True, help="training config JSON, e.g. configs/pretrain_default.json")
+    base.add_argument("--data-root", default=str(REPO_ROOT.parent / "shared" / "data" / "real"))
+    base.add_argument("--out", help="output folder (default: runs/<config name>-baselines)")
+    base.add_argument("--kinds", default="mlp,poco", help="comma-separated: mlp, poco")
+    base.add_argument("--steps", type=positive_int, default=4000)
+    base.add_argument("--seed", type=int, help="default: the config's seed")
+    base.add_argument("--ship", action="store_true", help="also write them to rtcalm/models/baselines/<kind>/")
+    base.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def run_baselines(args, config) -> None:
+    from rtcalm.model.baselines import KINDS
+    from trainer.baselines import BaselineRecipe, fit_baselines
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise RtcalmError(f"--kinds: choose from {', '.join(KINDS)}, got {args.kinds!r}")
+    out = Path(args.out) if args.out else REPO_ROOT / "runs" / f"{config.name}-baselines"
+    recipe = BaselineRecipe(steps=args.steps, seed=config.seed if args.seed is None else args.seed)
+    fit_baselines(config, args.data_root, out, kinds, recipe, ship=args.ship, progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.distributed import launched_by_torchrun
 
         config = load_train_config(args.config)
+        if args.command == "baselines":
+            run_baselines(args, config)
+            return 0
         out = Path(args.out) if args.out else REPO_ROOT / "runs" / config.name
         if launched_by_torchrun():
             run_distributed(args, config, out)

@@ -42,6 +42,7 @@ class TokenizerStage:
 
 
 OBJECTIVES = ("autoregressive", "latent_masked")
+FORECAST_LOSSES = ("mse", "copy_last_ratio")
 NEURON_CURRICULA = ("mixed", "curriculum", "reverse", "unpredictable_only")
 
 
@@ -76,6 +77,12 @@ class TransformerStage:
     # unpredictable ones), "reverse" (unpredictable first), "unpredictable_only" (the second phase alone,
     # from scratch: the same steps as the curriculum's second phase and nothing before).
     neuron_curriculum: str = "mixed"
+    # Forecast loss: "mse" (normalised units, every position) or "copy_last_ratio" (per horizon step, the
+    # batch MSE over the batch copy-last MSE in ΔF/F units, rtcalm.model.encoder.copy_last_ratio_loss: the
+    # evaluation's mse_ratio), scored from position first_scored_frame of the context on (the positions
+    # before it see a window reaching before the crop start, which the evaluation's last position never does).
+    forecast_loss: str = "mse"
+    first_scored_frame: int = 0
     first_phase_fraction: float = 0.5
     predictable_thresholds: str = "knee"  # rtcalm.stats thresholds over all training neurons: knee | poyo-cap
 
@@ -156,6 +163,13 @@ def _validate(config: TrainConfig, path) -> None:
         fail(f"transformer.objective must be one of {list(OBJECTIVES)}, got {s.objective!r}")
     if s.neuron_curriculum not in NEURON_CURRICULA:
         fail(f"transformer.neuron_curriculum must be one of {list(NEURON_CURRICULA)}, got {s.neuron_curriculum!r}")
+    if s.forecast_loss not in FORECAST_LOSSES:
+        fail(f"transformer.forecast_loss must be one of {list(FORECAST_LOSSES)}, got {s.forecast_loss!r}")
+    if not isinstance(s.first_scored_frame, int) or isinstance(s.first_scored_frame, bool) \
+            or not 0 <= s.first_scored_frame < s.context_frames:
+        fail(f"transformer.first_scored_frame must be a whole number in [0, context_frames), got {s.first_scored_frame!r}")
+    if s.forecast_loss == "copy_last_ratio" and s.objective != "autoregressive":
+        fail("transformer.forecast_loss 'copy_last_ratio' is implemented for the autoregressive objective only")
     if s.predictable_thresholds not in ("knee", "poyo-cap"):
         fail(f"transformer.predictable_thresholds must be 'knee' or 'poyo-cap', got {s.predictable_thresholds!r}")
     for name in ("first_phase_fraction", "masked_fraction"):

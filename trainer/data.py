@@ -38,12 +38,21 @@ class Session:
     def n_neurons(self) -> int:
         return self.recording.n_neurons
 
+    @property
+    def scale(self) -> torch.Tensor:
+        """(N,) float32: the ΔF/F standard deviation each neuron's z-scores were divided by."""
+        return torch.from_numpy(neuron_scale(self.recording).astype(np.float32))
+
+
+def neuron_scale(recording: Recording) -> np.ndarray:
+    """(N,) float64: the standard deviation :func:`zscore_recording` divides each neuron by."""
+    std = recording.dff.reshape(-1, recording.n_neurons).astype(np.float64).std(axis=0)
+    return np.where(std > 1e-6, std, 1.0)  # a constant neuron stays at 0 instead of dividing by ~0
+
 
 def zscore_recording(recording: Recording) -> list[torch.Tensor]:
-    dff = recording.dff.reshape(-1, recording.n_neurons).astype(np.float64)
-    mean = dff.mean(axis=0)
-    std = dff.std(axis=0)
-    std = np.where(std > 1e-6, std, 1.0)  # a constant neuron stays at 0 instead of dividing by ~0
+    mean = recording.dff.reshape(-1, recording.n_neurons).astype(np.float64).mean(axis=0)
+    std = neuron_scale(recording)
     return [torch.from_numpy(((epoch - mean) / std).astype(np.float32)) for epoch in recording.epochs()]
 
 
@@ -166,23 +175,28 @@ class CropSampler:
     def __init__(self, sessions: list[Session], crop_frames: int, max_neurons: int,
                  neurons: list[np.ndarray] | None = None):
         self.crop_frames, self.max_neurons = crop_frames, max_neurons
-        self.epochs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (epoch (T, N), usable neuron indices)
+        # (epoch (T, N), usable neuron indices, the session's per-neuron scale (N,))
+        self.epochs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for i, session in enumerate(sessions):
             usable = torch.arange(session.n_neurons) if neurons is None else torch.as_tensor(neurons[i], dtype=torch.long)
             if usable.numel():
-                self.epochs += [(e, usable) for e in session.epochs if e.shape[0] >= crop_frames]
+                self.epochs += [(e, usable, session.scale) for e in session.epochs if e.shape[0] >= crop_frames]
         if not self.epochs:
             raise TrainDataError(f"no training epoch has {crop_frames} frames (context + horizon) and usable neurons")
         counts = torch.tensor([(e.shape[0] - crop_frames + 1) * min(len(usable), max_neurons)
-                               for e, usable in self.epochs], dtype=torch.float64)
+                               for e, usable, _ in self.epochs], dtype=torch.float64)
         self.weights = counts / counts.sum()
 
     def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """(batch, crop_frames, n) with n = min(usable neurons, max_neurons)."""
-        epoch, usable = self.epochs[int(torch.multinomial(self.weights, 1, generator=generator))]
+        return self.sample_with_scale(batch, generator)[0]
+
+    def sample_with_scale(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`sample` and the per-neuron ΔF/F scale (n,) of the crop's neurons."""
+        epoch, usable, scale = self.epochs[int(torch.multinomial(self.weights, 1, generator=generator))]
         neurons = usable[torch.randperm(len(usable), generator=generator)[:self.max_neurons]]
         starts = torch.randint(0, epoch.shape[0] - self.crop_frames + 1, (batch,), generator=generator)
-        return torch.stack([epoch[s:s + self.crop_frames, neurons] for s in starts.tolist()])
+        return torch.stack([epoch[s:s + self.crop_frames, neurons] for s in starts.tolist()]), scale[neurons]
 
 
 def fixed_crops(sessions: list[Session], crop_frames: int, per_epoch: int) -> list[torch.Tensor]:

@@ -730,9 +730,11 @@ def pretrain_distributed(config: TrainConfig, data_root, out_dir, settings: Dist
         torch.set_num_threads(config.threads)
     main_log = log if rt.is_main else (lambda *_: None)
     tcfg, scfg, W = config.tokenizer, config.transformer, config.model.token_window_frames
-    if scfg.objective != "autoregressive" or scfg.neuron_curriculum != "mixed":
-        raise TrainingError("the distributed trainer runs the autoregressive objective on all neurons only; "
-                            "train transformer.objective / neuron_curriculum experiments with "
+    if (scfg.objective != "autoregressive" or scfg.neuron_curriculum != "mixed" or scfg.forecast_loss != "mse"
+            or scfg.first_scored_frame or config.model.input_mode == "encoder"):
+        raise TrainingError("the distributed trainer runs the autoregressive objective with the MSE loss on all "
+                            "neurons, for tokens/continuous models only; train transformer.objective / "
+                            "neuron_curriculum / forecast_loss experiments and encoder-mode models with "
                             "`python -m trainer pretrain` (single process)")
     # Fail on every rank alike, before any work, when the global batches cannot be split.
     micro_batch_size(tcfg.batch_windows, rt.world_size, settings.accumulation_steps, "tokenizer.batch_windows")

@@ -97,6 +97,17 @@ def validation_windows(sessions: list[Session], window: int, n: int, seed: int) 
 
 # --- stage 2 ---------------------------------------------------------------------------------------------
 
+def has_tokenizer(model: Calm) -> bool:
+    return model.config.input_mode != "encoder"
+
+
+def freeze_tokenizer(model: Calm) -> None:
+    """Stage 2 never trains the tokenizer (where there is one)."""
+    if has_tokenizer(model):
+        model.tokenizer.requires_grad_(False)
+        model.tokenizer.eval()
+
+
 def transformer_parameter_groups(model: Calm, weight_decay: float) -> list[dict]:
     """Everything except the (frozen) tokenizer; weight decay on matrices only (as nanoGPT), and not on
     the autoregressive skip, which starts at a least-squares fit that decay would pull towards zero."""
@@ -156,19 +167,25 @@ def start_from_least_squares(model: Calm, config: TrainConfig, state: dict, samp
     log(f"autoregressive skip: least-squares start on {fit['rows']} windows, train MSE {fit['train_mse']:.4f}")
 
 
-def next_code_weight(stage: TransformerStage) -> float:
-    """The next-token cross-entropy belongs to the autoregressive objective only."""
+def next_code_weight(stage: TransformerStage, model: Calm | None = None) -> float:
+    """The next-token cross-entropy belongs to the autoregressive objective only, and to models that
+    have a tokenizer (encoder mode has no tokens to predict)."""
+    if model is not None and model.config.input_mode == "encoder":
+        return 0.0
     return stage.next_code_weight if stage.objective == "autoregressive" else 0.0
 
 
 def stage2_loss(model: Calm, crop: torch.Tensor, context: int, stage: TransformerStage,
-                model_input: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The training loss of one batch of crops under the configured objective, and its parts."""
+                model_input: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The training loss of one batch of crops under the configured objective, and its parts.
+    ``scale`` (N,): the crop's neurons' ΔF/F standard deviations (for the copy_last_ratio loss)."""
     if stage.objective == "latent_masked":
         loss, parts, _ = latent_masked_losses(model, crop, context, stage.latent_weight, stage.masked_fraction,
                                               model_input=model_input)
     else:
-        loss, parts, _ = crop_losses(model, crop, context, stage.next_code_weight, model_input=model_input)
+        loss, parts, _ = crop_losses(model, crop, context, next_code_weight(stage, model), model_input=model_input,
+                                     loss_kind=stage.forecast_loss, scale=scale,
+                                     first_scored_frame=stage.first_scored_frame)
     return loss, parts
 
 
@@ -180,17 +197,20 @@ def drop_frames(frames: torch.Tensor, probability: float, generator: torch.Gener
 
 
 @torch.no_grad()
-def forecast_validation(model: Calm, crops: list[torch.Tensor], context: int, next_code_weight: float) -> dict:
-    """Losses on fixed crops, next to the copy-last and mean (zero in normalised units) forecasts."""
+def forecast_validation(model: Calm, crops: list[torch.Tensor], context: int, next_code_weight: float,
+                        first_scored_frame: int = 0) -> dict:
+    """Losses on fixed crops (the positions from ``first_scored_frame`` on), next to the copy-last and
+    mean (zero in normalised units) forecasts."""
     model.eval()
     horizon = model.config.forecast_horizon_frames
     sums = {"forecast_mse": 0.0, "copy_last_mse": 0.0, "mean_mse": 0.0, "next_code_ce": 0.0}
     total = 0.0
     for crop in crops:
-        _, parts, out = crop_losses(model, crop, context, next_code_weight)
+        _, parts, out = crop_losses(model, crop, context, next_code_weight, first_scored_frame=first_scored_frame)
         targets, mask = future_targets(crop, context, horizon)
+        targets, mask = targets[:, first_scored_frame:], mask[:, first_scored_frame:]
         count = float(mask.sum())
-        last = crop[:, :context].unsqueeze(-1)  # (B, context, N, 1): x(t) for every horizon step
+        last = crop[:, first_scored_frame:context].unsqueeze(-1)  # (B, scored, N, 1): x(t) for every horizon step
         sums["copy_last_mse"] += float(((last - targets).square() * mask).sum())
         sums["mean_mse"] += float((targets.square() * mask).sum())
         sums["forecast_mse"] += parts["forecast_mse"] * count
@@ -209,11 +229,11 @@ def forecast_validation(model: Calm, crops: list[torch.Tensor], context: int, ne
 
 
 def validate_transformer(model: Calm, val_crops, context: int, next_code_weight: float, train_parts: dict,
-                         state: dict, out_dir: Path, best_dir: Path, metadata: dict) -> dict:
+                         state: dict, out_dir: Path, best_dir: Path, metadata: dict, first_scored_frame: int = 0) -> dict:
     """Stage-2 validation (shared by the single-process and distributed trainers): score the validation
     crops, log the record, and save the model as ``best`` when its validation forecast MSE is the lowest
     so far. Returns the validation metrics."""
-    metrics = forecast_validation(model, val_crops, context, next_code_weight)
+    metrics = forecast_validation(model, val_crops, context, next_code_weight, first_scored_frame)
     record = {"stage": "transformer", "step": state["step"], **{f"train_{k}": v for k, v in train_parts.items()},
               **{f"validation_{k}": v for k, v in metrics.items()}}
     state["history"].append(record)
@@ -351,9 +371,11 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         save_training_state(last_dir, model, optimizer, generator,
                             {k: v for k, v in state.items() if k != "optimizer_param_groups"}, model_metadata())
 
-    # ---- stage 1: tokenizer ----
-    token_params = [*model.tokenizer.encoder.parameters(), *model.tokenizer.decoder.parameters()]
+    # ---- stage 1: tokenizer (encoder mode has none) ----
+    if state["stage"] == "tokenizer" and not has_tokenizer(model):
+        state["stage"] = "transformer"
     if state["stage"] == "tokenizer":
+        token_params = [*model.tokenizer.encoder.parameters(), *model.tokenizer.decoder.parameters()]
         optimizer = torch.optim.Adam(token_params, lr=tcfg.lr)
         if resume_from_checkpoint:
             load_training_state(last_dir, model, optimizer, generator, state)
@@ -397,8 +419,7 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         resume_from_checkpoint = False
 
     # ---- stage 2: transformer ----
-    model.tokenizer.requires_grad_(False)
-    model.tokenizer.eval()
+    freeze_tokenizer(model)
     optimizer = torch.optim.AdamW(transformer_parameter_groups(model, scfg.weight_decay), lr=scfg.lr,
                                   betas=(0.9, 0.95))
     if state["stage"] == "transformer":
@@ -419,7 +440,7 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
             raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
         start_from_least_squares(model, config, state, lambda: samplers[0].sample(scfg.batch_crops, generator), log)
         model.train()
-        model.tokenizer.eval()
+        freeze_tokenizer(model)
         bar = tqdm(total=steps, initial=state["step"], desc="transformer", disable=not progress,
                    dynamic_ncols=True, mininterval=2.0)
         while state["step"] < steps:
@@ -429,9 +450,9 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
                 return {"stopped_at": {"stage": "transformer", "step": state["step"]}}
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state["step"], steps, scfg.lr, scfg.warmup_steps, scfg.min_lr)
-            crop = samplers[phase_at(phases, state["step"])].sample(scfg.batch_crops, generator)
+            crop, scale = samplers[phase_at(phases, state["step"])].sample_with_scale(scfg.batch_crops, generator)
             model_input = drop_frames(crop[:, :context], scfg.missing_probability, generator)
-            loss, parts = stage2_loss(model, crop, context, scfg, model_input)
+            loss, parts = stage2_loss(model, crop, context, scfg, model_input, scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if scfg.grad_clip > 0:
@@ -441,8 +462,8 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
             steps_taken += 1
             bar.update(1)
             if state["step"] % scfg.validate_every == 0 or state["step"] == steps:
-                metrics = validate_transformer(model, val_crops, context, next_code_weight(scfg), parts, state,
-                                               out_dir, best_dir, model_metadata())
+                metrics = validate_transformer(model, val_crops, context, next_code_weight(scfg, model), parts, state,
+                                               out_dir, best_dir, model_metadata(), scfg.first_scored_frame)
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", val=f"{metrics['forecast_mse']:.3f}",
                                 vs_copy=f"{metrics['mse_ratio_vs_copy_last']:.3f}")
             if state["step"] % scfg.checkpoint_every == 0 and state["step"] < steps:

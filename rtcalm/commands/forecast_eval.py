@@ -3,6 +3,8 @@
 The protocol (targets, normalisation, metrics, baselines) is in :mod:`rtcalm.eval.forecast`. The
 ``pooled_ar`` baseline is the one fitted on the model's own training data, stored in the checkpoint's
 metadata (``metadata["pooled_ar"]``) by the trainer; a checkpoint without it reports no ``pooled_ar`` row.
+The learned baselines ``mlp`` (per-neuron MLP) and ``poco`` (POCO-style population FiLM) are the shipped
+ones in ``rtcalm/models/baselines/`` (rtcalm.model.baselines), fitted on the default model's training mice.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def register(subparsers) -> None:
         "forecast-eval", help="score a model's forecasts against baselines on recordings",
         description="For each file, forecast the frames t+h for every t in the last 30% of the recording from the "
                     "--context frames up to t; report mse_ratio (vs copy-last) and Pearson per horizon for the "
-                    "model and the copy_last, context_mean and pooled_ar baselines. Contiguous recordings only.")
+                    "model and the copy_last, context_mean, pooled_ar, mlp and poco baselines. Contiguous recordings only.")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--model", default="default", help="'default' (shipped model) or a checkpoint directory")
     parser.add_argument("--context", type=positive_int, default=None,
@@ -42,6 +44,7 @@ def register(subparsers) -> None:
 def model_and_baselines(model_spec: str, horizon: int):
     """(forecasters dict with 'model' first, the loaded model)."""
     from rtcalm.eval.forecast import PooledAR, baseline_forecasters, model_forecaster
+    from rtcalm.model.baselines import baseline_forecaster, shipped_baselines
     from rtcalm.model.checkpoint import load_model, read_checkpoint_config, resolve_model
 
     directory = resolve_model(model_spec)
@@ -55,7 +58,8 @@ def model_and_baselines(model_spec: str, horizon: int):
             pooled_ar = PooledAR.from_dict(metadata["pooled_ar"])
         except (KeyError, TypeError, ValueError) as exc:
             raise RtcalmError(f"{directory}: bad pooled_ar baseline in the checkpoint metadata ({exc})") from None
-    return {"model": model_forecaster(model), **baseline_forecasters(pooled_ar, horizon)}, model
+    learned = {kind: baseline_forecaster(baseline) for kind, baseline in shipped_baselines().items()}
+    return {"model": model_forecaster(model), **baseline_forecasters(pooled_ar, horizon), **learned}, model
 
 
 def format_table(result: dict) -> str:

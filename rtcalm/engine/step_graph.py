@@ -115,12 +115,7 @@ class StepGraph(nn.Module):
         window = next_token_window.reshape(-1, 2 * config.raw_window_frames)  # (N, 2 R) oldest first
         token_input = window[:, -2 * config.token_window_frames:]  # (N, 2 Wt)
         # 2. input embedding
-        if config.input_mode == "tokens":
-            codes = model.tokenizer.encode(token_input)
-            x = model.code_embedding(codes)
-        else:
-            codes = None
-            x = model.window_projection(token_input)
+        x, codes, encoded = model.embed(token_input)
         x = torch.addcmul(x, missing.unsqueeze(-1), model.missing_embedding)
         # 3. blocks; every layer writes the same ring slot and reads the bias row of this position
         slot = torch.where(position >= W, position - W, position).long()  # (1,) int64, as scatter wants
@@ -142,6 +137,6 @@ class StepGraph(nn.Module):
             x = x + block.cross(block.neuron_norm(x))
             x = x + block.mlp(block.mlp_norm(x))
             next_keys_and_values += [keys_t, values]
-        heads = model._heads(x, window, codes, with_code_logits=False)
+        heads = model._heads(x, window, codes, with_code_logits=False, encoded=encoded)
         next_position = torch.where(position + 1 >= 2 * W, torch.full_like(position, W), position + 1)
         return (heads.forecast, heads.hidden, next_token_window, next_position, *next_keys_and_values)

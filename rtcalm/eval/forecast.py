@@ -202,7 +202,7 @@ def evaluate(recordings: Sequence[Recording], forecasters: dict[str, Forecaster]
     }
 
 
-BASELINE_NAMES = ("copy_last", "context_mean", "pooled_ar")
+BASELINE_NAMES = ("copy_last", "context_mean", "pooled_ar", "mlp", "poco")
 
 
 def baseline_forecasters(pooled_ar: PooledAR | None, horizon: int) -> dict[str, Forecaster]:
@@ -242,11 +242,15 @@ def model_forecaster(model, chunk_frames: int = 512) -> Forecaster:
                     outputs.append(out[torch.from_numpy(times - start)].numpy())
             else:
                 batch = max(1, chunk_frames // max(context_frames, 1))
+                # frames that only the raw windows reach (no attention path to the last position): the
+                # output at the last position is the same without running the transformer on them
+                cfg = model.config
+                window_only = max(0, context_frames - 1 - cfg.n_layers * (cfg.attention_window_frames - 1))
                 for lo in range(0, test_times.size, batch):
                     times = test_times[lo:lo + batch]
                     windows = torch.stack([_left_pad(frames[max(int(t) - context_frames + 1, 0):int(t) + 1],
                                                      context_frames) for t in times])
-                    outputs.append(model(windows).forecast[:, -1].numpy())
+                    outputs.append(model(windows, window_only_frames=window_only).forecast[:, -1].numpy())
         return np.concatenate(outputs).astype(np.float32)
 
     return forecast

@@ -41,7 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtcalm.model.encoder import TemporalEncoder, normalise_windows
 from rtcalm.model.tokenizer import TraceTokenizer
+
+
+INPUT_MODES = ("tokens", "continuous", "encoder")
 
 
 @dataclass
@@ -54,7 +58,11 @@ class CalmConfig:
     code_dim: int = 4
     tokenizer_hidden: int = 64
     # transformer (stage 2)
-    input_mode: str = "tokens"  # "tokens" (codes) | "continuous" (Linear on the raw window; ablation)
+    # "tokens" (codes) | "continuous" (Linear on the raw window; ablation) | "encoder" (per-neuron MLP on
+    # the window normalised by its own statistics, rtcalm.model.encoder; forecasts decoded by that MLP,
+    # modulated by the transformer's population state through FiLM)
+    input_mode: str = "tokens"
+    encoder_hidden: int = 128  # encoder mode: width of the per-neuron temporal MLP
     d_model: int = 32
     n_layers: int = 2
     n_heads: int = 4  # query heads; keys/values have one head (multi-query attention)
@@ -72,9 +80,9 @@ class CalmConfig:
     rate_hz: float = 30.0  # frame rate of the training data; the model is only valid at this rate
 
     def __post_init__(self):
-        if self.input_mode not in ("tokens", "continuous"):
-            raise ValueError(f"input_mode must be 'tokens' or 'continuous', got {self.input_mode!r}")
-        for name in ("token_window_frames", "codebook_size", "code_dim", "tokenizer_hidden", "d_model",
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {self.input_mode!r}")
+        for name in ("token_window_frames", "codebook_size", "code_dim", "tokenizer_hidden", "encoder_hidden", "d_model",
                      "n_layers", "n_heads", "mlp_hidden", "attention_window_frames", "n_latents",
                      "forecast_horizon_frames", "autoregressive_order"):
             value = getattr(self, name)
@@ -352,21 +360,37 @@ class Calm(nn.Module):
     def __init__(self, config: CalmConfig):
         super().__init__()
         self.config = config
-        D = config.d_model
-        self.tokenizer = TraceTokenizer(config.token_window_frames, config.codebook_size, config.code_dim,
-                                        config.tokenizer_hidden)
+        D, E, Wt = config.d_model, config.encoder_hidden, config.token_window_frames
+        if config.input_mode == "encoder":
+            # normalised window, its missing flags, and the window's mean and log std (in the caller's units)
+            self.temporal_encoder = TemporalEncoder(2 * Wt + 2, E)
+            self.encoder_projection = nn.Linear(E, D)
+        else:
+            self.tokenizer = TraceTokenizer(config.token_window_frames, config.codebook_size, config.code_dim,
+                                            config.tokenizer_hidden)
         if config.input_mode == "tokens":
             self.code_embedding = nn.Embedding(config.codebook_size, D)
-        else:
+        elif config.input_mode == "continuous":
             self.window_projection = nn.Linear(2 * config.token_window_frames, D)
         self.missing_embedding = nn.Parameter(torch.zeros(D))  # added where the current frame is missing
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(D)
-        self.forecast_head = nn.Linear(D, config.forecast_horizon_frames)
+        if config.input_mode == "encoder":
+            self.forecast_head = nn.Linear(E, config.forecast_horizon_frames)
+            self.population_film = nn.Linear(D, 2 * E)  # (gamma, beta) per neuron from the population state
+        else:
+            self.forecast_head = nn.Linear(D, config.forecast_horizon_frames)
         if config.autoregressive_skip:
             self.forecast_skip = nn.Linear(2 * config.autoregressive_order, config.forecast_horizon_frames)
-        self.next_code_head = nn.Linear(D, config.codebook_size)
+        if config.input_mode != "encoder":
+            self.next_code_head = nn.Linear(D, config.codebook_size)
         self.apply(self._init_weights)
+        if config.input_mode == "encoder":
+            # start as the per-neuron MLP forecaster: the population pathway learns what it adds
+            nn.init.zeros_(self.population_film.weight)
+            nn.init.zeros_(self.population_film.bias)
+            for linear in (self.temporal_encoder.fc_in, self.temporal_encoder.fc_residual, self.forecast_head):
+                linear.reset_parameters()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -386,15 +410,36 @@ class Calm(nn.Module):
             raise ValueError(f"neuron_embedding must be (N={n_neurons}, d_model={self.config.d_model}), "
                              f"got {tuple(neuron_embedding.shape)}")
 
+    def embed(self, token_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None]:
+        """token_input (..., N, 2 Wt) interleaved [value, missing] pairs, oldest first -> (x (..., N, D),
+        codes (..., N) or None, encoded) where ``encoded`` = (encoder hidden, window mean, window std) in
+        encoder mode (the forecast decoder needs them), else None. Shared by forward, step and StepGraph."""
+        mode = self.config.input_mode
+        if mode == "tokens":
+            codes = self.tokenizer.encode(token_input)
+            return self.code_embedding(codes), codes, None
+        if mode == "continuous":
+            return self.window_projection(token_input), None, None
+        values, missing = token_input[..., 0::2], token_input[..., 1::2]
+        normalised, mean, std = normalise_windows(values, missing)
+        hidden = self.temporal_encoder(torch.cat([normalised, missing, mean, std.log()], dim=-1))  # (..., N, E)
+        return self.encoder_projection(hidden), None, (hidden, mean, std)
+
     def _heads(self, x: torch.Tensor, windows: torch.Tensor, codes: torch.Tensor | None,
-               with_code_logits: bool) -> CalmOutput:
-        """x (..., N, D) final residual stream, windows (..., N, 2 R) raw windows (R = raw_window_frames)."""
+               with_code_logits: bool, encoded: tuple | None = None) -> CalmOutput:
+        """x (..., N, D) final residual stream, windows (..., N, 2 R) raw windows (R = raw_window_frames),
+        encoded: :meth:`embed`'s third output."""
         h = self.final_norm(x)
-        forecast = self.forecast_head(h)
+        if encoded is None:
+            forecast = self.forecast_head(h)
+        else:  # encoder mode: the per-neuron MLP's forecast, FiLM-modulated by the population state
+            hidden, mean, std = encoded
+            gamma, beta = self.population_film(h).chunk(2, dim=-1)
+            forecast = mean + std * self.forecast_head(hidden * (1.0 + gamma) + beta)
         if self.config.autoregressive_skip:
             forecast = forecast + self.forecast_skip(windows[..., -2 * self.config.autoregressive_order:])
-        return CalmOutput(forecast=forecast, codes=codes,
-                          next_code_logits=self.next_code_head(h) if with_code_logits else None, hidden=h)
+        logits = self.next_code_head(h) if with_code_logits and self.config.input_mode != "encoder" else None
+        return CalmOutput(forecast=forecast, codes=codes, next_code_logits=logits, hidden=h)
 
     # --- full pass ---
     def token_windows(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -417,10 +462,14 @@ class Calm(nn.Module):
         return windows.transpose(-1, -2).reshape(B, T, N, 2 * Wt), missing
 
     def forward(self, frames: torch.Tensor, neuron_embedding: torch.Tensor | None = None,
-                with_code_logits: bool = False) -> CalmOutput:
+                with_code_logits: bool = False, window_only_frames: int = 0) -> CalmOutput:
         """frames (B, T, N) or (T, N), normalised, NaN = missing; frame 0 is the start of the stream.
         neuron_embedding: optional (N, D) or (B, N, D). Returns CalmOutput with leading dims (B, T)
-        (or (T,) for unbatched input)."""
+        (or (T,) for unbatched input).
+
+        ``window_only_frames`` = k: the first k frames only fill the raw windows of the later ones (the
+        transformer starts at frame k, outputs have T - k positions). Training uses it to skip positions
+        whose outputs are never scored and that no scored position attends to."""
         unbatched = frames.dim() == 2
         if unbatched:
             frames = frames.unsqueeze(0)
@@ -429,19 +478,16 @@ class Calm(nn.Module):
         B, T, N = frames.shape
         self._check_neuron_embedding(neuron_embedding, N)
         windows, missing = self.raw_windows(frames)  # (B, T, N, 2 R)
+        if window_only_frames:
+            windows, missing = windows[:, window_only_frames:], missing[:, window_only_frames:]
         token_input = windows[..., -2 * self.config.token_window_frames:]  # (B, T, N, 2 Wt)
-        if self.config.input_mode == "tokens":
-            codes = self.tokenizer.encode(token_input)  # (B, T, N)
-            x = self.code_embedding(codes)  # (B, T, N, D)
-        else:
-            codes = None
-            x = self.window_projection(token_input)
+        x, codes, encoded = self.embed(token_input)  # (B, T, N, D)
         x = x + missing.unsqueeze(-1) * self.missing_embedding
         if neuron_embedding is not None:
             x = x + (neuron_embedding if neuron_embedding.dim() == 2 else neuron_embedding.unsqueeze(1))
         for block in self.blocks:
             x = block(x)
-        out = self._heads(x, windows, codes, with_code_logits)
+        out = self._heads(x, windows, codes, with_code_logits, encoded)
         if unbatched:
             out = CalmOutput(out.forecast[0], None if out.codes is None else out.codes[0],
                              None if out.next_code_logits is None else out.next_code_logits[0], out.hidden[0])
@@ -497,13 +543,16 @@ class Calm(nn.Module):
         window = state.token_window[:, w + 1:w + 1 + R].reshape(state.n_neurons, 2 * R)  # a view
         token_input = window[:, -2 * cfg.token_window_frames:]  # (N, 2 Wt), a view
         # 2. input embedding
-        x = s.x
+        x, encoded = s.x, None
         if cfg.input_mode == "tokens":
             codes = self.tokenizer.encode(token_input)  # (N,)
             torch.index_select(self.code_embedding.weight, 0, codes, out=x)
-        else:
+        elif cfg.input_mode == "continuous":
             codes = None
             linear_into(x, token_input, self.window_projection)
+        else:
+            embedded, codes, encoded = self.embed(token_input)
+            x.copy_(embedded)
         x.addcmul_(s.frame_pair[:, 1:2], self.missing_embedding)
         if state.neuron_embedding is not None:
             x.add_(state.neuron_embedding)
@@ -513,7 +562,7 @@ class Calm(nn.Module):
             bias = state.warmup_bias[layer][t] if t < cfg.attention_window_frames else state.steady_bias[layer][slot]
             block.step(x, state.keys_t[layer], state.values[layer], slot, bias, s)
         state.frames_seen = t + 1
-        return self._heads(x, window, codes, with_code_logits), state
+        return self._heads(x, window, codes, with_code_logits, encoded), state
 
     @torch.inference_mode()
     def step_many(self, frames, state: StreamState, with_code_logits: bool = False) -> tuple[CalmOutput, StreamState]:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from rtcalm.model.calm import Calm, CalmOutput
+from rtcalm.model.encoder import copy_last_ratio_loss
 
 
 def future_targets(crop: torch.Tensor, n_context: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,22 +55,39 @@ def next_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor
 
 def crop_losses(model: Calm, crop: torch.Tensor, n_context: int, next_code_weight: float,
                 neuron_embedding: torch.Tensor | None = None,
-                model_input: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float], CalmOutput]:
+                model_input: torch.Tensor | None = None, loss_kind: str = "mse", scale: torch.Tensor | None = None,
+                first_scored_frame: int = 0) -> tuple[torch.Tensor, dict[str, float], CalmOutput]:
     """Total loss on one batch of crops (B, >= n_context + 1, N) and its parts as floats.
 
     ``model_input`` (B, n_context, N) replaces ``crop[:, :n_context]`` as what the model reads (e.g. with
-    frames dropped as augmentation) while the targets still come from ``crop``."""
+    frames dropped as augmentation) while the targets still come from ``crop``. ``loss_kind``: "mse"
+    (:func:`forecast_loss`) or "copy_last_ratio" (:func:`rtcalm.model.encoder.copy_last_ratio_loss`, in
+    ΔF/F units when ``scale`` (N,) gives the neurons' standard deviations); either is computed on the
+    positions from ``first_scored_frame`` on (``forecast_mse`` is always reported)."""
     horizon = model.config.forecast_horizon_frames
     if model_input is None:
         model_input = crop[:, :n_context]
-    out = model(model_input, neuron_embedding=neuron_embedding, with_code_logits=next_code_weight > 0)
+    # positions before first_scored_frame that no scored position attends to only feed raw windows
+    cfg = model.config
+    window_only = max(0, first_scored_frame - cfg.n_layers * (cfg.attention_window_frames - 1))
+    out = model(model_input, neuron_embedding=neuron_embedding, with_code_logits=next_code_weight > 0,
+                window_only_frames=window_only)
     targets, mask = future_targets(crop, n_context, horizon)
-    loss_forecast = forecast_loss(out.forecast, targets, mask)
+    scored = slice(first_scored_frame, None)
+    forecast, targets, mask = out.forecast[:, first_scored_frame - window_only:], targets[:, scored], mask[:, scored]
+    loss_forecast = forecast_loss(forecast, targets, mask)
     parts = {"forecast_mse": float(loss_forecast.detach())}
+    if loss_kind == "copy_last_ratio":
+        last = crop[:, :n_context][:, scored]  # (B, scored, N): the value at each forecast origin
+        mask = mask & torch.isfinite(last).unsqueeze(-1)
+        loss_forecast = copy_last_ratio_loss(forecast, targets, torch.nan_to_num(last), mask, scale)
+        parts["copy_last_ratio"] = float(loss_forecast.detach())
+    elif loss_kind != "mse":
+        raise ValueError(f"unknown forecast loss {loss_kind!r}")
     loss = loss_forecast
     if next_code_weight > 0:
         codes, code_mask = next_code_targets(model, crop, n_context)
-        loss_code = next_code_loss(out.next_code_logits, codes, code_mask)
+        loss_code = next_code_loss(out.next_code_logits, codes[:, window_only:], code_mask[:, window_only:])
         parts["next_code_ce"] = float(loss_code.detach())
         loss = loss + next_code_weight * loss_code
     parts["loss"] = float(loss.detach())

@@ -18,5 +18,6 @@ def randomised_model(seed: int = 0, **overrides) -> Calm:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-        model.tokenizer.codebook.normal_()
+        if model.config.input_mode != "encoder":
+            model.tokenizer.codebook.normal_()
     return model.eval()

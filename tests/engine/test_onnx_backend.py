@@ -32,15 +32,16 @@ def tokens_engine(tokens_model):
     return onnx_engine(tokens_model)
 
 
-@pytest.fixture(scope="module")
-def continuous_model():
-    return randomised_model(seed=1, input_mode="continuous")
+@pytest.fixture(scope="module", params=["continuous", "encoder"])
+def continuous_model(request):
+    return randomised_model(seed=1, input_mode=request.param)
 
 
 @pytest.mark.parametrize("n_neurons", [1, 37, 512])
 def test_continuous_mode_matches_calm_step_at_every_step(continuous_model, n_neurons):
-    """No quantiser, so no code can flip: every forecast of every step must be within the tolerance of
-    the reference Calm.step (through the engines' public API, folds and multi-frame steps included)."""
+    """No quantiser, so no code can flip (continuous and encoder modes): every forecast of every step
+    must be within the tolerance of the reference Calm.step (through the engines' public API, folds and
+    multi-frame steps included)."""
     torch.manual_seed(0)
     reference = TorchEngine(continuous_model, "test@0")
     engine = onnx_engine(continuous_model)

@@ -24,7 +24,7 @@ def run_both(model, frames):
         yield reference, reference_state, outputs
 
 
-@pytest.mark.parametrize("input_mode", ["tokens", "continuous"])
+@pytest.mark.parametrize("input_mode", ["tokens", "continuous", "encoder"])
 @pytest.mark.parametrize("n_neurons", [1, 37])
 def test_state_is_bit_identical_to_calm_step_for_hundreds_of_steps(input_mode, n_neurons):
     """Covers the warm-up (first window - 1 frames, unwritten slots masked), many wraps of the ring

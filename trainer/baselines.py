@@ -1,0 +1,108 @@
+"""Fit the learned forecasting baselines (rtcalm.model.baselines) on a training config's recordings.
+
+    python -m trainer baselines --config configs/pretrain_default.json --out runs/baselines [--kinds mlp,poco]
+
+Same data and the same split by mouse as the model the config trains (``trainer.data``), so model and
+baselines are compared on equal terms. The recipe is the anchors' of the forecasting issue: Adam 1e-3 with
+cosine decay; every step draws ``windows_per_step`` windows of context + horizon frames (all neurons, at
+most ``max_neurons``) from one training recording; loss = mean over horizon steps of the batch MSE over
+the batch copy-last MSE in ΔF/F units (:func:`rtcalm.model.encoder.copy_last_ratio_loss`).
+Each baseline is written to ``<out>/<kind>/`` (config.json + model.safetensors) and, with ``--ship``, to
+``rtcalm/models/baselines/<kind>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rtcalm.model.baselines import SHIPPED_BASELINES_DIR, BaselineConfig, BaselineForecaster, save_baseline
+from rtcalm.model.encoder import copy_last_ratio_loss
+from trainer.config import TrainConfig
+from trainer.data import Session, load_sessions, split_by_mouse
+
+
+@dataclass
+class BaselineRecipe:
+    steps: int = 4000
+    windows_per_step: int = 16
+    max_neurons: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+
+
+class WindowBatches:
+    """Random (windows (B, N, context), future (B, N, horizon), scale (N,)) batches, one epoch per batch,
+    epochs drawn in proportion to their number of (start, neuron) windows."""
+
+    def __init__(self, sessions: list[Session], context: int, horizon: int, max_neurons: int):
+        self.context, self.horizon, self.max_neurons = context, horizon, max_neurons
+        self.epochs = [(epoch, s.scale) for s in sessions for epoch in s.epochs
+                       if epoch.shape[0] >= context + horizon]
+        if not self.epochs:
+            raise ValueError(f"no training epoch has {context + horizon} frames")
+        counts = torch.tensor([(e.shape[0] - context - horizon + 1) * e.shape[1] for e, _ in self.epochs],
+                              dtype=torch.float64)
+        self.weights = counts / counts.sum()
+
+    def sample(self, n_windows: int, generator: torch.Generator):
+        epoch, scale = self.epochs[int(torch.multinomial(self.weights, 1, generator=generator))]
+        neurons = torch.randperm(epoch.shape[1], generator=generator)[:self.max_neurons]
+        span = self.context + self.horizon
+        starts = torch.randint(0, epoch.shape[0] - span + 1, (n_windows,), generator=generator)
+        crops = torch.stack([epoch[s:s + span, neurons] for s in starts.tolist()]).transpose(1, 2)  # (B, N, span)
+        return crops[..., :self.context], crops[..., self.context:], scale[neurons]
+
+
+def fit_baseline(kind: str, train: list[Session], recipe: BaselineRecipe, horizon: int = 30,
+                 progress: bool = True) -> tuple[BaselineForecaster, dict]:
+    torch.manual_seed(recipe.seed)
+    model = BaselineForecaster(BaselineConfig(kind=kind, forecast_horizon_frames=horizon))
+    batches = WindowBatches(train, model.config.context_frames, horizon, recipe.max_neurons)
+    generator = torch.Generator().manual_seed(recipe.seed + 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.steps)
+    curve, start = [], time.time()
+    model.train()
+    for step in tqdm(range(recipe.steps), desc=f"baseline {kind}", disable=not progress, mininterval=2.0):
+        windows, future, scale = batches.sample(recipe.windows_per_step, generator)
+        forecast = model(windows)
+        loss = copy_last_ratio_loss(forecast, future, windows[..., -1], torch.ones_like(future, dtype=torch.bool),
+                                    scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == recipe.steps - 1:
+            curve.append({"step": step, "loss": float(loss.detach())})
+    model.eval()
+    info = {"kind": kind, "parameters": model.n_parameters(), "recipe": asdict(recipe),
+            "train_files": [s.source for s in train], "train_mice": sorted({s.mouse for s in train}),
+            "wall_time_s": time.time() - start, "curve": curve}
+    return model, info
+
+
+def fit_baselines(config: TrainConfig, data_root, out_dir, kinds=("mlp", "poco"), recipe: BaselineRecipe | None = None,
+                  ship: bool = False, progress: bool = True, log=print) -> dict:
+    recipe = recipe or BaselineRecipe(seed=config.seed)
+    torch.set_num_threads(config.threads or 1)
+    sessions, _ = load_sessions(data_root, config.data, log=log)
+    train, _, _ = split_by_mouse(sessions, config.data.validation_mice, config.data.test_mice)
+    results = {}
+    for kind in kinds:
+        model, info = fit_baseline(kind, train, recipe, config.model.forecast_horizon_frames, progress)
+        metadata = {"training_config": config.name, **info}
+        save_baseline(model, Path(out_dir) / kind, metadata)
+        if ship:
+            save_baseline(model, SHIPPED_BASELINES_DIR / kind, {k: v for k, v in metadata.items() if k != "curve"})
+        log(f"baseline {kind}: {info['parameters']} parameters, {info['wall_time_s']:.0f} s, "
+            f"final loss {info['curve'][-1]['loss']:.3f}")
+        results[kind] = info
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "baselines.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
