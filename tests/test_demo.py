@@ -1,0 +1,99 @@
+"""``rtcalm demo``: the shipped demo head fits the shipped default model (regenerate it with
+``python tools/make_demo_head.py`` when the model changes), the scoring is what the view says it is, the
+view redraws in place, and a real run with the default model beats copy-last and decodes."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rtcalm.commands import demo
+from rtcalm.demo_heads import DIRECTION_HEAD, DIRECTION_PROVENANCE
+from rtcalm.demo_sources import HEAD_FIT_FRAMES, SIMULATED_RIG, STIMULUS_FRAMES, TRIAL_FRAMES, shown_direction
+
+REGENERATE = "the shipped demo head is stale: run python tools/make_demo_head.py and commit rtcalm/demo_heads/"
+
+
+def test_the_shipped_demo_head_loads_with_the_shipped_default_model():
+    from rtcalm.daemon.heads import read_head
+    from rtcalm.engine import load_engine
+
+    engine = load_engine("default", backend="torch")
+    provenance = json.loads(DIRECTION_PROVENANCE.read_text())
+    assert provenance["model_version"] == engine.version, REGENERATE
+    head = read_head(str(DIRECTION_HEAD), n_neurons=SIMULATED_RIG["n_neurons"], d_model=engine.config.d_model)
+    assert head.config.name == "direction" and head.config.pool_frames == STIMULUS_FRAMES
+    assert provenance["fitted_on_frames"] == [0, HEAD_FIT_FRAMES]  # the demo streams the frames after these
+    assert provenance["simulator"]["config"] == SIMULATED_RIG, REGENERATE
+    assert provenance["held_out_accuracy"] > 2 * provenance["chance"]
+
+
+def test_skill_is_one_minus_the_mse_ratio_against_copy_last():
+    rng = np.random.default_rng(0)
+    dff = rng.standard_normal((100, 6)).astype(np.float32)
+    perfect, copy_last = demo.Skill(), demo.Skill()
+    for index in range(60, 69):
+        truth = np.stack([dff[min(index + h, 99)] for h in range(1, 31)], axis=1)
+        perfect.add(truth, dff, index)
+        copy_last.add(np.repeat(dff[index][:, None], 30, axis=1), dff, index)
+    assert perfect.skill(1) == pytest.approx(1.0) and copy_last.skill(30) == pytest.approx(0.0)
+    assert perfect.beaten() == (4, 4) and copy_last.beaten() == (0, 4)
+    # Targets past the end of the pass are not scored: from frame 80, 30 frames ahead is frame 110.
+    late = demo.Skill()
+    late.add(np.zeros((6, 30), np.float32), dff, 80)
+    assert late.skill(30) is None and late.skill(15) is not None
+
+
+def test_direction_is_scored_once_per_stimulus_at_its_end():
+    directions = np.array([0.0, 45.0, 90.0, 135.0] * 200)
+    source = demo.Source("sim", "", np.zeros((TRIAL_FRAMES * 10, 4), np.float32), 30.0, first_frame=HEAD_FIT_FRAMES,
+                         directions=directions)
+    score = demo.DirectionScore(source)
+    first_trial = HEAD_FIT_FRAMES // TRIAL_FRAMES
+    end = STIMULUS_FRAMES - 1
+    score.add({"direction": directions[first_trial]}, end, end)  # trial 0 of the pass: still warming up
+    assert score.total == 0
+    index = TRIAL_FRAMES + end  # the second trial's last stimulus frame
+    score.add({"direction": directions[first_trial + 1]}, index, index)
+    score.add({"direction": -1.0}, index + 1, index + 1)  # the same stimulus again: not scored twice
+    score.add({"direction": -1.0}, 2 * TRIAL_FRAMES + 10, 2 * TRIAL_FRAMES + 10)  # mid-stimulus: not scored
+    assert (score.correct, score.total) == (1, 1)
+    assert shown_direction(HEAD_FIT_FRAMES + index, directions) == directions[first_trial + 1]
+    assert shown_direction(HEAD_FIT_FRAMES + index + 1, directions) is None  # gray
+
+
+def test_the_view_is_redrawn_in_place_on_a_terminal(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    screen = demo.Screen(plain=False)
+    screen.draw(["one", "two", "three"])
+    screen.draw(["four", "five"])
+    text = out.getvalue()
+    assert text == "\x1b[Jone\ntwo\nthree\n" + "\x1b[3F\x1b[Jfour\nfive\n"
+    plain_out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", plain_out)
+    demo.Screen(plain=True).draw(["a", "b"])
+    assert plain_out.getvalue() == "a\nb\n\n" and "\x1b" not in plain_out.getvalue()
+
+
+@pytest.mark.slow
+def test_demo_with_the_default_model_beats_copy_last_and_decodes():
+    result = subprocess.run([sys.executable, "-m", "rtcalm", "demo", "--synthetic", "--duration", "14"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.split("rtcalm demo summary")[1]
+    assert "\x1b" not in result.stdout  # not a terminal: plain blocks
+    assert "[sim] simulated rig, 256 neurons" in summary
+    assert "the model beats copy-last at 4 of 4 scored horizons" in summary, summary
+    decoded = re.search(r"decoded direction: (\d+) of (\d+) stimuli correct", summary)
+    assert decoded and int(decoded[2]) >= 2, summary
+    sent, predictions = map(int, re.search(r"(\d+) frames sent, (\d+) predictions", summary).groups())
+    assert sent > 300 and predictions > 0.9 * sent
+    assert "latency rig send -> prediction received" in summary
+    assert "rtcalm demo: stopped" in result.stderr
