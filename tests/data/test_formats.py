@@ -115,8 +115,11 @@ def test_nwb2_roi_response_series(tmp_path):
         segmentation.add_roi(image_mask=mask, id=100 + k)
     region = segmentation.create_roi_table_region(region=[0, 1, 2, 3], description="all")
     values = np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32)
-    series = pynwb.ophys.RoiResponseSeries(name="dff", data=values, rois=region, unit="1", rate=30.0)
-    ophys.add(DfOverF(roi_response_series=series))
+    # The series is created inside a DfOverF that is already part of the file: hdmf checks that the ROI
+    # region and its table share an ancestor when the region gets its parent, and warns otherwise.
+    dff_container = DfOverF()
+    ophys.add(dff_container)
+    dff_container.create_roi_response_series(name="dff", data=values, rois=region, unit="1", rate=30.0)
     path = tmp_path / "session.nwb"
     with pynwb.NWBHDF5IO(str(path), "w") as io:
         io.write(nwbfile)
