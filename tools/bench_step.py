@@ -17,54 +17,15 @@ neurons under 33 ms, history 1024 within 1.2x of history 32.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
+from rtcalm.bench.step import run_step_benchmark
 from rtcalm.model import Calm, CalmConfig
-
-
-def time_steps(model: Calm, n_neurons: int, histories: list[int], n_steps: int,
-               seed: int = 0) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
-    """Step times (seconds) for one neuron count at every history length: (wall clock, CPU time of
-    this thread). With one torch thread the CPU time is what the step costs on a core of its own; the
-    wall time also contains waiting for the core when other processes compete for it.
-
-    The streams for the different history lengths are stepped in turn (a, b, a, b, ...), so load from
-    other processes on a shared machine hits all of them alike and their ratio stays meaningful."""
-    generator = torch.Generator().manual_seed(seed)
-    states = {}
-    for history in histories:
-        states[history] = model.new_state(n_neurons)
-        model.step_many(torch.randn(history, n_neurons, generator=generator), states[history])
-    frames = torch.randn(n_steps + 10, n_neurons, generator=generator)
-    for i in range(10):  # warm-up: first calls touch fresh memory and pick kernels
-        for state in states.values():
-            model.step(frames[i], state)
-    wall = {history: [] for history in histories}
-    cpu = {history: [] for history in histories}
-    gc.disable()
-    try:
-        for i in range(10, n_steps + 10):
-            for history, state in states.items():
-                start_cpu, start = time.thread_time(), time.perf_counter()
-                model.step(frames[i], state)
-                wall[history].append(time.perf_counter() - start)
-                cpu[history].append(time.thread_time() - start_cpu)
-    finally:
-        gc.enable()
-    return wall, cpu
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,22 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average before: {load:.2f} on {os.cpu_count()} CPUs")
     print(f"{'neurons':>8} {'history':>8} {'median ms':>10} {'p99 ms':>8} {'mean ms':>8} {'cpu median':>11} {'cpu p99':>8}")
-    rows = []
-    for n_neurons in args.neurons:
-        wall_by_history, cpu_by_history = time_steps(model, n_neurons, args.history, args.steps)
-        for history in args.history:
-            times, cpu = wall_by_history[history], cpu_by_history[history]
-            row = {"neurons": n_neurons, "history": history, "median_ms": 1e3 * statistics.median(times),
-                   "p99_ms": 1e3 * percentile(times, 99), "mean_ms": 1e3 * statistics.fmean(times),
-                   "cpu_median_ms": 1e3 * statistics.median(cpu), "cpu_p99_ms": 1e3 * percentile(cpu, 99),
-                   "steps": len(times)}
-            rows.append(row)
-            print(f"{n_neurons:>8} {history:>8} {row['median_ms']:>10.3f} {row['p99_ms']:>8.3f} {row['mean_ms']:>8.3f}"
-                  f" {row['cpu_median_ms']:>11.3f} {row['cpu_p99_ms']:>8.3f}", flush=True)
+    def print_row(row):
+        print(f"{row['neurons']:>8} {row['history']:>8} {row['median_ms']:>10.3f} {row['p99_ms']:>8.3f} "
+              f"{row['mean_ms']:>8.3f} {row['cpu_median_ms']:>11.3f} {row['cpu_p99_ms']:>8.3f}", flush=True)
+
+    document = run_step_benchmark(model, args.neurons, args.history, args.steps, on_row=print_row)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": torch.get_num_threads(), "torch": torch.__version__, "load_average": load,
-                       "config": cfg.to_dict(), "rows": rows}, f, indent=2)
+            json.dump(document, f, indent=2)
     return 0
 
 

@@ -103,4 +103,52 @@ def _run_latency(args: argparse.Namespace) -> int:
 
 
 # Order is the order in `rtcalm bench --help`.
-_BENCHMARKS = [_register_stats, _register_latency]
+# --- bench step ----------------------------------------------------------------------------------
+
+def _register_step(benchmarks) -> None:
+    parser = benchmarks.add_parser(
+        "step", help="time of one incremental model step (Calm.step) per neuron count and history",
+        description="Median and p99 of one Calm.step (torch eager) per neuron count, at two history lengths "
+                    "stepped in turn (the cost must not grow with the history). Targets for the default "
+                    "model on one thread: <= 1.5 ms at 512 neurons, <= 12 ms at 4096, history ratio ~1.")
+    parser.add_argument("--model", default="default", help="'default' (shipped model), a name or a checkpoint directory")
+    parser.add_argument("--neurons", type=_neuron_counts, default=[512, 4096])
+    parser.add_argument("--history", type=_neuron_counts, default=[32, 1024], help="frames consumed before timing")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per cell (default 300)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.set_defaults(handler=_run_step)
+
+
+def _run_step(args: argparse.Namespace) -> int:
+    import torch
+
+    from rtcalm.bench.step import run_step_benchmark
+    from rtcalm.model import load_model
+
+    if args.steps < 100:
+        raise RtcalmError(f"--steps must be at least 100 for a p99, got {args.steps}")
+    if args.threads < 1:
+        raise RtcalmError(f"--threads must be positive, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    document = run_step_benchmark(load_model(args.model), args.neurons, args.history, args.steps)
+    document["model"] = args.model
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    print(f"Calm.step, model {args.model} ({document['parameters']:,} parameters, input "
+          f"{document['config']['input_mode']}), {document['threads']} thread(s), load average "
+          f"{document['load_average_before']:.2f} on {document['cpus']} CPUs (ms):")
+    print(f"  {'neurons':>8} {'history':>8} {'median':>8} {'p99':>8} {'cpu median':>10}")
+    for row in document["rows"]:
+        print(f"  {row['neurons']:>8} {row['history']:>8} {row['median_ms']:>8.3f} {row['p99_ms']:>8.3f} "
+              f"{row['cpu_median_ms']:>10.3f}")
+    by_neurons = {}
+    for row in document["rows"]:
+        by_neurons.setdefault(row["neurons"], []).append(row["median_ms"])
+    for n, medians in by_neurons.items():
+        print(f"  {n} neurons: longest / shortest history median ratio {medians[-1] / medians[0]:.2f}")
+    return 0
+
+
+_BENCHMARKS = [_register_stats, _register_latency, _register_step]

@@ -44,7 +44,6 @@ from torch import nn
 from rtcalm.model.encoder import TemporalEncoder, normalise_windows
 from rtcalm.model.tokenizer import TraceTokenizer
 
-
 INPUT_MODES = ("tokens", "continuous", "encoder")
 
 
@@ -362,8 +361,10 @@ class Calm(nn.Module):
         self.config = config
         D, E, Wt = config.d_model, config.encoder_hidden, config.token_window_frames
         if config.input_mode == "encoder":
-            # normalised window, its missing flags, and the window's mean and log std (in the caller's units)
-            self.temporal_encoder = TemporalEncoder(2 * Wt + 2, E)
+            # the window normalised by its own statistics and its missing flags; nothing in the caller's
+            # units, so a neuron's forecast follows any affine change of its normalisation exactly (the
+            # daemon's running statistics drift; whole-recording training statistics would leak the future)
+            self.temporal_encoder = TemporalEncoder(2 * Wt, E)
             self.encoder_projection = nn.Linear(E, D)
         else:
             self.tokenizer = TraceTokenizer(config.token_window_frames, config.codebook_size, config.code_dim,
@@ -422,7 +423,7 @@ class Calm(nn.Module):
             return self.window_projection(token_input), None, None
         values, missing = token_input[..., 0::2], token_input[..., 1::2]
         normalised, mean, std = normalise_windows(values, missing)
-        hidden = self.temporal_encoder(torch.cat([normalised, missing, mean, std.log()], dim=-1))  # (..., N, E)
+        hidden = self.temporal_encoder(torch.cat([normalised, missing], dim=-1))  # (..., N, E)
         return self.encoder_projection(hidden), None, (hidden, mean, std)
 
     def _heads(self, x: torch.Tensor, windows: torch.Tensor, codes: torch.Tensor | None,

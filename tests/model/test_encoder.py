@@ -43,7 +43,7 @@ def test_copy_last_ratio_loss_is_one_for_copy_last_and_zero_for_the_truth():
     assert copy_last_ratio_loss(worse, targets, last, mask, big) > copy_last_ratio_loss(worse, targets, last, mask)
 
 
-def test_encoder_mode_starts_as_a_per_neuron_forecaster():
+def test_encoder_mode_starts_per_neuron_and_is_affine_equivariant():
     torch.manual_seed(0)
     model = Calm(CalmConfig(**ENCODER)).eval()
     frames = torch.randn(1, 40, 9).cumsum(1)
@@ -54,6 +54,14 @@ def test_encoder_mode_starts_as_a_per_neuron_forecaster():
         shuffled[..., 1:] = torch.randn(1, 40, 8)
         assert torch.allclose(model(shuffled).forecast[0, -1, 0], out[0], atol=1e-6)
         assert not torch.allclose(model(shuffled).forecast[0, -1, 1], out[1], atol=1e-3)
+        for p in model.parameters():  # FiLM and transformer active too
+            p.add_(torch.randn_like(p) * 0.1)
+        out = model(frames).forecast[0, -1]
+        # a neuron's forecast follows an affine change of its units exactly (up to the std floor):
+        # window normalisation leaves nothing in the caller's units
+        scale, shift = torch.rand(9) * 3 + 0.5, torch.randn(9) * 5
+        moved = model(frames * scale + shift).forecast[0, -1]
+    assert torch.allclose(moved, out * scale[:, None] + shift[:, None], atol=1e-3, rtol=1e-4)
 
 
 def test_window_only_frames_give_the_same_outputs_at_the_positions_they_keep():

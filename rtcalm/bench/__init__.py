@@ -1,0 +1,1 @@
+"""Benchmarks behind ``rtcalm bench`` (not used on the per-frame path)."""
