@@ -1,14 +1,17 @@
 """``rtcalm decode-eval FILE... --task direction|orientation|speed|pupil [--model default|PATH] [--folds 5] [--json]``.
 
-The protocol is in :mod:`rtcalm.eval.decode`: k-fold cross-validation over the trials of each file, a
-linear head on the model's pooled hidden states against a linear head on each neuron's mean response and
-chance, on the same folds.
+The protocol is in :mod:`rtcalm.eval.decode`: k-fold cross-validation over the trials of each file; on
+the same folds, a linear head on the model's pooled hidden states, the time-resolved head on the model's
+per-frame hidden states and the identical head on the raw frames the model reads, against the baselines
+(shrinkage LDA and logistic regression / ridge on time-binned responses with bins and penalty by inner
+CV, a linear head on each neuron's mean response, chance). Scores come with standard errors over trials.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rtcalm.commands.arguments import positive_int
 from rtcalm.eval.decode import TASKS
@@ -17,8 +20,10 @@ from rtcalm.eval.decode import TASKS
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "decode-eval", help="cross-validated decoding of stimulus or behaviour from trial recordings",
-        description="k-fold cross-validation over trials (stratified for classification): a linear head on the "
-                    "model's population state vs a linear head on each neuron's mean response window and chance.")
+        description="k-fold cross-validation over trials (stratified for classification): heads on the model's "
+                    "hidden states (pooled, and time-resolved) vs the identical time-resolved head on raw frames, "
+                    "shrinkage LDA / logistic / ridge on time-binned responses (bins and penalty by inner CV), a "
+                    "linear head on each neuron's mean response, and chance.")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
     parser.add_argument("--model", default="default", help="'default' (shipped model) or a checkpoint directory")
@@ -33,23 +38,28 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rtcalm.data import load_recording
-    from rtcalm.eval.decode import evaluate, finetuned_decoder, model_features
+    from rtcalm.eval.decode import evaluate, finetuned_decoder, model_features, time_resolved_decoders
     from rtcalm.model.checkpoint import load_model
 
     model = load_model(args.model)
     recordings = [load_recording(path) for path in args.files]
-    extra = {"model_finetuned": finetuned_decoder(model, args.finetune_steps)} if args.finetune_steps else {}
+    extra = time_resolved_decoders(model)
+    if args.finetune_steps:
+        extra["model_finetuned"] = finetuned_decoder(model, args.finetune_steps)
     result = evaluate(recordings, args.task, model_features(model), folds=args.folds, seed=args.seed,
                       fold_decoders=extra)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"task {result['task']} ({result['metric']}), {args.folds}-fold CV over trials")
-    tuned = list(extra)
-    print(f"{'file':60s} {'model':>8s}" + "".join(f" {'finetuned':>9s}" for _ in tuned) + f" {'linear':>8s} {'chance':>8s}")
-    for row in result["per_file"]:
-        print(f"{row['file'][-60:]:60s} {row['model']:8.3f}" + "".join(f" {row[n]:9.3f}" for n in tuned)
-              + f" {row['linear_mean_response']:8.3f} {row['chance']:8.3f}")
-    print(f"{'mean':60s} {result['model']:8.3f}" + "".join(f" {result[n]:9.3f}" for n in tuned)
-          + f" {result['baselines']['linear_mean_response']:8.3f} {result['baselines']['chance']:8.3f}")
+    names = ["model", *extra, *result["baselines"]]
+    print(f"task {result['task']} ({result['metric']}), {args.folds}-fold CV over trials; "
+          "mean ± standard error over trials")
+    width = max(len(n) for n in names)
+    print(f"{'decoder':{width}s} " + " ".join(f"{row['mouse'] or Path(row['file']).stem:>14.14s}"
+                                                 for row in result["per_file"]) + f" {'mean':>14s}")
+    for name in names:
+        mean = result[name] if name in result else result["baselines"][name]
+        print(f"{name:{width}s} " + " ".join(f"{row[name]:7.3f} ±{row['standard_errors'][name]:.3f}"
+                                             for row in result["per_file"])
+              + f" {mean:7.3f} ±{result['standard_errors'][name]:.3f}")
     return 0

@@ -23,11 +23,26 @@ Decoders compared on the same folds:
 - ``model``: a linear head (logistic / ridge) on features from the model (``feature_fn``), backbone frozen;
 - ``model_finetuned`` (``--finetune-steps``): that head and a copy of the backbone trained together on
   the training folds (:func:`finetuned_decoder`);
-- ``linear_mean_response``: the same kind of head on each neuron's mean ΔF/F in the response window;
-- ``chance``: the majority class of the training folds (classification) or their mean (regression).
+- ``model_time_resolved``: the time-resolved head on the frozen backbone (:func:`time_resolved_decoders`):
+  per-frame hidden states over the response window, projected per neuron onto their first principal
+  components (fitted on the training trials), averaged in time bins, shrinkage LDA (classification) or
+  ridge (regression), the number of components, bins and ridge alpha chosen by inner CV;
+- ``raw_time_resolved``: the identical head on what the backbone reads (the z-scored ΔF/F at the model's
+  rate), so the backbone's own contribution is the difference between the two rows;
+- baselines (``baselines`` in the JSON), on the recording's ΔF/F at its own rate:
+  ``lda_binned`` (Ledoit-Wolf shrinkage LDA) and ``logistic_binned`` for classification, ``ridge_binned``
+  for regression, on the response window in time bins; bins (1, 2, 4, 8) and C / alpha chosen by inner
+  CV (:mod:`rtcalm.eval.linear`); ``linear_mean_response``: logistic / ridge with a fixed penalty on
+  each neuron's mean ΔF/F in the response window; ``chance``: the majority class of the training folds
+  (classification) or their mean (regression).
 
-Heads standardise their features on the training folds and use a fixed L2 penalty (no tuning on the
-test fold).
+Inner CV (4 folds, stratified for classification) runs on the outer training trials only; the outer
+test fold is never seen by any choice. Every score comes with a standard error over trials
+(``standard_errors``): binomial for accuracy, sqrt(p (1 - p) / trials); a bootstrap over the pooled
+held-out predictions (1,000 resamples, seed 0) for R². The mean over files has the standard error
+sqrt(sum se²) / files. ``selected`` records the hyperparameters each inner CV chose, per outer fold; ``targets`` and
+``predictions`` (per decoder) are the per-trial held-out values (class indices into the sorted distinct
+label values for classification), e.g. for confusion matrices.
 """
 
 from __future__ import annotations
@@ -124,10 +139,67 @@ def _chance_predict(targets, train, test, metric):
 
 
 def _score(predictions: np.ndarray, targets: np.ndarray, metric: str) -> float:
+    from rtcalm.eval.linear import score
+
+    return score(predictions, targets, metric)
+
+
+def standard_error(predictions: np.ndarray, targets: np.ndarray, metric: str, resamples: int = 1000,
+                   seed: int = 0) -> float:
+    """Standard error over trials of one pooled held-out score: binomial for accuracy, a bootstrap over
+    trials for R²."""
+    n = targets.shape[0]
     if metric == "accuracy":
-        return float(np.mean(predictions == targets))
-    total = float(np.sum((targets - targets.mean()) ** 2))
-    return 1.0 - float(np.sum((targets - predictions) ** 2)) / total if total > 0 else float("nan")
+        accuracy = float(np.mean(predictions == targets))
+        return float(np.sqrt(accuracy * (1.0 - accuracy) / n))
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, n, size=(resamples, n))
+    return float(np.nanstd([_score(predictions[s], targets[s], metric) for s in samples], ddof=1))
+
+
+class BinnedDecoder:
+    """fit_predict(train, test) for a linear decoder on time-binned per-frame features (trials, frames, F):
+    bins and penalty chosen by inner CV on the training trials (:mod:`rtcalm.eval.linear`). ``selected``
+    lists each outer fold's choice."""
+
+    def __init__(self, per_frame: np.ndarray, targets: np.ndarray, kind: str, metric: str,
+                 bin_counts: Sequence[int] | None = None, seed: int = 0):
+        from rtcalm.eval.linear import BIN_COUNTS, penalties, time_binned
+
+        frames = per_frame.shape[1]
+        counts = [b for b in (bin_counts or BIN_COUNTS) if b <= frames]
+        self.binned = {b: time_binned(per_frame, b) for b in counts}
+        self.candidates = [(b, penalty) for b in counts for penalty in penalties(kind)]
+        self.targets, self.kind, self.metric, self.seed = targets, kind, metric, seed
+        self.selected: list[dict] = []
+
+    def __call__(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        from rtcalm.eval.linear import make_estimator, select_by_inner_cv
+
+        targets = self.targets[train]
+
+        def inner(candidate, inner_train, validation):
+            features = self.binned[candidate[0]][train]
+            estimator = make_estimator(self.kind, candidate[1]).fit(features[inner_train], targets[inner_train])
+            return estimator.predict(features[validation])
+
+        bins, penalty = select_by_inner_cv(self.candidates, inner, targets, self.metric, seed=self.seed)
+        self.selected.append({"bins": bins} | ({} if penalty is None else {"penalty": penalty}))
+        estimator = make_estimator(self.kind, penalty).fit(self.binned[bins][train], targets)
+        return estimator.predict(self.binned[bins][test])
+
+
+def binned_baselines(recording: Recording, data: TaskData) -> dict[str, BinnedDecoder]:
+    """The strong baselines on the recording's own ΔF/F in the response window (trials, frames, neurons)."""
+    per_frame = recording.dff[:, data.response_frames, :].astype(np.float64)
+    if data.metric == "accuracy":
+        return {"lda_binned": BinnedDecoder(per_frame, data.targets, "lda", data.metric),
+                "logistic_binned": BinnedDecoder(per_frame, data.targets, "logistic", data.metric)}
+    return {"ridge_binned": BinnedDecoder(per_frame, data.targets, "ridge", data.metric)}
+
+
+BASELINES = {"accuracy": ("lda_binned", "logistic_binned", "linear_mean_response", "chance"),
+             "r2": ("ridge_binned", "linear_mean_response", "chance")}
 
 
 def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | None, folds: int = 5,
@@ -138,6 +210,7 @@ def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | 
     splits = fold_indices(data.targets, data.metric, folds, seed)
     mean_responses = mean_response_features(recording, data.response_frames)
     decoders: dict[str, Callable] = {
+        **binned_baselines(recording, data),
         "linear_mean_response": lambda tr, te: _fit_predict(mean_responses, data.targets, tr, te, data.metric),
         "chance": lambda tr, te: _chance_predict(data.targets, tr, te, data.metric),
     }
@@ -148,29 +221,42 @@ def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | 
         decoders = {"model": lambda tr, te: _fit_predict(model_features, data.targets, tr, te, data.metric), **decoders}
     for name, factory in (fold_decoders or {}).items():
         decoders[name] = factory(recording, data)
-    scores = {}
+    scores, errors, selected, held_out = {}, {}, {}, {}
     for name, decoder in decoders.items():
         predictions = np.empty_like(data.targets, dtype=np.float64)
         for train, test in splits:
             predictions[test] = decoder(train, test)
+        held_out[name] = predictions.tolist()
         scores[name] = _score(predictions, data.targets, data.metric)
+        errors[name] = standard_error(predictions, data.targets, data.metric)
+        if getattr(decoder, "selected", None):
+            selected[name] = decoder.selected
     return {"file": recording.meta.source, "mouse": recording.meta.mouse, "trials": int(data.targets.shape[0]),
-            "neurons": recording.n_neurons, **scores}
+            "neurons": recording.n_neurons, **scores, "standard_errors": errors, "selected": selected,
+            "targets": data.targets.tolist(), "predictions": held_out}
 
 
 def evaluate(recordings: Sequence[Recording], task: str, feature_fn: FeatureFn | None, folds: int = 5,
              seed: int = 0, fold_decoders: dict[str, FoldDecoderFactory] | None = None) -> dict:
-    """The ``--json`` document of ``rtcalm decode-eval``: means over files of the per-file scores."""
+    """The ``--json`` document of ``rtcalm decode-eval``: means over files of the per-file scores, and
+    their standard errors (``standard_errors``, by decoder name)."""
     if task not in TASKS:
         raise DecodingError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     per_file = [evaluate_recording(rec, task, feature_fn, folds, seed, fold_decoders) for rec in recordings]
-    result = {"task": task, "metric": TASKS[task], "folds": folds}
-    if feature_fn is not None:
-        result["model"] = float(np.mean([f["model"] for f in per_file]))
-    for name in fold_decoders or {}:
-        result[name] = float(np.mean([f[name] for f in per_file]))
-    result["baselines"] = {name: float(np.mean([f[name] for f in per_file]))
-                           for name in ("linear_mean_response", "chance")}
+
+    def mean(name):
+        return float(np.mean([f[name] for f in per_file]))
+
+    def mean_error(name):
+        return float(np.sqrt(np.sum([f["standard_errors"][name] ** 2 for f in per_file])) / len(per_file))
+
+    names = (["model"] if feature_fn is not None else []) + list(fold_decoders or {})
+    result = {"task": task, "metric": TASKS[task], "folds": folds, "seed": seed}
+    for name in names:
+        result[name] = mean(name)
+    baselines = BASELINES[TASKS[task]]
+    result["baselines"] = {name: mean(name) for name in baselines}
+    result["standard_errors"] = {name: mean_error(name) for name in (*names, *baselines)}
     result["per_file"] = per_file
     return result
 
@@ -246,3 +332,106 @@ def finetuned_decoder(model, steps: int, lr: float = 1e-3, batch_trials: int = 1
         return fit_predict
 
     return for_recording
+
+
+PROJECTION_COMPONENTS = (1, 2)  # principal components of the hidden state kept per neuron (chosen by inner CV)
+
+
+def response_hidden(model, z: np.ndarray, response: np.ndarray, batch_trials: int = 32) -> np.ndarray:
+    """The backbone's per-frame, per-neuron hidden states over the response window: (trials, frames, N, D)
+    float32, the model run causally from each epoch's first frame, frozen."""
+    import torch
+
+    model.eval()
+    mask = torch.from_numpy(response)
+    pieces = []
+    with torch.inference_mode():
+        for start in range(0, z.shape[0], batch_trials):
+            pieces.append(model(torch.from_numpy(z[start:start + batch_trials])).hidden[:, mask].numpy())
+    return np.concatenate(pieces)
+
+
+def principal_projection(hidden: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), basis (D, components)): the principal axes of hidden states (..., D) pooled over trials,
+    frames and neurons (the backbone's D-space is shared by all neurons), largest first."""
+    flat = hidden.reshape(-1, hidden.shape[-1]).astype(np.float64)
+    mean = flat.mean(axis=0)
+    covariance = np.cov(flat - mean, rowvar=False)
+    _, vectors = np.linalg.eigh(covariance)
+    basis = vectors[:, ::-1][:, :components]
+    basis *= np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(components)])  # a fixed sign per axis
+    return mean, basis
+
+
+class TimeResolvedDecoder:
+    """fit_predict(train, test) of the time-resolved head on per-frame features (trials, frames, N, D).
+
+    Per outer fold: when D > 1, the principal axes of the training trials' features (label-free) project
+    every neuron's D-vector onto its first k components; the projected frames are averaged in time bins
+    and concatenated (bins x N x k); shrinkage LDA (classification) or ridge (regression) reads them.
+    k (:data:`PROJECTION_COMPONENTS`), the bins and the ridge alpha are chosen by inner CV on the
+    training trials. With D == 1 (raw ΔF/F) there is nothing to project: the same head on the frames."""
+
+    def __init__(self, per_frame: np.ndarray, targets: np.ndarray, metric: str,
+                 components: Sequence[int] = PROJECTION_COMPONENTS, bin_counts: Sequence[int] | None = None,
+                 seed: int = 0):
+        from rtcalm.eval.linear import BIN_COUNTS, penalties
+
+        self.per_frame = per_frame
+        self.components = [k for k in components if k <= per_frame.shape[-1]] if per_frame.shape[-1] > 1 else [1]
+        self.bin_counts = [b for b in (bin_counts or BIN_COUNTS) if b <= per_frame.shape[1]]
+        self.kind = "lda" if metric == "accuracy" else "ridge"
+        self.candidates = [(k, b, penalty) for k in self.components for b in self.bin_counts
+                           for penalty in penalties(self.kind)]
+        self.targets, self.metric, self.seed = targets, metric, seed
+        self.selected: list[dict] = []
+
+    def _features(self, train: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+        from rtcalm.eval.linear import time_binned
+
+        trials, frames, neurons, width = self.per_frame.shape
+        if width == 1:
+            projected = self.per_frame
+        else:
+            mean, basis = principal_projection(self.per_frame[train], max(self.components))
+            projected = (self.per_frame - mean.astype(np.float32)) @ basis.astype(np.float32)
+        return {(k, b): time_binned(projected[..., :k].reshape(trials, frames, neurons * k), b)
+                for k in self.components for b in self.bin_counts}
+
+    def __call__(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        from rtcalm.eval.linear import make_estimator, select_by_inner_cv
+
+        features = self._features(train)
+        targets = self.targets[train]
+
+        def inner(candidate, inner_train, validation):
+            x = features[candidate[:2]][train]
+            return make_estimator(self.kind, candidate[2]).fit(x[inner_train], targets[inner_train]).predict(x[validation])
+
+        k, bins, penalty = select_by_inner_cv(self.candidates, inner, targets, self.metric, seed=self.seed)
+        self.selected.append({"components": k, "bins": bins} | ({} if penalty is None else {"penalty": penalty}))
+        x = features[(k, bins)]
+        return make_estimator(self.kind, penalty).fit(x[train], targets).predict(x[test])
+
+
+def time_resolved_decoders(model, response_end_s: float = 2.0) -> dict[str, FoldDecoderFactory]:
+    """``model_time_resolved`` (the head on the frozen backbone's per-frame hidden states) and
+    ``raw_time_resolved`` (the identical head on the z-scored ΔF/F the backbone reads), as fold decoders
+    for :func:`evaluate`. The backbone runs once per recording."""
+    cache: dict[str, tuple] = {}
+
+    def inputs(recording: Recording):
+        key = recording.meta.source
+        if key not in cache:
+            cache.clear()
+            z, response = model_inputs(model, recording, response_end_s)
+            cache[key] = (z[:, response, :, None], response_hidden(model, z, response))
+        return cache[key]
+
+    def backbone(recording: Recording, data: TaskData) -> TimeResolvedDecoder:
+        return TimeResolvedDecoder(inputs(recording)[1], data.targets, data.metric)
+
+    def raw(recording: Recording, data: TaskData) -> TimeResolvedDecoder:
+        return TimeResolvedDecoder(inputs(recording)[0], data.targets, data.metric)
+
+    return {"model_time_resolved": backbone, "raw_time_resolved": raw}

@@ -43,8 +43,12 @@ def test_json_document(tmp_path, checkpoint):
     doc = json.loads(result.stdout)
     assert doc["task"] == "direction" and doc["metric"] == "accuracy"
     assert 0.0 <= doc["model"] <= 1.0
-    assert set(doc["baselines"]) == {"linear_mean_response", "chance"}
-    assert doc["per_file"][0]["trials"] == 40
+    assert set(doc["baselines"]) == {"lda_binned", "logistic_binned", "linear_mean_response", "chance"}
+    decoders = {"model", "model_time_resolved", "raw_time_resolved", *doc["baselines"]}
+    assert set(doc["standard_errors"]) == decoders
+    row = doc["per_file"][0]
+    assert row["trials"] == 40 and set(row["predictions"]) == decoders and len(row["targets"]) == 40
+    assert len(row["selected"]["model_time_resolved"]) == 5  # one inner-CV choice per outer fold
 
 
 def test_bad_task_and_label_less_file(tmp_path, checkpoint):

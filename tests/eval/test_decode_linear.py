@@ -1,0 +1,124 @@
+"""Strong linear decoders: shrinkage LDA against scikit-learn, time bins, inner CV that never sees the
+outer test fold, standard errors, and the time-resolved head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtcalm.data import Recording, TrialTable
+from rtcalm.eval.decode import BinnedDecoder, TimeResolvedDecoder, evaluate, standard_error
+from rtcalm.eval.linear import ShrinkageLDA, time_binned
+
+
+@pytest.mark.parametrize("trials, features", [(96, 12), (80, 300)])  # fewer and more features than trials
+def test_shrinkage_lda_is_sklearns_lsqr_auto(trials, features):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    rng = np.random.default_rng(0)
+    targets = np.arange(trials) % 8
+    x = rng.standard_normal((trials, features)) * rng.uniform(0.2, 3.0, features)
+    x[:, :4] += targets[:, None] * 0.4
+    x[:, 5] = 2.0  # a constant feature
+    reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x, targets)
+    ours = ShrinkageLDA().fit(x, targets)
+    assert np.allclose(ours.coef_, reference.coef_, rtol=1e-6, atol=1e-8 * np.abs(reference.coef_).max())
+    assert np.allclose(ours.intercept_, reference.intercept_, rtol=1e-6, atol=1e-6)
+    held_out = rng.standard_normal((200, features)) * 2
+    assert np.array_equal(ours.predict(held_out), reference.predict(held_out))
+
+
+def test_time_bins_are_contiguous_means():
+    per_frame = np.arange(8, dtype=float)[None, :, None] * np.array([1.0, 10.0])  # (1 trial, 8 frames, 2)
+    assert np.allclose(time_binned(per_frame, 4), [[0.5, 5, 2.5, 25, 4.5, 45, 6.5, 65]])  # bin-major
+    assert np.allclose(time_binned(per_frame, 1), [[3.5, 35]])
+    assert time_binned(np.zeros((3, 7, 5)), 2).shape == (3, 10)  # uneven bins: 4 + 3 frames
+    with pytest.raises(ValueError, match="n_bins"):
+        time_binned(per_frame, 9)
+
+
+def _time_coded_recording(n_trials=128, n_neurons=10, seed=0):
+    """Direction is in the *time course* only: each neuron rises early and falls late (or the reverse)
+    with a sign pattern set by the direction, so every neuron's mean over the window is the same."""
+    rng = np.random.default_rng(seed)
+    directions = np.tile(np.arange(8) * 45.0, n_trials // 8)
+    time = -1 + np.arange(48) / 16
+    signs = rng.choice([-1.0, 1.0], size=(8, n_neurons))
+    dff = rng.standard_normal((n_trials, 48, n_neurons)).astype(np.float32)
+    early, late = (time >= 0) & (time < 1), (time >= 1) & (time < 2)
+    for k, d in enumerate(directions):
+        s = signs[int(d // 45)]
+        dff[k][early] += 1.0 * s
+        dff[k][late] -= 1.0 * s
+    return Recording(dff=dff, rate_hz=16.0, neuron_ids=np.arange(n_neurons), trial_time_s=time,
+                     trials=TrialTable({"onset_s": np.full(n_trials, np.nan), "direction_deg": directions}))
+
+
+def test_binned_decoders_read_the_time_course_that_the_mean_response_loses():
+    result = evaluate([_time_coded_recording()], "direction", None, folds=4)
+    baselines = result["baselines"]
+    assert baselines["lda_binned"] > 0.8 and baselines["logistic_binned"] > 0.8  # chance 0.125
+    assert baselines["linear_mean_response"] < 0.3
+    row = result["per_file"][0]
+    assert all(choice["bins"] >= 2 for choice in row["selected"]["lda_binned"])  # one bin cannot see it
+    assert set(result["standard_errors"]) == set(baselines)
+    assert row["standard_errors"]["lda_binned"] == pytest.approx(
+        np.sqrt(row["lda_binned"] * (1 - row["lda_binned"]) / 128))
+
+
+def _selection_and_training_predictions(decoder_class, per_frame, targets, train, test, **kwargs):
+    decoder = decoder_class(per_frame, targets, metric="accuracy", **kwargs)
+    decoder(train, test)
+    return decoder.selected
+
+
+@pytest.mark.parametrize("decoder_class, width", [(BinnedDecoder, None), (TimeResolvedDecoder, 3)])
+def test_inner_cv_choices_never_depend_on_the_test_fold(decoder_class, width):
+    rec = _time_coded_recording()
+    per_frame = rec.dff[:, (rec.trial_time_s >= 0) & (rec.trial_time_s < 2)].astype(np.float64)
+    if width:  # a per-neuron feature vector per frame, like the backbone's hidden state
+        rng = np.random.default_rng(1)
+        per_frame = per_frame[..., None] * rng.standard_normal(width) + 0.3 * rng.standard_normal(
+            per_frame.shape + (width,))
+    targets = np.unique(rec.trials["direction_deg"], return_inverse=True)[1]
+    kwargs = {"kind": "lda"} if decoder_class is BinnedDecoder else {}
+    rng = np.random.default_rng(2)
+    test = np.sort(rng.choice(128, 32, replace=False))
+    train = np.setdiff1d(np.arange(128), test)
+    original = _selection_and_training_predictions(decoder_class, per_frame, targets, train, test, **kwargs)
+    scrambled_frames = per_frame.copy()
+    scrambled_frames[test] = rng.standard_normal(scrambled_frames[test].shape) * 50
+    scrambled_targets = targets.copy()
+    scrambled_targets[test] = rng.permutation(scrambled_targets[test])
+    assert _selection_and_training_predictions(decoder_class, scrambled_frames, scrambled_targets, train, test,
+                                               **kwargs) == original
+    # and the choice does depend on the training trials (the test can fail)
+    flat = per_frame.copy()
+    flat[train] = flat[train].mean(axis=1, keepdims=True)  # the time course removed from the training trials
+    assert _selection_and_training_predictions(decoder_class, flat, targets, train, test, **kwargs) != original
+
+
+def test_time_resolved_head_on_per_neuron_vectors():
+    rec = _time_coded_recording()
+    response = (rec.trial_time_s >= 0) & (rec.trial_time_s < 2)
+    rng = np.random.default_rng(3)
+    axis = rng.standard_normal(4)
+    per_frame = rec.dff[:, response, :, None] * axis + 0.1 * rng.standard_normal((128, response.sum(), 10, 4))
+    targets = np.unique(rec.trials["direction_deg"], return_inverse=True)[1]
+    decoder = TimeResolvedDecoder(per_frame.astype(np.float32), targets, "accuracy")
+    predictions = np.empty(128)
+    for k in range(4):  # folds of whole repeats: every direction in every training set
+        test = np.flatnonzero((np.arange(128) // 8) % 4 == k)
+        predictions[test] = decoder(np.setdiff1d(np.arange(128), test), test)
+    assert np.mean(predictions == targets) > 0.8
+    assert all(choice["bins"] >= 2 and choice["components"] in (1, 2) for choice in decoder.selected)
+
+
+def test_standard_errors():
+    targets = np.arange(100) % 2
+    assert standard_error(np.where(np.arange(100) < 50, targets, 1 - targets), targets, "accuracy") == \
+        pytest.approx(0.05)
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(400)
+    close, far = values + 0.1 * rng.standard_normal(400), values + 1.0 * rng.standard_normal(400)
+    assert 0 < standard_error(close, values, "r2") < standard_error(far, values, "r2") < 0.2
