@@ -4,7 +4,7 @@ distributed trainer's optimizer steps (trainer.distributed), on one process or u
     python tools/bench_training.py                                     # default config, one process
     python -m torch.distributed.run --standalone --nproc-per-node 2 tools/bench_training.py
     python -m torch.distributed.run --standalone --nproc-per-node 8 tools/bench_training.py \\
-        --config configs/pretrain_default.json --transformer-batch 64 --json bench_8gpu.json   # a GPU node
+        --config configs/pretrain_tokens.json --transformer-batch 64 --json bench_8gpu.json   # a GPU node
 
 The data are synthetic sessions (rtcalm.data.make_synthetic, in memory): throughput depends on the
 shapes (batch, window, context, neurons per crop), not on the values. Each stage runs ``--warmup``
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/bench_training.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "pretrain_default.json"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "pretrain_tokens.json"))
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per stage (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--sessions", type=int, default=4, help="synthetic sessions (default 4)")

@@ -1,6 +1,6 @@
 """POYO-CAP's ablation on real data: neuron curriculum regimes and pretraining objectives, several seeds.
 
-    python tools/curriculum_experiment.py --config configs/pretrain_default.json --out runs/curriculum \\
+    python tools/curriculum_experiment.py --config configs/pretrain_tokens.json --out runs/curriculum \\
         --transformer-steps 200 --seeds 0 1 2 --workers 2
 
 Rows (each trained with ``python -m trainer pretrain`` on the config's data and mouse split, changing only
@@ -117,7 +117,7 @@ def summarise(results: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "pretrain_default.json")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "pretrain_tokens.json")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "real")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "curriculum")
     parser.add_argument("--transformer-steps", type=int, default=200)

@@ -60,9 +60,10 @@ class WindowBatches:
 
 
 def fit_baseline(kind: str, train: list[Session], recipe: BaselineRecipe, horizon: int = 30,
-                 progress: bool = True) -> tuple[BaselineForecaster, dict]:
+                 progress: bool = True, **config) -> tuple[BaselineForecaster, dict]:
+    """``config``: further BaselineConfig fields (e.g. context_frames, hidden)."""
     torch.manual_seed(recipe.seed)
-    model = BaselineForecaster(BaselineConfig(kind=kind, forecast_horizon_frames=horizon))
+    model = BaselineForecaster(BaselineConfig(kind=kind, forecast_horizon_frames=horizon, **config))
     batches = WindowBatches(train, model.config.context_frames, horizon, recipe.max_neurons)
     generator = torch.Generator().manual_seed(recipe.seed + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)

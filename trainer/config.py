@@ -83,6 +83,12 @@ class TransformerStage:
     # before it see a window reaching before the crop start, which the evaluation's last position never does).
     forecast_loss: str = "mse"
     first_scored_frame: int = 0
+    # Encoder mode: before stage 2, fit the per-neuron path (temporal encoder + forecast head, i.e. the
+    # model with its population pathway off) with the per-neuron MLP baseline's recipe for this many
+    # steps (trainer.baselines; 0 = no warm start), and with freeze_per_neuron keep it fixed in stage 2,
+    # which then trains only what the population adds (FiLM starts at zero: step 0 is that MLP exactly).
+    per_neuron_steps: int = 0
+    freeze_per_neuron: bool = False
     first_phase_fraction: float = 0.5
     predictable_thresholds: str = "knee"  # rtcalm.stats thresholds over all training neurons: knee | poyo-cap
 
@@ -168,6 +174,10 @@ def _validate(config: TrainConfig, path) -> None:
     if not isinstance(s.first_scored_frame, int) or isinstance(s.first_scored_frame, bool) \
             or not 0 <= s.first_scored_frame < s.context_frames:
         fail(f"transformer.first_scored_frame must be a whole number in [0, context_frames), got {s.first_scored_frame!r}")
+    if not isinstance(s.per_neuron_steps, int) or isinstance(s.per_neuron_steps, bool) or s.per_neuron_steps < 0:
+        fail(f"transformer.per_neuron_steps must be a whole number >= 0, got {s.per_neuron_steps!r}")
+    if (s.per_neuron_steps or s.freeze_per_neuron) and config.model.input_mode != "encoder":
+        fail("transformer.per_neuron_steps / freeze_per_neuron apply to input_mode 'encoder' only")
     if s.forecast_loss == "copy_last_ratio" and s.objective != "autoregressive":
         fail("transformer.forecast_loss 'copy_last_ratio' is implemented for the autoregressive objective only")
     if s.predictable_thresholds not in ("knee", "poyo-cap"):

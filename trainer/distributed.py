@@ -2,7 +2,7 @@
 and checkpoints as :mod:`trainer.pretrain`, on N processes (gloo on CPU, NCCL on CUDA).
 
     python -m torch.distributed.run --standalone --nproc-per-node N -m trainer pretrain \\
-        --config configs/pretrain_default.json --data-root STORE_OR_FOLDER --out runs/NAME \\
+        --config configs/pretrain_tokens.json --data-root STORE_OR_FOLDER --out runs/NAME \\
         [--accumulation-steps K] [--precision auto|fp32|bf16|fp16] [--device auto|cpu|cuda] [--resume]
 
 Design (docs/training.md has the long form):

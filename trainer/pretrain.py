@@ -108,12 +108,13 @@ def freeze_tokenizer(model: Calm) -> None:
         model.tokenizer.eval()
 
 
-def transformer_parameter_groups(model: Calm, weight_decay: float) -> list[dict]:
-    """Everything except the (frozen) tokenizer; weight decay on matrices only (as nanoGPT), and not on
-    the autoregressive skip, which starts at a least-squares fit that decay would pull towards zero."""
+def transformer_parameter_groups(model: Calm, weight_decay: float, freeze_per_neuron: bool = False) -> list[dict]:
+    """Everything except the (frozen) tokenizer (and, with ``freeze_per_neuron``, the encoder mode's
+    per-neuron path); weight decay on matrices only (as nanoGPT), and not on the autoregressive skip,
+    which starts at a least-squares fit that decay would pull towards zero."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if name.startswith("tokenizer."):
+        if name.startswith("tokenizer.") or (freeze_per_neuron and name.startswith(PER_NEURON_PREFIXES)):
             continue
         (decay if p.dim() >= 2 and not name.startswith("forecast_skip.") else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -165,6 +166,37 @@ def start_from_least_squares(model: Calm, config: TrainConfig, state: dict, samp
     fit = fit_autoregressive_skip(model, sample_crops, scfg.skip_init_batches, scfg.context_frames)
     state["skip_initialised"] = True
     log(f"autoregressive skip: least-squares start on {fit['rows']} windows, train MSE {fit['train_mse']:.4f}")
+
+
+PER_NEURON_PREFIXES = ("temporal_encoder.", "forecast_head.")
+
+
+def per_neuron_parameters(model: Calm) -> list:
+    """The encoder mode's per-neuron path: what the model is with its population pathway off."""
+    return [p for name, p in model.named_parameters() if name.startswith(PER_NEURON_PREFIXES)]
+
+
+@torch.no_grad()
+def warm_start_per_neuron(model: Calm, train: list[Session], scfg: TransformerStage, seed: int, log) -> dict:
+    """Fit the per-neuron MLP baseline with the encoder's width and window on the training sessions
+    (trainer.baselines, the anchors' recipe) and copy it into the model's per-neuron path. The baseline
+    reads no missing flags, so their input columns start at zero."""
+    from trainer.baselines import BaselineRecipe, fit_baseline
+
+    cfg = model.config
+    recipe = BaselineRecipe(steps=scfg.per_neuron_steps, seed=seed)
+    with torch.enable_grad():
+        baseline, info = fit_baseline("mlp", train, recipe, cfg.forecast_horizon_frames, progress=False,
+                                      context_frames=cfg.token_window_frames, hidden=cfg.encoder_hidden)
+    Wt = cfg.token_window_frames
+    model.temporal_encoder.fc_in.weight.zero_()
+    model.temporal_encoder.fc_in.weight[:, :Wt].copy_(baseline.encoder.fc_in.weight)
+    model.temporal_encoder.fc_in.bias.copy_(baseline.encoder.fc_in.bias)
+    model.temporal_encoder.fc_residual.load_state_dict(baseline.encoder.fc_residual.state_dict())
+    model.forecast_head.load_state_dict(baseline.head.state_dict())
+    log(f"per-neuron path: warm start from the MLP recipe ({scfg.per_neuron_steps} steps, "
+        f"{info['wall_time_s']:.0f} s, final loss {info['curve'][-1]['loss']:.3f})")
+    return {"steps": scfg.per_neuron_steps, "wall_time_s": info["wall_time_s"], "curve": info["curve"]}
 
 
 def next_code_weight(stage: TransformerStage, model: Calm | None = None) -> float:
@@ -420,8 +452,11 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
 
     # ---- stage 2: transformer ----
     freeze_tokenizer(model)
-    optimizer = torch.optim.AdamW(transformer_parameter_groups(model, scfg.weight_decay), lr=scfg.lr,
-                                  betas=(0.9, 0.95))
+    if scfg.freeze_per_neuron:
+        for p in per_neuron_parameters(model):
+            p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(transformer_parameter_groups(model, scfg.weight_decay, scfg.freeze_per_neuron),
+                                  lr=scfg.lr, betas=(0.9, 0.95))
     if state["stage"] == "transformer":
         if resume_from_checkpoint:
             load_training_state(last_dir, model, optimizer, generator, state)
@@ -439,6 +474,10 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         if not val_crops:
             raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
         start_from_least_squares(model, config, state, lambda: samplers[0].sample(scfg.batch_crops, generator), log)
+        if scfg.per_neuron_steps and not state.get("per_neuron_initialised"):
+            state["per_neuron_warm_start"] = warm_start_per_neuron(model, train, scfg, config.seed, log)
+            state["per_neuron_initialised"] = True
+            save_last(optimizer)
         model.train()
         freeze_tokenizer(model)
         bar = tqdm(total=steps, initial=state["step"], desc="transformer", disable=not progress,

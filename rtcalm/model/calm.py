@@ -49,7 +49,8 @@ INPUT_MODES = ("tokens", "continuous", "encoder")
 
 @dataclass
 class CalmConfig:
-    """Defaults are the shipped default model's (configs/pretrain_default.json)."""
+    """Defaults are the shipped tokenized model's, ``tokens`` (configs/pretrain_tokens.json, CalM's design);
+    the shipped ``default`` uses the encoder input mode (configs/pretrain_default.json)."""
 
     # tokenizer (stage 1)
     token_window_frames: int = 4  # frames per token window (stride 1: one token per frame and neuron)

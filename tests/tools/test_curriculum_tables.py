@@ -21,7 +21,7 @@ def test_mean_and_95_percent_interval_over_seeds():
 
 
 def test_each_row_is_a_config_change_of_the_base_and_the_table_renders(tmp_path):
-    base = json.loads((Path(__file__).resolve().parents[2] / "configs" / "pretrain_default.json").read_text())
+    base = json.loads((Path(__file__).resolve().parents[2] / "configs" / "pretrain_tokens.json").read_text())
     config = curriculum_experiment.make_config(base, "mixed, latent masked", 2, 40)
     assert config["seed"] == 2 and config["name"] == "mixed-latent-masked-seed2"
     assert config["transformer"]["objective"] == "latent_masked" and config["transformer"]["steps"] == 40

@@ -73,17 +73,20 @@ def tiny_config(**changes):
 
 
 def test_shipped_configs_parse():
-    for name in ("pretrain_default.json", "ablation_continuous.json", "pretrain_smoke.json"):
+    for name in ("pretrain_default.json", "pretrain_tokens.json", "ablation_continuous.json", "pretrain_smoke.json"):
         config = load_train_config(REPO / "configs" / name)
-        assert config.model.codebook_size >= 256
         assert not set(config.data.validation_mice) & set(config.data.test_mice)
     default = load_train_config(REPO / "configs" / "pretrain_default.json")
+    tokens = load_train_config(REPO / "configs" / "pretrain_tokens.json")
     continuous = load_train_config(REPO / "configs" / "ablation_continuous.json")
-    assert default.model.input_mode == "tokens" and continuous.model.input_mode == "continuous"
-    assert default.model == CalmConfig()  # the dataclass defaults are the default model's
+    assert default.model.input_mode == "encoder" and default.transformer.forecast_loss == "copy_last_ratio"
+    assert tokens.model.input_mode == "tokens" and continuous.model.input_mode == "continuous"
+    assert tokens.model == CalmConfig()  # the dataclass defaults are the tokenized model's
+    # the default is trained and tested on the same mice as the tokenized model it replaced
+    assert default.data == tokens.data
     # the ablation changes the input representation and nothing else
-    assert {**continuous.to_dict(), "name": None, "model": None} == {**default.to_dict(), "name": None, "model": None}
-    assert {**continuous.model.to_dict(), "input_mode": None} == {**default.model.to_dict(), "input_mode": None}
+    assert {**continuous.to_dict(), "name": None, "model": None} == {**tokens.to_dict(), "name": None, "model": None}
+    assert {**continuous.model.to_dict(), "input_mode": None} == {**tokens.model.to_dict(), "input_mode": None}
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -247,3 +250,55 @@ def test_skip_init_batches_must_be_a_whole_number():
     bad["transformer"]["skip_init_batches"] = -1
     with pytest.raises(TrainConfigError, match="skip_init_batches"):
         parse_train_config(bad)
+
+
+ENCODER_MODEL = {"input_mode": "encoder", "token_window_frames": 16, "encoder_hidden": 24, "d_model": 16, "n_layers": 1,
+                 "n_heads": 2, "mlp_hidden": 32, "attention_window_frames": 4, "n_latents": 4,
+                 "forecast_horizon_frames": 5, "autoregressive_skip": False}
+
+
+def encoder_config():
+    d = copy.deepcopy(TINY)
+    d["model"] = ENCODER_MODEL
+    d["tokenizer"] = {"steps": 0}
+    d["transformer"].update(context_frames=24, first_scored_frame=15, forecast_loss="copy_last_ratio",
+                            next_code_weight=0.0, skip_init_batches=0, per_neuron_steps=30, freeze_per_neuron=True)
+    return parse_train_config(d)
+
+
+def test_encoder_mode_trains_without_a_tokenizer_from_the_per_neuron_warm_start(data_root, tmp_path):
+    config = encoder_config()
+    metrics = pretrain(config, data_root, tmp_path / "run", progress=False, log=lambda *_: None)
+    assert metrics["tokenizer"] == {}  # no stage 1
+    state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert state["per_neuron_initialised"] and state["per_neuron_warm_start"]["steps"] == 30
+    assert metrics["forecast_protocol"]["test"]["model"]["1"]["mse_ratio"] > 0
+    # the per-neuron path is the warm start's, untouched by stage 2 (frozen); the population pathway trained
+    from trainer.baselines import BaselineRecipe, fit_baseline
+    from trainer.data import load_sessions, split_by_mouse
+
+    sessions, _ = load_sessions(data_root, config.data, log=lambda *_: None)
+    train, _, _ = split_by_mouse(sessions, config.data.validation_mice, config.data.test_mice)
+    baseline, _ = fit_baseline("mlp", train, BaselineRecipe(steps=30, seed=config.seed), 5, progress=False,
+                               context_frames=16, hidden=24)
+    model = load_model(tmp_path / "run" / "checkpoints" / "last")
+    assert torch.equal(model.forecast_head.weight, baseline.head.weight)
+    assert torch.equal(model.temporal_encoder.fc_in.weight[:, :16], baseline.encoder.fc_in.weight)
+    assert not model.temporal_encoder.fc_in.weight[:, 16:].any()  # the baseline reads no missing flags
+    assert model.population_film.weight.abs().sum() > 0
+
+
+def test_encoder_mode_resume_is_bit_identical(data_root, tmp_path):
+    config = encoder_config()
+    pretrain(config, data_root, tmp_path / "full", progress=False, log=lambda *_: None)
+    assert pretrain(config, data_root, tmp_path / "split", progress=False, stop_after_steps=3,
+                    log=lambda *_: None)["stopped_at"]["step"] == 3
+    pretrain(config, data_root, tmp_path / "split", resume=True, progress=False, log=lambda *_: None)
+    full = load_file(str(tmp_path / "full" / "checkpoints" / "last" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.equal(full[k], split[k]) for k in full)
+
+
+def test_encoder_only_options_are_refused_for_other_modes():
+    with pytest.raises(TrainConfigError, match="input_mode 'encoder' only"):
+        tiny_config(**{"transformer.per_neuron_steps": 10})
