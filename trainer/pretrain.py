@@ -177,7 +177,8 @@ def per_neuron_parameters(model: Calm) -> list:
 
 
 @torch.no_grad()
-def warm_start_per_neuron(model: Calm, train: list[Session], scfg: TransformerStage, seed: int, log) -> dict:
+def warm_start_per_neuron(model: Calm, train: list[Session], scfg: TransformerStage, seed: int, log,
+                          progress: bool = False) -> dict:
     """Fit the per-neuron MLP baseline with the encoder's width and window on the training sessions
     (trainer.baselines, the anchors' recipe) and copy it into the model's per-neuron path. The baseline
     reads no missing flags, so their input columns start at zero."""
@@ -186,7 +187,7 @@ def warm_start_per_neuron(model: Calm, train: list[Session], scfg: TransformerSt
     cfg = model.config
     recipe = BaselineRecipe(steps=scfg.per_neuron_steps, seed=seed)
     with torch.enable_grad():
-        baseline, info = fit_baseline("mlp", train, recipe, cfg.forecast_horizon_frames, progress=False,
+        baseline, info = fit_baseline("mlp", train, recipe, cfg.forecast_horizon_frames, progress=progress,
                                       context_frames=cfg.token_window_frames, hidden=cfg.encoder_hidden)
     Wt = cfg.token_window_frames
     model.temporal_encoder.fc_in.weight.zero_()
@@ -305,12 +306,17 @@ def model_card(config: TrainConfig, metrics: dict, size_bytes: int) -> str:
         "",
         "## Inputs and outputs",
         "- Input: one frame per step, `(x - running_mean) / running_std` per neuron, NaN = missing; any number of neurons.",
-        f"- Output: point forecasts in the same normalised units (multiply by std, add mean for ΔF/F), and "
-        f"optionally next-token logits over {cfg.codebook_size} codes.",
+        "- Output: point forecasts in the same normalised units (multiply by std, add mean for ΔF/F)"
+        + (f", and optionally next-token logits over {cfg.codebook_size} codes." if cfg.input_mode == "tokens" else "."),
         f"- Only valid at {cfg.rate_hz:g} Hz (resample other rates first).",
         "",
         "## Architecture",
-        f"- Tokenizer: windows of {cfg.token_window_frames} frames -> {cfg.codebook_size}-code VQ codebook (EMA, dead-code restarts).",
+        (f"- Tokenizer: windows of {cfg.token_window_frames} frames -> {cfg.codebook_size}-code VQ codebook (EMA, "
+         "dead-code restarts)." if cfg.input_mode == "tokens" else
+         f"- Per-neuron temporal encoder: the last {cfg.token_window_frames} frames normalised by their own mean and std "
+         f"-> MLP ({cfg.encoder_hidden} wide) -> token; the forecast is that MLP's, FiLM-modulated by the population "
+         "state, mapped back with the window's mean and std." if cfg.input_mode == "encoder" else
+         f"- Continuous inputs: a linear projection of the last {cfg.token_window_frames} frames (no tokenizer)."),
         f"- Input mode: {cfg.input_mode}. Transformer: d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
         f"causal temporal attention over {cfg.attention_window_frames} frames, cross-neuron attention through "
         f"{cfg.n_latents} latents; linear autoregressive skip "
@@ -475,7 +481,7 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
             raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
         start_from_least_squares(model, config, state, lambda: samplers[0].sample(scfg.batch_crops, generator), log)
         if scfg.per_neuron_steps and not state.get("per_neuron_initialised"):
-            state["per_neuron_warm_start"] = warm_start_per_neuron(model, train, scfg, config.seed, log)
+            state["per_neuron_warm_start"] = warm_start_per_neuron(model, train, scfg, config.seed, log, progress)
             state["per_neuron_initialised"] = True
             save_last(optimizer)
         model.train()

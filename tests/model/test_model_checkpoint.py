@@ -162,13 +162,13 @@ def test_default_model_checkpoint_is_small(tmp_path):
     assert size <= 20 * 1024 * 1024, size  # the limit for a model shipped inside the package
 
 
-@pytest.mark.parametrize("name, input_mode", [("default", "tokens"), ("continuous", "continuous")])
+@pytest.mark.parametrize("name, input_mode", [("default", "encoder"), ("tokens", "tokens"), ("continuous", "continuous")])
 def test_shipped_models_load_by_name_and_carry_their_held_out_metrics(name, input_mode):
     from rtcalm.model import load_model, read_checkpoint_config, resolve_model
 
     directory = resolve_model(name)
     model = load_model(name)
-    assert model.config.input_mode == input_mode and model.config.autoregressive_order == 16
+    assert model.config.input_mode == input_mode
     assert sum(p.stat().st_size for p in directory.iterdir()) <= 20 * 1024 * 1024
     _, metadata = read_checkpoint_config(directory)
     test = metadata["metrics"]["forecast_protocol"]["test"]
