@@ -38,15 +38,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rtcalm.data import load_recording
-    from rtcalm.eval.decode import evaluate, finetuned_decoder, model_features, time_resolved_decoders
+    from rtcalm.eval.decode import BackboneFrames, evaluate, finetuned_decoder, time_resolved_decoders
     from rtcalm.model.checkpoint import load_model
 
     model = load_model(args.model)
     recordings = [load_recording(path) for path in args.files]
-    extra = time_resolved_decoders(model)
+    frames = BackboneFrames(model)  # one forward pass per file, shared by the model's decoders
+    extra = time_resolved_decoders(frames)
     if args.finetune_steps:
         extra["model_finetuned"] = finetuned_decoder(model, args.finetune_steps)
-    result = evaluate(recordings, args.task, model_features(model), folds=args.folds, seed=args.seed,
+    result = evaluate(recordings, args.task, frames.pooled_features, folds=args.folds, seed=args.seed,
                       fold_decoders=extra)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -351,18 +351,6 @@ def response_hidden(model, z: np.ndarray, response: np.ndarray, batch_trials: in
     return np.concatenate(pieces)
 
 
-def principal_projection(hidden: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean (D,), basis (D, components)): the principal axes of hidden states (..., D) pooled over trials,
-    frames and neurons (the backbone's D-space is shared by all neurons), largest first."""
-    flat = hidden.reshape(-1, hidden.shape[-1]).astype(np.float64)
-    mean = flat.mean(axis=0)
-    covariance = np.cov(flat - mean, rowvar=False)
-    _, vectors = np.linalg.eigh(covariance)
-    basis = vectors[:, ::-1][:, :components]
-    basis *= np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(components)])  # a fixed sign per axis
-    return mean, basis
-
-
 class TimeResolvedDecoder:
     """fit_predict(train, test) of the time-resolved head on per-frame features (trials, frames, N, D).
 
@@ -387,7 +375,7 @@ class TimeResolvedDecoder:
         self.selected: list[dict] = []
 
     def _features(self, train: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
-        from rtcalm.eval.linear import time_binned
+        from rtcalm.eval.linear import principal_projection, time_binned
 
         trials, frames, neurons, width = self.per_frame.shape
         if width == 1:
@@ -410,28 +398,71 @@ class TimeResolvedDecoder:
 
         k, bins, penalty = select_by_inner_cv(self.candidates, inner, targets, self.metric, seed=self.seed)
         self.selected.append({"components": k, "bins": bins} | ({} if penalty is None else {"penalty": penalty}))
-        x = features[(k, bins)]
-        return make_estimator(self.kind, penalty).fit(x[train], targets).predict(x[test])
+        return self.fit_head(train, k, bins, penalty).predict(self.per_frame[test])
+
+    def fit_head(self, train: np.ndarray, components: int, bins: int, penalty: float | None) -> _HeadPredictor:
+        """The head the daemon runs (:func:`rtcalm.model.heads.fit_time_resolved_head`), fitted on the
+        training trials with the chosen hyperparameters: what this decoder scores on the test trials."""
+        from rtcalm.model.heads import TimeResolvedConfig, fit_time_resolved_head
+
+        trials, frames, neurons, width = self.per_frame.shape
+        classification = self.metric == "accuracy"
+        config = TimeResolvedConfig(
+            name="task", kind="classification" if classification else "regression", n_neurons=neurons,
+            d_model=width, window_frames=frames, n_bins=bins, components=components,
+            classes=[float(c) for c in range(int(self.targets.max()) + 1)] if classification else [])
+        targets = self.targets[train].astype(np.float64)
+        head = fit_time_resolved_head(self.per_frame[train], targets, config, **({} if classification else
+                                                                                  {"alpha": penalty}))
+        return _HeadPredictor(head, classification)
 
 
-def time_resolved_decoders(model, response_end_s: float = 2.0) -> dict[str, FoldDecoderFactory]:
+class _HeadPredictor:
+    def __init__(self, head, classification: bool):
+        self.head, self.classification = head, classification
+
+    def predict(self, per_frame: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.head(torch.from_numpy(np.ascontiguousarray(per_frame, dtype=np.float32))).numpy()
+        return logits.argmax(axis=1) if self.classification else logits[:, 0]
+
+
+class BackboneFrames:
+    """What the time-resolved heads read, computed once per recording (cached by file, the latest
+    ``max_cached``) and shared by every decoder and fold seed: (raw (trials, frames, N, 1): the z-scored
+    ΔF/F the backbone reads, hidden (trials, frames, N, D): its per-frame hidden states), both over the
+    response window at the model's rate (:func:`model_inputs`, :func:`response_hidden`)."""
+
+    def __init__(self, model, response_end_s: float = 2.0, max_cached: int = 8):
+        self.model, self.response_end_s, self.max_cached = model, response_end_s, max_cached
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, recording: Recording) -> tuple[np.ndarray, np.ndarray]:
+        key = recording.meta.source
+        if key not in self._cache:
+            while len(self._cache) >= self.max_cached:
+                self._cache.pop(next(iter(self._cache)))
+            z, response = model_inputs(self.model, recording, self.response_end_s)
+            self._cache[key] = (z[:, response, :, None], response_hidden(self.model, z, response))
+        return self._cache[key]
+
+    def pooled_features(self, recording: Recording) -> np.ndarray:
+        """The ``model`` decoder's features (:func:`model_features`) from the cached hidden states."""
+        hidden = self(recording)[1]
+        return hidden.mean(axis=1).reshape(hidden.shape[0], -1)
+
+
+def time_resolved_decoders(frames: BackboneFrames) -> dict[str, FoldDecoderFactory]:
     """``model_time_resolved`` (the head on the frozen backbone's per-frame hidden states) and
     ``raw_time_resolved`` (the identical head on the z-scored ΔF/F the backbone reads), as fold decoders
-    for :func:`evaluate`. The backbone runs once per recording."""
-    cache: dict[str, tuple] = {}
-
-    def inputs(recording: Recording):
-        key = recording.meta.source
-        if key not in cache:
-            cache.clear()
-            z, response = model_inputs(model, recording, response_end_s)
-            cache[key] = (z[:, response, :, None], response_hidden(model, z, response))
-        return cache[key]
+    for :func:`evaluate`."""
 
     def backbone(recording: Recording, data: TaskData) -> TimeResolvedDecoder:
-        return TimeResolvedDecoder(inputs(recording)[1], data.targets, data.metric)
+        return TimeResolvedDecoder(frames(recording)[1], data.targets, data.metric)
 
     def raw(recording: Recording, data: TaskData) -> TimeResolvedDecoder:
-        return TimeResolvedDecoder(inputs(recording)[0], data.targets, data.metric)
+        return TimeResolvedDecoder(frames(recording)[0], data.targets, data.metric)
 
     return {"model_time_resolved": backbone, "raw_time_resolved": raw}

@@ -37,6 +37,18 @@ def time_binned(per_frame: np.ndarray, n_bins: int) -> np.ndarray:
     return np.concatenate([chunk.mean(axis=1) for chunk in np.array_split(flat, n_bins, axis=1)], axis=1)
 
 
+def principal_projection(hidden: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), basis (D, components)): the principal axes of hidden states (..., D) pooled over trials,
+    frames and neurons (the backbone's D-space is shared by all neurons), largest first."""
+    flat = hidden.reshape(-1, hidden.shape[-1]).astype(np.float64)
+    mean = flat.mean(axis=0)
+    covariance = np.cov(flat - mean, rowvar=False)
+    _, vectors = np.linalg.eigh(covariance)
+    basis = np.ascontiguousarray(vectors[:, ::-1][:, :components])
+    basis *= np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(components)])  # a fixed sign per axis
+    return mean, basis
+
+
 def _ledoit_wolf_shrinkage(centered: np.ndarray) -> tuple[float, float]:
     """(shrinkage, mu) of scikit-learn's ``ledoit_wolf`` for centred samples (n, p), computed through the
     (n, n) Gram matrix instead of the (p, p) covariance."""

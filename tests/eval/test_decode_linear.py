@@ -122,3 +122,27 @@ def test_standard_errors():
     values = rng.standard_normal(400)
     close, far = values + 0.1 * rng.standard_normal(400), values + 1.0 * rng.standard_normal(400)
     assert 0 < standard_error(close, values, "r2") < standard_error(far, values, "r2") < 0.2
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "r2"])
+def test_time_resolved_decoder_scores_the_daemons_head(metric):
+    """The decoder's test predictions come from the head file format's own fit (fit_time_resolved_head),
+    and equal the plain numpy estimator on PCA-projected time bins."""
+    from rtcalm.eval.linear import make_estimator, principal_projection
+
+    rng = np.random.default_rng(4)
+    per_frame = rng.standard_normal((64, 12, 5, 3)).astype(np.float32)
+    targets = np.arange(64) % 4 if metric == "accuracy" else per_frame[:, 6:, 0, 0].mean(1).astype(np.float64)
+    per_frame[:, :6, 1, :] += (np.arange(64) % 4)[:, None, None] * 0.5
+    decoder = TimeResolvedDecoder(per_frame, targets, metric)
+    train, test = np.arange(64) % 4 != 0, np.arange(64) % 4 == 0
+    train, test = np.flatnonzero(train), np.flatnonzero(test)
+    penalty = None if metric == "accuracy" else 10.0
+    ours = decoder.fit_head(train, 2, 3, penalty).predict(per_frame[test])
+    mean, basis = principal_projection(per_frame[train], 2)
+    features = time_binned((per_frame - mean) @ basis, 3)
+    reference = make_estimator("lda" if metric == "accuracy" else "ridge", penalty).fit(features[train], targets[train])
+    if metric == "accuracy":
+        assert np.array_equal(ours, reference.predict(features[test]))
+    else:
+        assert np.allclose(ours, reference.predict(features[test]), atol=1e-4)
