@@ -1,19 +1,22 @@
 """Decoding heads in the daemon: per-session readouts of behaviour from the model's hidden state.
 
-A head (:class:`rtcalm.model.heads.DecodingHead`, fitted offline) is tied to one session's neurons
-(``n_neurons``) and to the serving model's ``d_model``. The ``load_head`` control command reads one for
-a running session (:func:`read_head` validates it completely before anything changes); each head gets an
-EMA pool of shape (N, d_model), allocated once at load. Per frame, the pipeline gives every frame the
-model consumes to the session's heads:
+A head (fitted offline) is tied to one session's neurons (``n_neurons``) and to the serving model's
+``d_model``. Two kinds (:mod:`rtcalm.model.heads`): the EMA head (:class:`~rtcalm.model.heads.DecodingHead`,
+file version 1), whose state is an EMA pool (N, d_model), and the time-resolved head
+(:class:`~rtcalm.model.heads.TimeResolvedHead`, version 2), whose state is a ring buffer of the last
+``window_frames`` frames' contributions to its time bins. The ``load_head`` control command reads one for
+a running session (:func:`read_head` validates it completely before anything changes); its state is
+allocated once at load. Per frame, the pipeline gives every frame the model consumes to the session's
+heads:
 
-- a frame that gets a prediction: :meth:`SessionHeads.decode`, i.e. ``head.step(hidden, pool)`` per head
-  (the pool moves by ``1 / pool_frames`` towards the frame's hidden state, then the linear readout of the
-  pool), merged into one map, the prediction's ``decoded``;
+- a frame that gets a prediction: :meth:`SessionHeads.decode`, i.e. ``head.step(hidden, state)`` per
+  head (the state takes the frame's hidden state, then the linear readout), merged into one map, the
+  prediction's ``decoded``;
 - a frame without its own prediction (folded into a catch-up batch, or a filled-in gap):
-  :meth:`SessionHeads.absorb`, the same pool update without the readout, so the pool is exactly the one
-  a frame-by-frame run would have.
+  :meth:`SessionHeads.absorb`, ``head.absorb(hidden, state)``: the same state update without the
+  readout, so the state is exactly the one a frame-by-frame run would have.
 
-A fresh stream of the same neuron count keeps its heads with zeroed pools; a new neuron count, or a
+A fresh stream of the same neuron count keeps its heads with zeroed states; a new neuron count, or a
 hot-swapped model (any: a head reads the hidden state of the backbone it was fitted on), drops them (the
 pipeline counts and logs it).
 """
@@ -28,16 +31,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtcalm.model.heads import DecodingHead, HeadError
+from rtcalm.model.heads import DecodingHead, HeadError, TimeResolvedHead, load_head
 from rtcalm.protocol import ProtocolError
 
 MAX_HEADS_PER_SESSION = 8
 MAX_HEAD_JSON_BYTES = 1 << 20  # a head's JSON is a few hundred bytes; this only bounds a wrong file
 HEAD_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+MAX_WINDOW_FRAMES = 1 << 12  # a time-resolved head's window (and bins, components): a bound on a wrong file
 PROBABILITIES_SUFFIX = "_probabilities"  # a classification head's second output key (DecodingHead.step)
 
 
-def read_head(path: str, *, n_neurons: int, d_model: int) -> DecodingHead:
+def read_head(path: str, *, n_neurons: int, d_model: int) -> DecodingHead | TimeResolvedHead:
     """Load and check the head at ``path`` (its ``.json``; the ``.safetensors`` beside it) for a session of
     ``n_neurons`` neurons on a model of width ``d_model``. Raises ProtocolError: ``head_not_found``
     (either file missing), ``head_invalid`` (not an rtcalm head, corrupt or non-finite weights, a bad
@@ -59,12 +63,16 @@ def read_head(path: str, *, n_neurons: int, d_model: int) -> DecodingHead:
             raise ProtocolError("head_mismatch", f"{str(json_path)!r}: head {config['name']!r} was fitted for "
                                                  f"{key} = {config[key]}, {what} {expected}")
     n_outputs = len(config["classes"]) if config.get("kind") == "classification" else 1
-    needed = 4 * n_outputs * (n_neurons * d_model + 1)
+    if config.get("pooling") == "time_bins":
+        components = config["components"]
+        needed = 4 * (n_outputs * (config["n_bins"] * n_neurons * components + 1) + d_model * (components + 1))
+    else:
+        needed = 4 * n_outputs * (n_neurons * d_model + 1)
     if weights_path.stat().st_size < needed:
         raise ProtocolError("head_invalid", f"{weights_path.name!r} is {weights_path.stat().st_size} bytes, too "
                                             f"small for the {needed} bytes of weights its config describes")
     try:
-        head = DecodingHead.load(json_path)
+        head = load_head(json_path)
     except HeadError as error:
         raise ProtocolError("head_invalid", str(error)) from None
     if not all(bool(torch.isfinite(p).all()) for p in head.parameters()):
@@ -89,20 +97,27 @@ def _head_config(json_path: Path) -> dict:
         document = json.loads(text)
     except ValueError as exc:  # including UnicodeDecodeError
         raise invalid(f"not JSON ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != "rtcalm-head" or document.get("version") != 1:
-        raise invalid("not an rtcalm head (format 'rtcalm-head', version 1)")
+    if not isinstance(document, dict) or document.get("format") != "rtcalm-head" or document.get("version") not in (1, 2):
+        raise invalid("not an rtcalm head (format 'rtcalm-head', version 1 or 2)")
     config = document.get("config")
     if not isinstance(config, dict):
         raise invalid("no 'config' map")
+    if document["version"] == 2 and config.get("pooling") != "time_bins":
+        raise invalid(f"a version 2 head needs pooling 'time_bins', got {config.get('pooling')!r}")
     name = config.get("name")
     if type(name) is not str or not HEAD_NAME_PATTERN.fullmatch(name):
         raise invalid(f"head name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
     for key in ("n_neurons", "d_model"):
         if type(config.get(key)) is not int or config[key] < 1:
             raise invalid(f"{key} must be a positive integer, got {config.get(key)!r}")
-    pool_frames = config.get("pool_frames")
-    if type(pool_frames) not in (int, float) or not (math.isfinite(pool_frames) and pool_frames >= 1):
-        raise invalid(f"pool_frames must be a finite number >= 1, got {pool_frames!r}")
+    if document["version"] == 2:
+        for key in ("window_frames", "n_bins", "components"):
+            if type(config.get(key)) is not int or not 1 <= config[key] <= MAX_WINDOW_FRAMES:
+                raise invalid(f"{key} must be an integer from 1 to {MAX_WINDOW_FRAMES}, got {config.get(key)!r}")
+    else:
+        pool_frames = config.get("pool_frames")
+        if type(pool_frames) not in (int, float) or not (math.isfinite(pool_frames) and pool_frames >= 1):
+            raise invalid(f"pool_frames must be a finite number >= 1, got {pool_frames!r}")
     classes = config.get("classes", [])
     if not isinstance(classes, list) or not all(type(c) in (int, float) and math.isfinite(c) for c in classes):
         raise invalid("classes must be a list of finite numbers")
@@ -110,23 +125,35 @@ def _head_config(json_path: Path) -> dict:
 
 
 class LoadedHead:
-    """A head serving one session, with its EMA pool (allocated once, zeroed by a fresh stream)."""
+    """A head serving one session, with its streaming state (allocated once, zeroed by a fresh stream):
+    the EMA pool of a DecodingHead or the ring buffer of a TimeResolvedHead."""
 
-    def __init__(self, head: DecodingHead, path: str):
+    def __init__(self, head: DecodingHead | TimeResolvedHead, path: str):
         self.head = head
         self.name = head.config.name
-        self.pool = head.new_pool()
-        self.rate = 1.0 / head.config.pool_frames  # the weight DecodingHead.step gives each new frame
+        self.state = head.new_state()
         self.path = path
-        self.frames = 0  # frames pooled since the head was loaded or its pool last zeroed
+        self.frames = 0  # frames taken since the head was loaded or its state last zeroed
+
+    def reset(self) -> None:
+        if isinstance(self.head, TimeResolvedHead):
+            self.state.reset()
+        else:
+            self.state.zero_()
+        self.frames = 0
 
     def output_names(self) -> set[str]:
         return _output_names(self.head)
 
     def describe(self) -> dict:
         config = self.head.config
-        return {"name": self.name, "kind": config.kind, "pool_frames": float(config.pool_frames),
-                "classes": list(config.classes), "path": self.path, "pooled_frames": self.frames}
+        if isinstance(self.head, TimeResolvedHead):
+            pooling = {"pooling": "time_bins", "window_frames": config.window_frames, "n_bins": config.n_bins,
+                       "components": config.components}
+        else:
+            pooling = {"pool_frames": float(config.pool_frames)}
+        return {"name": self.name, "kind": config.kind, **pooling, "classes": list(config.classes),
+                "path": self.path, "pooled_frames": self.frames}
 
 
 class SessionHeads:
@@ -140,11 +167,11 @@ class SessionHeads:
 
     # --- per frame (the pipeline) ---
     def absorb(self, hidden: np.ndarray) -> None:
-        """A consumed frame without its own prediction: every pool takes its hidden state (N, d_model),
-        exactly as ``DecodingHead.step`` would, without the readout."""
+        """A consumed frame without its own prediction: every head's state takes its hidden state
+        (N, d_model), exactly as ``head.step`` would, without the readout."""
         hidden = torch.from_numpy(hidden)
         for loaded in self._heads.values():
-            loaded.pool.lerp_(hidden, loaded.rate)
+            loaded.head.absorb(hidden, loaded.state)
             loaded.frames += 1
 
     def decode(self, hidden: np.ndarray) -> dict:
@@ -152,17 +179,17 @@ class SessionHeads:
         hidden = torch.from_numpy(hidden)
         decoded = {}
         for loaded in self._heads.values():
-            decoded.update(loaded.head.step(hidden, loaded.pool))
+            decoded.update(loaded.head.step(hidden, loaded.state))
             loaded.frames += 1
         return decoded
 
     def reset_pools(self) -> None:
+        """A fresh stream: every head's state zeroed (EMA pools and ring buffers)."""
         for loaded in self._heads.values():
-            loaded.pool.zero_()
-            loaded.frames = 0
+            loaded.reset()
 
     # --- load / unload (control commands, between batches) ---
-    def check_room(self, head: DecodingHead) -> None:
+    def check_room(self, head: DecodingHead | TimeResolvedHead) -> None:
         """ProtocolError unless ``head`` can join: at most MAX_HEADS_PER_SESSION heads ('too_large'), and
         no output name another head already publishes ('head_conflict'). A head of the same name is
         the one it replaces."""
@@ -200,6 +227,6 @@ class SessionHeads:
         return [loaded.describe() for loaded in self._heads.values()]
 
 
-def _output_names(head: DecodingHead) -> set[str]:
+def _output_names(head: DecodingHead | TimeResolvedHead) -> set[str]:
     name = head.config.name
     return {name, name + PROBABILITIES_SUFFIX} if head.config.kind == "classification" else {name}

@@ -42,7 +42,7 @@ def principal_projection(hidden: np.ndarray, components: int) -> tuple[np.ndarra
     frames and neurons (the backbone's D-space is shared by all neurons), largest first."""
     flat = hidden.reshape(-1, hidden.shape[-1]).astype(np.float64)
     mean = flat.mean(axis=0)
-    covariance = np.cov(flat - mean, rowvar=False)
+    covariance = np.atleast_2d(np.cov(flat - mean, rowvar=False))
     _, vectors = np.linalg.eigh(covariance)
     basis = np.ascontiguousarray(vectors[:, ::-1][:, :components])
     basis *= np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(components)])  # a fixed sign per axis

@@ -372,7 +372,7 @@ def load_head(json_path, expected: type | None = None) -> DecodingHead | TimeRes
     try:
         tensors = load_file(str(weights_path))
     except Exception as exc:
-        raise HeadError(f"{weights_path}: cannot read the head's weights ({type(exc).__name__}: {exc})") from None
+        raise HeadError(f"{weights_path}: cannot load head weights ({type(exc).__name__}: {exc})") from None
     expected_shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     if set(tensors) != set(expected_shapes):
         raise HeadError(f"{weights_path}: tensors {sorted(tensors)}, expected {sorted(expected_shapes)}")

@@ -14,7 +14,14 @@ from daemon_helpers import SMALL_MODEL, OfflineReference, make_checkpoint, make_
 
 from rtcalm.client import DaemonError
 from rtcalm.data import make_synthetic
-from rtcalm.model.heads import DecodingHead, HeadConfig, fit_head
+from rtcalm.model.heads import (
+    DecodingHead,
+    HeadConfig,
+    TimeResolvedConfig,
+    TimeResolvedHead,
+    fit_head,
+    load_head,
+)
 
 N = 12
 D = SMALL_MODEL["d_model"]
@@ -38,6 +45,20 @@ def save_head(directory, *, name="direction", kind="classification", n_neurons=N
     return head.save(directory)
 
 
+def save_time_resolved_head(directory, *, name="direction", n_neurons=N, d_model=D, window_frames=8, n_bins=3,
+                            components=2, seed=0):
+    """A time-resolved head (file version 2) with fixed random projection and readout."""
+    torch.manual_seed(seed)
+    head = TimeResolvedHead(TimeResolvedConfig(name, "classification", n_neurons, d_model, window_frames, n_bins,
+                                               components, DIRECTIONS))
+    with torch.no_grad():
+        head.projection.normal_(0.0, 0.3)
+        head.projection_mean.normal_(0.0, 0.1)
+        head.readout.weight.normal_(0.0, 0.05)
+        head.readout.bias.normal_(0.0, 0.1)
+    return head.save(directory)
+
+
 def fit_speed_head(directory, seed=0):
     """A regression head fitted with fit_head on random pooled features of the right shape."""
     rng = np.random.default_rng(seed)
@@ -48,16 +69,16 @@ def fit_speed_head(directory, seed=0):
 
 class DecodingReference:
     """The offline reference plus heads: every frame (NaN rows: filled-in gaps) goes through the model,
-    and its hidden state through ``head.step`` of each head, in load order."""
+    and its hidden state through ``head.step`` of each head (either kind), in load order."""
 
     def __init__(self, model, n_neurons: int = N):
         self.model = model
         self.stream = OfflineReference(model, n_neurons, make_config())
-        self.heads: dict[str, tuple[DecodingHead, torch.Tensor]] = {}
+        self.heads: dict[str, tuple] = {}
 
     def load(self, json_path) -> None:
-        head = DecodingHead.load(json_path)
-        self.heads[head.config.name] = (head, head.new_pool())
+        head = load_head(json_path)
+        self.heads[head.config.name] = (head, head.new_state())
 
     def step(self, frame: np.ndarray) -> dict:
         self.stream.step(frame)
@@ -70,10 +91,10 @@ class DecodingReference:
         return [self.step(frame) for frame in frames]
 
     def restart(self) -> None:
-        """A fresh stream: new statistics and model state, heads kept with zeroed pools."""
+        """A fresh stream: new statistics and model state, heads kept with zeroed states."""
         self.stream = OfflineReference(self.model, self.stream.z.shape[0], make_config())
-        for _, pool in self.heads.values():
-            pool.zero_()
+        for head, state in self.heads.values():
+            state.reset() if isinstance(head, TimeResolvedHead) else state.zero_()
 
 
 def assert_decoded(got: dict, expected: dict, where="") -> None:
@@ -306,3 +327,73 @@ def test_hot_swap_drops_heads_even_of_the_same_width(harness, second_checkpoint,
     harness.control.load_head("hot", str(save_head(tmp_path / "narrow-head", d_model=D // 2)))
     (p,) = harness.send_lockstep(sender, frames[23:24], seqs=[23])
     assert p.decoded["direction"] in DIRECTIONS
+
+
+def test_time_resolved_head_decodes_every_frame_like_the_offline_head(harness, model, frames, tmp_path):
+    """A version-2 head beside an EMA head: lockstep frames, then a folded burst with a gap, each equal to
+    the offline run; its ring buffer restarts with the stream; malformed version-2 files are refused."""
+    resolved = save_time_resolved_head(tmp_path / "tr", name="direction", n_bins=3)  # bins of 3, 3, 2 frames
+    speed = fit_speed_head(tmp_path)
+    harness.control.start_session("tr", N)
+    described = harness.control.load_head("tr", str(resolved))["head"]
+    assert (described["pooling"], described["window_frames"], described["n_bins"], described["components"]) == \
+        ("time_bins", 8, 3, 2)
+    harness.control.load_head("tr", str(speed))
+    reference = DecodingReference(model)
+    reference.load(resolved)
+    reference.load(speed)
+    sender = harness.sender("tr")
+    predictions = harness.send_lockstep(sender, frames[:30])
+    for p, want in zip(predictions, reference.run(frames[:30]), strict=True):
+        assert_decoded(p.decoded, want, f"seq {p.seq}")
+    assert len({round(p.decoded["direction_probabilities"][0], 5) for p in predictions[8:]}) > 10  # it moves
+
+    pipeline = harness.daemon.pipeline
+    gate = threading.Event()
+    original = pipeline.process
+
+    def held(batch):
+        gate.wait(30)
+        original(batch)
+
+    seqs = [*range(30, 70), *range(72, 110)]  # 70 and 71 missing: filled-in frames enter the ring buffer too
+    pipeline.process = held
+    try:
+        for seq in seqs:
+            sender.send(frames[seq], seq=seq)
+        gate.set()
+        burst = []
+        while not burst or burst[-1].seq != seqs[-1]:
+            burst.append(harness.prediction("tr"))
+    finally:
+        del pipeline.process
+    assert max(p.folded for p in burst) > 8  # more frames folded than the head's window
+    missing = np.full(N, np.nan, np.float32)
+    expected = reference.run([frames[s] if s in seqs else missing for s in range(30, 110)])
+    for p in burst:
+        assert_decoded(p.decoded, expected[p.seq - 30], f"seq {p.seq} (folded {p.folded})")
+    assert harness.session_status("tr")["heads"][0]["pooled_frames"] == 110
+
+    harness.control.reset_session("tr")  # a fresh stream: the ring buffer empties
+    reference.restart()
+    for p, want in zip(harness.send_lockstep(sender, frames[110:125], seqs=range(15)),
+                       reference.run(frames[110:125]), strict=True):
+        assert_decoded(p.decoded, want)
+
+    truncated = save_time_resolved_head(tmp_path / "truncated")
+    weights = truncated.with_suffix(".safetensors")
+    weights.write_bytes(weights.read_bytes()[:200])
+    too_many_bins = save_time_resolved_head(tmp_path / "bins")
+    document = too_many_bins.read_text().replace('"window_frames": 8', '"window_frames": 2')  # 3 bins
+    too_many_bins.write_text(document)
+    wrong_pooling = save_time_resolved_head(tmp_path / "pooling")
+    wrong_pooling.write_text(wrong_pooling.read_text().replace('"time_bins"', '"ema"'))
+    for path, code, words in [(save_time_resolved_head(tmp_path / "wide", n_neurons=N + 1), "head_mismatch", "n_neurons"),
+                              (truncated, "head_invalid", "too small"),
+                              (too_many_bins, "head_invalid", "cannot exceed window_frames"),
+                              (wrong_pooling, "head_invalid", "pooling 'time_bins'")]:
+        with pytest.raises(DaemonError) as info:
+            harness.control.load_head("tr", str(path))
+        assert (info.value.code, words in info.value.message) == (code, True), (path, info.value)
+    (p,) = harness.send_lockstep(sender, frames[125:126], seqs=[15])  # the loaded heads kept decoding
+    assert_decoded(p.decoded, reference.step(frames[125]))

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from rtcalm.model.heads import (DecodingHead, HeadConfig, HeadError, TimeResolvedConfig, TimeResolvedHead,
-                                fit_head, fit_time_resolved_head, load_head)
+from rtcalm.model.heads import (
+    DecodingHead,
+    HeadConfig,
+    HeadError,
+    TimeResolvedConfig,
+    TimeResolvedHead,
+    fit_head,
+    fit_time_resolved_head,
+    load_head,
+)
 
 CLASSES = [0.0, 90.0, 180.0, 270.0]
 
@@ -141,10 +149,10 @@ def test_malformed_weights(tmp_path):
     with pytest.raises(HeadError, match="NaN or Inf"):
         load_head(path)
     weights.write_bytes(b"not safetensors")
-    with pytest.raises(HeadError, match="cannot read the head's weights"):
+    with pytest.raises(HeadError, match="cannot load head weights"):
         load_head(path)
     weights.unlink()
-    with pytest.raises(HeadError, match="cannot read the head's weights"):
+    with pytest.raises(HeadError, match="cannot load head weights"):
         load_head(path)
     path.write_text("{broken")
     with pytest.raises(HeadError, match="cannot load head"):
