@@ -38,7 +38,7 @@ def test_the_masked_view_sees_the_unmasked_steps_only_and_regresses_onto_the_ful
     assert parts["latent_l1"] == pytest.approx(float(expected.detach()), rel=1e-5)
     forecast_only, forecast_parts, _ = crop_losses(model, crop, context, next_code_weight=0.0)
     assert parts["forecast_mse"] == pytest.approx(forecast_parts["forecast_mse"], rel=1e-6)
-    assert float(loss) == pytest.approx(parts["forecast_mse"] + parts["latent_l1"], rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(parts["forecast_mse"] + parts["latent_l1"], rel=1e-5)
 
 
 def test_the_full_view_is_a_target_only():
