@@ -44,7 +44,7 @@ def principal_projection(hidden: np.ndarray, components: int) -> tuple[np.ndarra
     mean = flat.mean(axis=0)
     covariance = np.atleast_2d(np.cov(flat - mean, rowvar=False))
     _, vectors = np.linalg.eigh(covariance)
-    basis = np.ascontiguousarray(vectors[:, ::-1][:, :components])
+    basis = vectors[:, ::-1][:, :components].copy()  # a fresh array: torch refuses negative strides
     basis *= np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(components)])  # a fixed sign per axis
     return mean, basis
 

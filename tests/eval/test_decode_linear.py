@@ -146,3 +146,14 @@ def test_time_resolved_decoder_scores_the_daemons_head(metric):
         assert np.array_equal(ours, reference.predict(features[test]))
     else:
         assert np.allclose(ours, reference.predict(features[test]), atol=1e-4)
+
+
+def test_time_resolved_head_on_raw_frames():
+    """One value per neuron and frame (the raw ΔF/F the backbone reads): nothing to project, same head."""
+    rec = _time_coded_recording()
+    per_frame = rec.dff[:, (rec.trial_time_s >= 0) & (rec.trial_time_s < 2), :, None]
+    targets = np.unique(rec.trials["direction_deg"], return_inverse=True)[1]
+    result = evaluate([rec], "direction", None, folds=4,
+                      fold_decoders={"raw": lambda r, data: TimeResolvedDecoder(per_frame, data.targets, data.metric)})
+    assert result["raw"] > 0.8 and all(c["components"] == 1 for c in result["per_file"][0]["selected"]["raw"])
+    assert targets.shape == (128,)
