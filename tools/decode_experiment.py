@@ -63,31 +63,47 @@ def value(document: dict, name: str) -> float:
 
 
 def tuning_diagnosis(recordings) -> list[dict]:
-    """Per mouse: trials per direction, the population's mean response before and after onset, and how
-    many neurons are direction-tuned (one-way ANOVA of the mean 0-2 s response across the 8 directions,
-    p < 0.01; about 1 % of untuned neurons pass by chance) or respond at all (paired t-test of the
-    0-2 s mean against the -1-0 s mean, p < 0.01)."""
+    """Per mouse: trials per direction and their order; how many neurons are direction-tuned (one-way
+    ANOVA of the mean 0-2 s response across the 8 directions, p < 0.01; about 1 % of untuned neurons pass
+    by chance) or respond at all (paired t-test of the 0-2 s mean against the -1-0 s mean, p < 0.01);
+    the most tuned neurons in any 0.5 s window of the epoch (a response misaligned with the onset inside
+    the epoch would show there); the population's mean ΔF/F before and after onset; and shrinkage LDA on
+    8 bins of the -1-0 s window (chance if nothing before the onset carries the direction)."""
     from scipy.stats import f_oneway, ttest_rel
+
+    from rtcalm.eval.decode import fold_indices
+    from rtcalm.eval.linear import ShrinkageLDA, time_binned
 
     rows = []
     for rec in recordings:
         time_s = rec.trial_time_s
         directions = np.asarray(rec.trials["direction_deg"])
+        labels = np.unique(directions, return_inverse=True)[1]
         response = rec.dff[:, (time_s >= 0) & (time_s < 2.0)].mean(axis=1)  # (trials, neurons)
         baseline = rec.dff[:, time_s < 0].mean(axis=1)
-        groups = [response[directions == d] for d in np.unique(directions)]
-        anova_p = f_oneway(*groups, axis=0).pvalue
+        anova_p = f_oneway(*[response[labels == c] for c in range(labels.max() + 1)], axis=0).pvalue
         responsive_p = ttest_rel(response, baseline, axis=0).pvalue
+        windows = {}
+        for start in np.arange(time_s[0], time_s[-1] - 0.5 + 1e-9, 0.25):
+            mean = rec.dff[:, (time_s >= start) & (time_s < start + 0.5)].mean(axis=1)
+            p = f_oneway(*[mean[labels == c] for c in range(labels.max() + 1)], axis=0).pvalue
+            windows[float(start)] = int(np.sum(p < 0.01))
+        best_start = max(windows, key=windows.get)
+        pre_onset = time_binned(rec.dff[:, time_s < 0], 8)
+        predictions = np.empty_like(labels)
+        for train, test in fold_indices(labels, "accuracy", 5, 0):
+            predictions[test] = ShrinkageLDA().fit(pre_onset[train], labels[train]).predict(pre_onset[test])
         population = rec.dff.mean(axis=(0, 2))  # mean over trials and neurons, per frame
         rows.append({
             "mouse": rec.meta.mouse, "neurons": rec.n_neurons, "trials": int(len(directions)),
-            "trials_per_direction": sorted(set(np.unique(directions, return_counts=True)[1].tolist())),
-            "tuned_neurons": int(np.sum(anova_p < 0.01)),
+            "trials_per_direction": sorted(set(np.bincount(labels).tolist())),
+            "first_directions": directions[:9].astype(int).tolist(),
+            "tuned_neurons": int(np.sum(anova_p < 0.01)), "smallest_anova_p": float(anova_p.min()),
             "responsive_neurons": int(np.sum(responsive_p < 0.01)),
+            "most_tuned_in_any_window": windows[best_start], "that_window_start_s": best_start,
             "population_pre_onset": float(population[time_s < 0].mean()),
             "population_0_2s": float(population[(time_s >= 0) & (time_s < 2)].mean()),
-            "population_peak_time_s": float(time_s[np.argmax(population)]),
-            "population_std_over_trials": float(rec.dff.mean(axis=2).std(axis=0).mean()),
+            "pre_onset_lda_accuracy": float(np.mean(predictions == labels)),
         })
     return rows
 
@@ -129,7 +145,8 @@ def render(results: dict, out: Path, figure: Path) -> str:
              "`rtcalm decode-eval` (rtcalm/eval/decode.py), unchanged: 5-fold stratified CV over the 128 trials of "
              "each mouse, response window 0-2 s, every hyperparameter (bins, C, alpha, PCA components) chosen by "
              "inner 4-fold CV on the outer training trials only. The backbone "
-             f"(`--model {results['model']}`, d_model {results['d_model']}) was pretrained only on Allen natural-movie "
+             f"(`--model {results['model']}`, version `{results.get('model_version', '?')}`, d_model "
+             f"{results['d_model']}) was pretrained only on Allen natural-movie "
              "recordings, so all 6 grating mice are held out from it. ± is the standard error over trials "
              "(binomial; mean over mice: sqrt(sum se²) / 6).", "",
              f"### Direction (accuracy), fold seed {seeds[0]}", "",
@@ -173,16 +190,21 @@ def render(results: dict, out: Path, figure: Path) -> str:
                          + f" | {value(document, key):.3f} ± {document['standard_errors'][key]:.3f} |")
         lines.append("")
     lines += ["### Why some mice are near chance: tuning per mouse", "",
-              "`tuned`: neurons whose mean 0-2 s response differs across the 8 directions (one-way ANOVA, "
-              "p < 0.01; about 1 % of untuned neurons pass by chance); `responsive`: neurons whose 0-2 s mean "
-              "differs from their -1-0 s mean (paired t-test, p < 0.01); population: mean ΔF/F over neurons and "
-              "trials.", "",
-              "| mouse | neurons | trials per direction | tuned | responsive | population -1-0 s | population 0-2 s "
-              "| population peak (s) |", "|---|---|---|---|---|---|---|---|"]
+              "`tools/decode_experiment.py` (`tuning_diagnosis`). `tuned`: neurons whose mean 0-2 s response differs "
+              "across the 8 directions (one-way ANOVA, p < 0.01; about 1 % of untuned neurons pass by chance); "
+              "`responsive`: neurons whose 0-2 s mean differs from their -1-0 s mean (paired t-test, p < 0.01); "
+              "`any 0.5 s window`: the most tuned neurons in any 0.5 s window of the -1..+2 s epoch (and where it "
+              "starts); population: mean ΔF/F over neurons and trials; `pre-onset LDA`: shrinkage LDA on 8 bins of "
+              "the -1-0 s window, same folds (chance 0.125).", "",
+              "| mouse | neurons | trials per direction | tuned | smallest ANOVA p | responsive | any 0.5 s window "
+              "| population -1-0 s | population 0-2 s | pre-onset LDA |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["tuning"]:
         lines.append(f"| {row['mouse']} | {row['neurons']} | {row['trials_per_direction']} | {row['tuned_neurons']} | "
-                     f"{row['responsive_neurons']} | {row['population_pre_onset']:.3f} | {row['population_0_2s']:.3f} | "
-                     f"{row['population_peak_time_s']:.2f} |")
+                     f"{row['smallest_anova_p']:.1e} | {row['responsive_neurons']} | {row['most_tuned_in_any_window']} "
+                     f"(at {row['that_window_start_s']:+.2f} s) | {row['population_pre_onset']:.3f} | "
+                     f"{row['population_0_2s']:.3f} | {row['pre_onset_lda_accuracy']:.3f} |")
+    lines += ["", "Trial order (every mouse): " + ", ".join(map(str, results["tuning"][0]["first_directions"]))
+              + ", ... degrees: the directions cycle in a fixed order."]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -211,21 +233,24 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from rtcalm.data import load_recording
+    from rtcalm.engine.base import model_version, weights_sha256
     from rtcalm.eval.decode import BackboneFrames
-    from rtcalm.model.checkpoint import load_model
+    from rtcalm.model.checkpoint import WEIGHTS_FILE, load_model, resolve_model
 
     args.out.mkdir(parents=True, exist_ok=True)
+    files = sorted(real_data_dir().glob(GRATING_GLOB))
+    if not files:
+        raise SystemExit(f"no grating files under {real_data_dir()} (set RTCALM_REAL_DATA)")
+    recordings = [load_recording(path) for path in files]
     if args.render_only:
         results = json.loads((args.out / "decode.json").read_text())
     else:
-        files = sorted(real_data_dir().glob(GRATING_GLOB))
-        if not files:
-            raise SystemExit(f"no grating files under {real_data_dir()} (set RTCALM_REAL_DATA)")
-        recordings = [load_recording(path) for path in files]
         model = load_model(args.model)
         frames = BackboneFrames(model)  # the backbone runs once per file, for every task and seed
         started = time.time()
-        results = {"model": args.model, "d_model": model.config.d_model, "seeds": args.seeds, "direction": {}}
+        directory = resolve_model(args.model)
+        results = {"model": args.model, "d_model": model.config.d_model, "seeds": args.seeds, "direction": {},
+                   "model_version": model_version(directory, weights_sha256(directory / WEIGHTS_FILE))}
         for seed in args.seeds:
             results["direction"][str(seed)] = run_decode(recordings, "direction", frames, seed)
             print(f"direction seed {seed}: " + ", ".join(
@@ -234,10 +259,10 @@ def main(argv=None) -> int:
             results[task] = run_decode(recordings, task, frames, args.seeds[0])
             print(f"{task}: " + ", ".join(f"{k} {value(results[task], k):.3f}" for k, _ in REGRESSION_ROWS),
                   file=sys.stderr)
-        results["tuning"] = tuning_diagnosis(recordings)
         results["classes"] = sorted(float(d) for d in np.unique(recordings[0].trials["direction_deg"]))
         results["wall_time_s"] = time.time() - started
-        (args.out / "decode.json").write_text(json.dumps(results, indent=1))
+    results["tuning"] = tuning_diagnosis(recordings)  # cheap: recomputed on every run, also --render-only
+    (args.out / "decode.json").write_text(json.dumps(results, indent=1))
     figure = REPOSITORY / "docs" / "figures" / "decoding_confusion.png" if args.write_docs else args.out / "confusion.png"
     confusion_png(results["direction"][str(args.seeds[0])], ["model_time_resolved", "lda_binned"], figure,
                   results["classes"])
