@@ -259,7 +259,7 @@ def _load_demo_head(control, view: SessionView, serving_version: str) -> None:
         return
     if provenance.get("model_version") != serving_version:
         view.head_note = (f"none (the demo head reads {provenance.get('model_version')}, the daemon serves "
-                          f"{serving_version}: python tools/make_demo_head.py --model ...)")
+                          f"{serving_version}; refit it: python tools/make_demo_head.py [--model NAME|PATH])")
         return
     n_neurons = view.source.dff.shape[1]
     if head_config.get("n_neurons") != n_neurons:
