@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -97,3 +98,19 @@ def test_demo_with_the_default_model_beats_copy_last_and_decodes():
     assert sent > 300 and predictions > 0.9 * sent
     assert "latency rig send -> prediction received" in summary
     assert "rtcalm demo: stopped" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_demo_streams_the_held_out_allen_recording_when_the_real_data_is_there(real_data_dir):
+    from rtcalm.demo_sources import DEFAULT_REAL_RECORDING
+
+    assert (real_data_dir / DEFAULT_REAL_RECORDING).is_file()
+    result = subprocess.run([sys.executable, "-m", "rtcalm", "demo", "--duration", "8"], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "RTCALM_REAL_DATA": str(real_data_dir)})
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.split("rtcalm demo summary")[1]
+    assert "[allen] Allen Brain Observatory, mouse 511510989 (a test mouse: never trained on)" in summary
+    assert "[sim] simulated rig" in summary
+    allen = summary.split("[allen]")[1].split("[sim]")[0]
+    assert re.search(r"forecast skill vs copy-last: 33 ms [+-]\d", allen), allen  # scored, whatever the sign
