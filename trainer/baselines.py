@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rtcalm.model.baselines import SHIPPED_BASELINES_DIR, BaselineConfig, BaselineForecaster, save_baseline
 from rtcalm.model.encoder import copy_last_ratio_loss
 from trainer.config import TrainConfig
-from trainer.data import Session, load_sessions, split_by_mouse
+from trainer.data import CropSampler, Session, load_sessions, split_by_mouse
 
 
 @dataclass
@@ -36,27 +36,12 @@ class BaselineRecipe:
     seed: int = 0
 
 
-class WindowBatches:
-    """Random (windows (B, N, context), future (B, N, horizon), scale (N,)) batches, one epoch per batch,
-    epochs drawn in proportion to their number of (start, neuron) windows."""
-
-    def __init__(self, sessions: list[Session], context: int, horizon: int, max_neurons: int):
-        self.context, self.horizon, self.max_neurons = context, horizon, max_neurons
-        self.epochs = [(epoch, s.scale) for s in sessions for epoch in s.epochs
-                       if epoch.shape[0] >= context + horizon]
-        if not self.epochs:
-            raise ValueError(f"no training epoch has {context + horizon} frames")
-        counts = torch.tensor([(e.shape[0] - context - horizon + 1) * e.shape[1] for e, _ in self.epochs],
-                              dtype=torch.float64)
-        self.weights = counts / counts.sum()
-
-    def sample(self, n_windows: int, generator: torch.Generator):
-        epoch, scale = self.epochs[int(torch.multinomial(self.weights, 1, generator=generator))]
-        neurons = torch.randperm(epoch.shape[1], generator=generator)[:self.max_neurons]
-        span = self.context + self.horizon
-        starts = torch.randint(0, epoch.shape[0] - span + 1, (n_windows,), generator=generator)
-        crops = torch.stack([epoch[s:s + span, neurons] for s in starts.tolist()]).transpose(1, 2)  # (B, N, span)
-        return crops[..., :self.context], crops[..., self.context:], scale[neurons]
+def window_batch(sampler: CropSampler, context: int, n_windows: int, generator: torch.Generator):
+    """(windows (B, N, context), future (B, N, horizon), scale (N,)): one batch of crops of one epoch
+    (trainer.data.CropSampler, all neurons up to max_neurons), laid out neuron-major for the baselines."""
+    crops, scale = sampler.sample_with_scale(n_windows, generator)
+    crops = crops.transpose(1, 2)  # (B, N, context + horizon)
+    return crops[..., :context], crops[..., context:], scale
 
 
 def fit_baseline(kind: str, train: list[Session], recipe: BaselineRecipe, horizon: int = 30,
@@ -64,14 +49,15 @@ def fit_baseline(kind: str, train: list[Session], recipe: BaselineRecipe, horizo
     """``config``: further BaselineConfig fields (e.g. context_frames, hidden)."""
     torch.manual_seed(recipe.seed)
     model = BaselineForecaster(BaselineConfig(kind=kind, forecast_horizon_frames=horizon, **config))
-    batches = WindowBatches(train, model.config.context_frames, horizon, recipe.max_neurons)
+    context = model.config.context_frames
+    sampler = CropSampler(train, context + horizon, recipe.max_neurons)
     generator = torch.Generator().manual_seed(recipe.seed + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.steps)
     curve, start = [], time.time()
     model.train()
     for step in tqdm(range(recipe.steps), desc=f"baseline {kind}", disable=not progress, mininterval=2.0):
-        windows, future, scale = batches.sample(recipe.windows_per_step, generator)
+        windows, future, scale = window_batch(sampler, context, recipe.windows_per_step, generator)
         forecast = model(windows)
         loss = copy_last_ratio_loss(forecast, future, windows[..., -1], torch.ones_like(future, dtype=torch.bool),
                                     scale)
