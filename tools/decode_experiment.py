@@ -230,8 +230,8 @@ def findings(results: dict) -> list[str]:
     best = over_seeds(best_key)
     wins = sum(value(d, "model_time_resolved") > value(d, best_key) for d in direction)
     raw_wins = sum(value(d, "model_time_resolved") > value(d, "raw_time_resolved") for d in direction)
-    mice = {row["mouse"]: row for row in results["tuning"]}
     quiet = min(results["tuning"], key=lambda row: row["tuned_neurons"] / row["neurons"])
+    tuned = max(results["tuning"], key=lambda row: row["tuned_neurons"] / row["neurons"])
     others = [row for row in results["tuning"] if row is not quiet]
     lines = [
         "**Findings** (means over the 6 mice, mean ± sd over the fold seeds " + ", ".join(map(str, seeds)) + "):", "",
@@ -263,9 +263,9 @@ def findings(results: dict) -> list[str]:
         f"{quiet['population_0_2s']:.3f} after it. The other mice, in files of the same layout, respond after the "
         "onset (population " + ", ".join(f"{r['mouse']} {r['population_pre_onset']:.3f} -> {r['population_0_2s']:.3f}"
                                          for r in others)
-        + f"), and mrcuts28 has {mice['mrcuts28']['tuned_neurons']} of {mice['mrcuts28']['neurons']} neurons tuned. "
-        "This field of view (a GAT3 knock-out mouse, 'Exp' group) did not respond to the gratings; no decoder can "
-        "do better than chance there, and it lowers every mean over mice equally.",
+        + f"), and {tuned['mouse']} has {tuned['tuned_neurons']} of {tuned['neurons']} neurons tuned. "
+        "This field of view did not respond to the gratings; no decoder can do better than chance there, and it "
+        "lowers every mean over mice equally.",
     ]
     for task in ("speed", "pupil"):
         document = results[task]

@@ -118,7 +118,8 @@ def make_estimator(kind: str, penalty: float | None = None):
     if kind == "lda":
         return ShrinkageLDA()
     if kind == "logistic":
-        return make_pipeline(StandardScaler(), LogisticRegression(C=penalty, max_iter=2000))
+        # newton-cg: the same L2 optimum as the default lbfgs, ~10x faster on these small problems
+        return make_pipeline(StandardScaler(), LogisticRegression(C=penalty, solver="newton-cg", max_iter=2000))
     if kind == "ridge":
         return make_pipeline(StandardScaler(), Ridge(alpha=penalty))
     raise ValueError(f"unknown estimator {kind!r}; choose lda, logistic or ridge")
