@@ -123,8 +123,10 @@ def run_distributed(args, config, out: Path) -> None:
     try:
         pretrain_distributed(config, args.data_root, out, settings, resume=args.resume, progress=not args.no_progress,
                              stop_after_steps=args.stop_after_steps, runtime=runtime)
-    finally:
-        stop_runtime(runtime)
+    except BaseException:
+        stop_runtime(runtime, synchronise=False)
+        raise
+    stop_runtime(runtime)
 
 
 if __name__ == "__main__":

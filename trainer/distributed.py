@@ -184,8 +184,14 @@ def start_runtime(device: str = "auto") -> Runtime:
     return runtime
 
 
-def stop_runtime(runtime: Runtime) -> None:
+def stop_runtime(runtime: Runtime, synchronise: bool = True) -> None:
+    """Tear the process group down. After a normal finish every rank first waits at a barrier, so no rank
+    destroys its end of the group (and its gloo threads) while another still has a collective or its
+    final writes in flight: that race aborted a rank at exit ("terminate called without an active
+    exception"). After an error there is no barrier (the other ranks may never reach it)."""
     if runtime.distributed and torch.distributed.is_initialized():
+        if synchronise:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
