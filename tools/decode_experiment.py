@@ -1,7 +1,8 @@
 """Decoding on the grating mice: every decoder of ``rtcalm decode-eval`` over fold seeds, behaviour tasks,
 a confusion matrix, and the mrcuts26 diagnosis; renders the decoding block of docs/results.md.
 
-    python tools/decode_experiment.py --model default --out runs/decode [--seeds 0 1 2] [--write-docs]
+    python tools/decode_experiment.py --model default [--compare tokens continuous] --out runs/decode \\
+        [--seeds 0 1 2] [--write-docs] [--reuse]
 
 Runs :func:`rtcalm.eval.decode.evaluate` (the decode-eval protocol, unchanged: 5-fold stratified CV,
 response 0-2 s) on every grating file in ``$RTCALM_REAL_DATA`` (default ../shared/data/real) for
@@ -284,8 +285,12 @@ def render(results: dict, out: Path, figure: Path) -> str:
     first = direction[str(seeds[0])]
     mice = [row["mouse"] for row in first["per_file"]]
     lines = [BEGIN, "", "## Decoding on the grating mice (issue 14)", "",
-             f"`python tools/decode_experiment.py --model {results['model']} --out {out} --seeds "
-             f"{' '.join(map(str, seeds))} --write-docs` ({results['wall_time_s'] / 60:.1f} min). Protocol of "
+             f"`python tools/decode_experiment.py --model {results['model']}"
+             + "".join(f" --compare {name}" for name in results.get("compare", {}))
+             + f" --out {out} --seeds {' '.join(map(str, seeds))} --write-docs` "
+             f"({results['wall_time_s'] / 60:.1f} min of compute; code at commit {results.get('code', {}).get('commit', '?')}"
+             + (f", with uncommitted changes in {', '.join(results['code']['uncommitted'])}"
+                if results.get("code", {}).get("uncommitted") else "") + "). Protocol of "
              "`rtcalm decode-eval` (rtcalm/eval/decode.py), unchanged: 5-fold stratified CV over the 128 trials of "
              "each mouse, response window 0-2 s, every hyperparameter (bins, C, alpha, PCA components) chosen by "
              "inner 4-fold CV on the outer training trials only. The backbone "
@@ -325,6 +330,20 @@ def render(results: dict, out: Path, figure: Path) -> str:
               + ", ".join(f"{k}: {v}" for k, v in sorted(chosen.items(), key=lambda kv: -kv[1])) + ".", "",
               f"![confusion matrices of the backbone head and shrinkage LDA, seed {seeds[0]}]"
               f"({os.path.relpath(figure, REPOSITORY / 'docs')})", ""]
+    if results.get("compare"):
+        lines += ["### Other backbones (direction, mean over the 6 mice, mean ± sd over the fold seeds)", "",
+                  "The same decoders on the other shipped models' hidden states; the baselines do not depend on the "
+                  "backbone (see above).", "",
+                  "| backbone | version | d_model | pooled head | time-resolved head | same head on raw frames |",
+                  "|---|---|---|---|---|---|"]
+        for name, entry in [(results["model"], {"model_version": results["model_version"], "d_model": results["d_model"],
+                                                 "direction": direction}), *results["compare"].items()]:
+            cells = []
+            for key in ("model", "model_time_resolved", "raw_time_resolved"):
+                per_seed = [value(entry["direction"][str(s)], key) for s in seeds]
+                cells.append(f"{np.mean(per_seed):.3f} ± {np.std(per_seed, ddof=1) if len(seeds) > 1 else 0:.3f}")
+            lines.append(f"| `{name}` | `{entry['model_version']}` | {entry['d_model']} | " + " | ".join(cells) + " |")
+        lines.append("")
     for task in ("speed", "pupil"):
         document = results[task]
         lines += [f"### {task.capitalize()} (R², mean over the response window per trial), fold seed {seeds[0]}", "",
@@ -376,53 +395,86 @@ def write_docs(block: str, path: Path) -> None:
     path.write_text(text)
 
 
+def code_state() -> dict:
+    """The commit the numbers were measured at, and any uncommitted change under rtcalm/ (the tree is shared)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPOSITORY, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted": [line[3:] for line in git("status", "--porcelain", "rtcalm").splitlines()]}
+
+
+def model_identity(name: str) -> tuple:
+    from rtcalm.engine.base import model_version, weights_sha256
+    from rtcalm.model.checkpoint import WEIGHTS_FILE, load_model, resolve_model
+
+    directory = resolve_model(name)
+    return load_model(name), model_version(directory, weights_sha256(directory / WEIGHTS_FILE))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="shipped model name or checkpoint directory")
+    parser.add_argument("--compare", nargs="*", default=[], metavar="MODEL",
+                        help="further backbones scored on the direction task (same seeds), in a table of their own")
     parser.add_argument("--out", type=Path, default=Path("runs/decode"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fold seeds of the direction task")
     parser.add_argument("--write-docs", action="store_true", help="replace the decoding block of docs/results.md")
-    parser.add_argument("--render-only", action="store_true", help="re-render from an existing <out>/decode.json")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep what <out>/decode.json already holds for the same model versions and seeds; "
+                             "compute only what is missing")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(1)
     from rtcalm.data import load_recording
-    from rtcalm.engine.base import model_version, weights_sha256
     from rtcalm.eval.decode import BackboneFrames
-    from rtcalm.model.checkpoint import WEIGHTS_FILE, load_model, resolve_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     files = sorted(real_data_dir().glob(GRATING_GLOB))
     if not files:
         raise SystemExit(f"no grating files under {real_data_dir()} (set RTCALM_REAL_DATA)")
     recordings = [load_recording(path) for path in files]
-    if args.render_only:
-        results = json.loads((args.out / "decode.json").read_text())
-    else:
-        model = load_model(args.model)
-        frames = BackboneFrames(model)  # the backbone runs once per file, for every task and seed
-        started = time.time()
-        directory = resolve_model(args.model)
-        results = {"model": args.model, "d_model": model.config.d_model, "seeds": args.seeds, "direction": {},
-                   "model_version": model_version(directory, weights_sha256(directory / WEIGHTS_FILE))}
-        for seed in args.seeds:
+    model, version = model_identity(args.model)
+    stored = args.out / "decode.json"
+    results = json.loads(stored.read_text()) if args.reuse and stored.exists() else {}
+    if results and (results.get("model_version") != version or results.get("seeds") != args.seeds):
+        raise SystemExit(f"{stored} holds {results.get('model_version')} with seeds {results.get('seeds')}, not "
+                         f"{version} with seeds {args.seeds}: run without --reuse")
+    started = time.time()
+    if not results:
+        results = {"model": args.model, "model_version": version, "d_model": model.config.d_model,
+                   "seeds": args.seeds, "direction": {}, "code": code_state(), "wall_time_s": 0.0}
+    results.setdefault("code", code_state())
+    frames = BackboneFrames(model)  # the backbone runs once per file, for every task and seed
+    for seed in args.seeds:
+        if str(seed) not in results["direction"]:
             results["direction"][str(seed)] = run_decode(recordings, "direction", frames, seed)
             print(f"direction seed {seed}: " + ", ".join(
                 f"{k} {value(results['direction'][str(seed)], k):.3f}" for k, _ in DIRECTION_ROWS), file=sys.stderr)
-        for task in ("speed", "pupil"):
+    for task in ("speed", "pupil"):
+        if task not in results:
             results[task] = run_decode(recordings, task, frames, args.seeds[0])
             print(f"{task}: " + ", ".join(f"{k} {value(results[task], k):.3f}" for k, _ in REGRESSION_ROWS),
                   file=sys.stderr)
+    if "components" not in results:
         results["components"] = component_ablation(recordings, frames)
-        results["classes"] = sorted(float(d) for d in np.unique(recordings[0].trials["direction_deg"]))
-        results["wall_time_s"] = time.time() - started
-    if "components" not in results:  # a decode.json of an earlier version of this script
-        results["components"] = component_ablation(recordings, BackboneFrames(load_model(results["model"])))
-    results["tuning"] = tuning_diagnosis(recordings)  # cheap: recomputed on every run, also --render-only
-    results["alignment"] = alignment_check(recordings, load_model(results["model"]).config.rate_hz)
-    (args.out / "decode.json").write_text(json.dumps(results, indent=1))
+    results.setdefault("compare", {})
+    for name in args.compare:
+        other, other_version = model_identity(name)
+        if results["compare"].get(name, {}).get("model_version") != other_version:
+            other_frames = BackboneFrames(other)
+            results["compare"][name] = {"model_version": other_version, "d_model": other.config.d_model, "direction": {
+                str(seed): run_decode(recordings, "direction", other_frames, seed) for seed in args.seeds}}
+            print(f"compared {name}", file=sys.stderr)
+    results["classes"] = sorted(float(d) for d in np.unique(recordings[0].trials["direction_deg"]))
+    results["wall_time_s"] += time.time() - started
+    results["tuning"] = tuning_diagnosis(recordings)  # cheap: recomputed on every run
+    results["alignment"] = alignment_check(recordings, model.config.rate_hz)
+    stored.write_text(json.dumps(results, indent=1))
     figure = REPOSITORY / "docs" / "figures" / "decoding_confusion.png" if args.write_docs else args.out / "confusion.png"
     confusion_png(results["direction"][str(args.seeds[0])], ["model_time_resolved", "lda_binned"], figure,
                   results["classes"])

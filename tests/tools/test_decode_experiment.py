@@ -40,7 +40,7 @@ def test_results_render_into_their_block(tmp_path):
     model = Calm(SMALL).eval()
     recordings = [_mouse("tuned", True, 0), _mouse("quiet", False, 1)]
     frames = BackboneFrames(model)
-    results = {"model": "small", "model_version": "small@0", "d_model": 8, "seeds": [0], "wall_time_s": 1.0,
+    results = {"model": "small", "model_version": "small@0", "d_model": 8, "seeds": [0], "wall_time_s": 1.0, "compare": {},
                "direction": {str(s): decode_experiment.run_decode(recordings, "direction", frames, s) for s in (0,)},
                "speed": decode_experiment.run_decode(recordings, "speed", frames, 0),
                "pupil": decode_experiment.run_decode(recordings, "pupil", frames, 0),
