@@ -371,13 +371,14 @@ def render(results: dict, out: Path, figure: Path) -> str:
               + ", ... degrees: the directions cycle in a fixed order."]
     align = results["alignment"]
     step = ", ".join(f"{v:.3f} at {t} s" for t, v in align["step_before_onset"].items())
+    ringing = max(abs(v) for v in list(align["step_before_onset"].values())[:-2])
     means = align["mean"]
     lines += ["", "### Alignment of the 16 Hz epochs at the model's rate", "",
               f"`model_inputs` resamples each epoch to {align['rate_hz']:g} Hz (polyphase, per epoch). The onset lands "
               f"on frame {align['onset_frame']} (t = {align['onset_time_s']:+.3f} s) and the 0-2 s window is "
-              f"{align['window_frames']} frames. A unit step at onset, resampled: {step} (the frame 33 ms before "
-              "onset interpolates between the last pre-onset and the first post-onset sample; the filter's ringing "
-              "reaches further back at a few percent). Shrinkage LDA on 8 bins of the response window, same folds: "
+              f"{align['window_frames']} frames. A unit step at onset, resampled: {step} (the frame just before "
+              "onset interpolates between the last pre-onset and the first post-onset sample; the filter rings "
+              f"earlier by up to {ringing:.0%} of the step). Shrinkage LDA on 8 bins of the response window, same folds: "
               f"{means['native']:.3f} at 16 Hz, {means['polyphase']:.3f} after the polyphase resampling, "
               f"{means['linear']:.3f} after linear interpolation (the daemon's causal resampler), mean over mice.",
               "", END]
