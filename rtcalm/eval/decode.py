@@ -38,8 +38,9 @@ Decoders compared on the same folds:
 
 Inner CV (4 folds, stratified for classification) runs on the outer training trials only; the outer
 test fold is never seen by any choice. Every score comes with a standard error over trials
-(``standard_errors``): binomial for accuracy, sqrt(p (1 - p) / trials); a bootstrap over the pooled
-held-out predictions (1,000 resamples, seed 0) for R². The mean over files has the standard error
+(``standard_errors``): binomial for accuracy, sqrt(p (1 - p) / trials); for R², a bootstrap over the
+pooled held-out trials (1,000 resamples, seed 0) of the mean squared error divided by the targets'
+variance over all trials. The mean over files has the standard error
 sqrt(sum se²) / files. ``selected`` records the hyperparameters each inner CV chose, per outer fold; ``targets`` and
 ``predictions`` (per decoder) are the per-trial held-out values (class indices into the sorted distinct
 label values for classification), e.g. for confusion matrices.
@@ -146,15 +147,20 @@ def _score(predictions: np.ndarray, targets: np.ndarray, metric: str) -> float:
 
 def standard_error(predictions: np.ndarray, targets: np.ndarray, metric: str, resamples: int = 1000,
                    seed: int = 0) -> float:
-    """Standard error over trials of one pooled held-out score: binomial for accuracy, a bootstrap over
-    trials for R²."""
+    """Standard error over trials of one pooled held-out score. Accuracy: binomial, sqrt(p (1 - p) / n).
+    R²: a bootstrap over trials of the mean squared error, each divided by the targets' variance over
+    all trials (a resample's own variance can be near zero when the behaviour is rare, e.g. running in a
+    few trials, which would make its R² meaningless)."""
     n = targets.shape[0]
     if metric == "accuracy":
         accuracy = float(np.mean(predictions == targets))
         return float(np.sqrt(accuracy * (1.0 - accuracy) / n))
-    rng = np.random.default_rng(seed)
-    samples = rng.integers(0, n, size=(resamples, n))
-    return float(np.nanstd([_score(predictions[s], targets[s], metric) for s in samples], ddof=1))
+    variance = float(np.mean((targets - targets.mean()) ** 2))
+    if variance <= 0:
+        return float("nan")
+    squared_errors = (targets - predictions) ** 2
+    samples = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    return float(np.std(squared_errors[samples].mean(axis=1), ddof=1) / variance)
 
 
 class BinnedDecoder:

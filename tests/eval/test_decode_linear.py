@@ -122,6 +122,9 @@ def test_standard_errors():
     values = rng.standard_normal(400)
     close, far = values + 0.1 * rng.standard_normal(400), values + 1.0 * rng.standard_normal(400)
     assert 0 < standard_error(close, values, "r2") < standard_error(far, values, "r2") < 0.2
+    rare = np.zeros(128)
+    rare[:4] = 1.0  # a behaviour in 4 of 128 trials: many resamples hold none of them
+    assert 0 < standard_error(np.full(128, rare.mean()), rare, "r2") < 1.0
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "r2"])
