@@ -334,14 +334,18 @@ def render(results: dict, out: Path, figure: Path) -> str:
         lines += ["### Other backbones (direction, mean over the 6 mice, mean ± sd over the fold seeds)", "",
                   "The same decoders on the other shipped models' hidden states; the baselines do not depend on the "
                   "backbone (see above).", "",
-                  "| backbone | version | d_model | pooled head | time-resolved head | same head on raw frames |",
-                  "|---|---|---|---|---|---|"]
+                  "| backbone | version | d_model | pooled head | time-resolved head | same head on raw frames "
+                  f"| pupil R², time-resolved head (seed {seeds[0]}) | pupil R², same head on raw frames |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, entry in [(results["model"], {"model_version": results["model_version"], "d_model": results["d_model"],
-                                                 "direction": direction}), *results["compare"].items()]:
+                                                 "direction": direction, "pupil": results["pupil"]}),
+                            *results["compare"].items()]:
             cells = []
             for key in ("model", "model_time_resolved", "raw_time_resolved"):
                 per_seed = [value(entry["direction"][str(s)], key) for s in seeds]
                 cells.append(f"{np.mean(per_seed):.3f} ± {np.std(per_seed, ddof=1) if len(seeds) > 1 else 0:.3f}")
+            for key in ("model_time_resolved", "raw_time_resolved"):
+                cells.append(f"{value(entry['pupil'], key):.3f}" if "pupil" in entry else "")
             lines.append(f"| `{name}` | `{entry['model_version']}` | {entry['d_model']} | " + " | ".join(cells) + " |")
         lines.append("")
     for task in ("speed", "pupil"):
@@ -466,11 +470,17 @@ def main(argv=None) -> int:
     results.setdefault("compare", {})
     for name in args.compare:
         other, other_version = model_identity(name)
-        if results["compare"].get(name, {}).get("model_version") != other_version:
-            other_frames = BackboneFrames(other)
-            results["compare"][name] = {"model_version": other_version, "d_model": other.config.d_model, "direction": {
-                str(seed): run_decode(recordings, "direction", other_frames, seed) for seed in args.seeds}}
-            print(f"compared {name}", file=sys.stderr)
+        entry = results["compare"].get(name, {})
+        if entry.get("model_version") != other_version:
+            entry = {"model_version": other_version, "d_model": other.config.d_model, "direction": {}}
+        other_frames = BackboneFrames(other)
+        for seed in args.seeds:
+            if str(seed) not in entry["direction"]:
+                entry["direction"][str(seed)] = run_decode(recordings, "direction", other_frames, seed)
+        if "pupil" not in entry:
+            entry["pupil"] = run_decode(recordings, "pupil", other_frames, args.seeds[0])
+        results["compare"][name] = entry
+        print(f"compared {name}", file=sys.stderr)
     results["classes"] = sorted(float(d) for d in np.unique(recordings[0].trials["direction_deg"]))
     results["wall_time_s"] += time.time() - started
     results["tuning"] = tuning_diagnosis(recordings)  # cheap: recomputed on every run
