@@ -276,6 +276,15 @@ def findings(results: dict) -> list[str]:
                      f"time-resolved head {value(document, 'model_time_resolved'):.3f} ± "
                      f"{document['standard_errors']['model_time_resolved']:.3f}, the same head on raw frames "
                      f"{value(document, 'raw_time_resolved'):.3f}, pooled hidden states {value(document, 'model'):.3f}.")
+    pupil = results["pupil"]
+    if value(pupil, "model_time_resolved") < value(pupil, "raw_time_resolved") - 0.1:
+        lines.append(
+            f"- **Pupil is where the backbone loses most**: {value(pupil, 'model_time_resolved'):.3f} against "
+            f"{value(pupil, 'raw_time_resolved'):.3f} for the same head on raw frames."
+            + (" The default model's encoder normalises each neuron's recent window by its own mean and standard "
+               "deviation (rtcalm/models/default/README.md), which removes slow changes of level such as arousal "
+               "brings; that this is where the pupil information goes is a hypothesis, not tested here (the other "
+               "backbones' pupil scores are in the table below)." if results.get("input_mode") == "encoder" else ""))
     return lines
 
 
@@ -454,6 +463,7 @@ def main(argv=None) -> int:
         results = {"model": args.model, "model_version": version, "d_model": model.config.d_model,
                    "seeds": args.seeds, "direction": {}, "code": code_state(), "wall_time_s": 0.0}
     results.setdefault("code", code_state())
+    results["input_mode"] = getattr(model.config, "input_mode", None)
     frames = BackboneFrames(model)  # the backbone runs once per file, for every task and seed
     for seed in args.seeds:
         if str(seed) not in results["direction"]:
