@@ -283,8 +283,11 @@ def findings(results: dict) -> list[str]:
             f"{value(pupil, 'raw_time_resolved'):.3f} for the same head on raw frames."
             + (" The default model's encoder normalises each neuron's recent window by its own mean and standard "
                "deviation (rtcalm/models/default/README.md), which removes slow changes of level such as arousal "
-               "brings; that this is where the pupil information goes is a hypothesis, not tested here (the other "
-               "backbones' pupil scores are in the table below)." if results.get("input_mode") == "encoder" else ""))
+               "brings; the shipped backbones without that normalisation keep the pupil information ("
+               + ", ".join(f"`{name}` {value(entry['pupil'], 'model_time_resolved'):.3f}"
+                           for name, entry in results.get("compare", {}).items() if "pupil" in entry)
+               + "), which points there, though it was not tested directly." if results.get("input_mode") == "encoder"
+               else ""))
     return lines
 
 
@@ -295,7 +298,7 @@ def render(results: dict, out: Path, figure: Path) -> str:
     mice = [row["mouse"] for row in first["per_file"]]
     lines = [BEGIN, "", "## Decoding on the grating mice (issue 14)", "",
              f"`python tools/decode_experiment.py --model {results['model']}"
-             + "".join(f" --compare {name}" for name in results.get("compare", {}))
+             + ("".join([" --compare"] + [f" {name}" for name in results["compare"]]) if results.get("compare") else "")
              + f" --out {out} --seeds {' '.join(map(str, seeds))} --write-docs` "
              f"({results['wall_time_s'] / 60:.1f} min of compute; code at commit {results.get('code', {}).get('commit', '?')}"
              + (f", with uncommitted changes in {', '.join(results['code']['uncommitted'])}"
