@@ -59,3 +59,12 @@ def test_bad_task_and_label_less_file(tmp_path, checkpoint):
     contiguous = save_recording(make_synthetic(n_neurons=4, n_frames=100), tmp_path / "c.rtcalm.h5")
     result = _cli(contiguous, "--task", "direction", "--model", checkpoint)
     assert result.returncode == 2 and "trial-structured" in result.stderr
+
+
+def test_text_table_lists_every_decoder_with_its_standard_error(tmp_path, checkpoint):
+    result = _cli(_trial_file(tmp_path), "--task", "speed", "--model", checkpoint, "--folds", "4")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
+    assert set(rows) == {"model", "model_time_resolved", "raw_time_resolved", "ridge_binned",
+                         "linear_mean_response", "chance"}
+    assert all(line.count("±") == 2 for line in rows.values())  # the file and the mean
