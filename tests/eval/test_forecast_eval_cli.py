@@ -45,7 +45,7 @@ def test_json_document(checkpoint, recording_file):
     doc = json.loads(result.stdout)
     assert doc["horizons"] == [1, 5, 10] and doc["files"] == [str(recording_file)]
     assert set(doc["model"]) == {"1", "5", "10"} and set(doc["model"]["1"]) == {"mse_ratio", "pearson"}
-    assert set(doc["baselines"]) == {"copy_last", "context_mean", "pooled_ar"}
+    assert set(doc["baselines"]) == {"copy_last", "context_mean", "pooled_ar", "mlp", "poco"}
     assert doc["baselines"]["copy_last"]["5"]["mse_ratio"] == pytest.approx(1.0)
     assert doc["context"] == SMALL.receptive_field_frames
 
