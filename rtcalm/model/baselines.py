@@ -34,6 +34,7 @@ from rtcalm.model.checkpoint import (
     CheckpointError,
     _write_atomically,
     check_state_dict,
+    read_json_object,
     read_weights,
 )
 from rtcalm.model.encoder import TemporalEncoder, normalise_windows
@@ -176,13 +177,8 @@ def load_baseline(directory) -> BaselineForecaster:
     """Load a baseline directory; every problem raises CheckpointError naming the file."""
     directory = Path(directory)
     path = directory / "config.json"
-    if not path.is_file():
-        raise CheckpointError(path, "missing (a baseline needs config.json next to model.safetensors)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"not valid JSON: {exc}") from None
-    if not isinstance(document, dict) or document.get("format") != BASELINE_FORMAT:
+    document = read_json_object(path, "a baseline")
+    if document.get("format") != BASELINE_FORMAT:
         raise CheckpointError(path, f"not an rtcalm baseline (format must be {BASELINE_FORMAT!r})")
     if document.get("format_version") != BASELINE_FORMAT_VERSION:
         raise CheckpointError(path, f"format_version {document.get('format_version')!r} is not supported")

@@ -78,14 +78,7 @@ def read_checkpoint_config(directory) -> tuple[CalmConfig, dict]:
         raise CheckpointError(directory, f"a checkpoint is a directory with {CONFIG_FILE} and {WEIGHTS_FILE}, "
                                          "not a file")
     path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(path, "missing (a checkpoint needs config.json next to model.safetensors)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise CheckpointError(path, "must be a JSON object")
+    document = read_json_object(path, "a checkpoint")
     if document.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(path, f"format is {document.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
     if document.get("format_version") != FORMAT_VERSION:
@@ -99,6 +92,19 @@ def read_checkpoint_config(directory) -> tuple[CalmConfig, dict]:
     if not isinstance(metadata, dict):
         raise CheckpointError(path, "metadata must be a JSON object")
     return config, metadata
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in ``path`` (the config.json of ``what``), or CheckpointError naming the file."""
+    if not path.is_file():
+        raise CheckpointError(path, f"missing ({what} needs config.json next to model.safetensors)")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise CheckpointError(path, "must be a JSON object")
+    return document
 
 
 def read_weights(path) -> dict[str, torch.Tensor]:
