@@ -1,7 +1,7 @@
 """What ``rtcalm demo`` streams, in one place, shared with tools/make_demo_head.py (which fits the demo's
 decoding head on the same simulated neurons).
 
-- **The simulated rig**: :func:`rtcalm.data.make_synthetic` with kinetics and noise matched to the real
+- **The simulated rig**: :func:`rtcalm.sim.make_synthetic` with kinetics and noise matched to the real
   Allen excerpts in ../shared/data/real (GCaMP6f-like 0.4 s decay, shot noise and sparse cells such
   that the median lag-1 autocorrelation, SNR and ΔF/F std are close to the excerpts'; the generator's
   own defaults are much smoother: lag-1 autocorrelation 0.96 against 0.6-0.65 in the excerpts, a trace
@@ -51,7 +51,7 @@ def describe_real_recording(recording) -> str:
 
 def simulated_rig():
     """The simulated recording (all 36,000 frames; the demo streams those from HEAD_FIT_FRAMES on)."""
-    from rtcalm.data import make_synthetic
+    from rtcalm.sim import make_synthetic
 
     return make_synthetic(**SIMULATED_RIG)
 

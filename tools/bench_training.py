@@ -6,7 +6,7 @@ distributed trainer's optimizer steps (trainer.distributed), on one process or u
     python -m torch.distributed.run --standalone --nproc-per-node 8 tools/bench_training.py \\
         --config configs/pretrain_tokens.json --transformer-batch 64 --json bench_8gpu.json   # a GPU node
 
-The data are synthetic sessions (rtcalm.data.make_synthetic, in memory): throughput depends on the
+The data are synthetic sessions (rtcalm.sim.make_synthetic, in memory): throughput depends on the
 shapes (batch, window, context, neurons per crop), not on the values. Each stage runs ``--warmup``
 untimed steps, then ``--steps`` timed ones between barriers. Reported per stage: wall-clock samples/s of
 the whole job, and the cost of a step in CPU seconds of each process (on a shared machine the wall clock
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def synthetic_sessions(n_sessions: int, n_neurons: int, n_frames: int, rate_hz: float):
-    from rtcalm.data import make_synthetic
+    from rtcalm.sim import make_synthetic
     from trainer.data import Session, zscore_recording
 
     sessions = []

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "head": path.name,
         "model_version": version,
         "decodes": "the drifting-grating direction (degrees) shown to the demo's simulated rig",
-        "simulator": {"function": "rtcalm.data.make_synthetic", "config": SIMULATED_RIG},
+        "simulator": {"function": "rtcalm.sim.make_synthetic", "config": SIMULATED_RIG},
         "fitted_on_frames": [0, HEAD_FIT_FRAMES],
         "demo_streams_frames": [HEAD_FIT_FRAMES, SIMULATED_RIG["n_frames"]],
         "trials": len(labels),

@@ -69,7 +69,7 @@ def soak(*, minutes: float, neurons: int, rate_hz: float, window_s: float, model
          backend: str | None) -> dict:
     from rtcalm.client import ControlClient, PredictionSubscriber, RigSender
     from rtcalm.daemon.process import DaemonProcess
-    from rtcalm.data import make_synthetic
+    from rtcalm.sim import make_synthetic
 
     recording = make_synthetic(n_neurons=neurons, n_frames=int(rate_hz * 120), seed=0).dff.astype(np.float32)
     extra = ["--backend", backend] if backend else []

@@ -83,8 +83,8 @@ class AlignedMovieData:
 
 
 def synthetic_movie_data(seed: int = 0, **overrides) -> AlignedMovieData:
-    """The simulated visual cortex (``rtcalm.data.visual_cortex``) watching its procedural movie."""
-    from rtcalm.data.visual_cortex import make_visual_cortex
+    """The simulated visual cortex (``rtcalm.sim.visual_cortex``) watching its procedural movie."""
+    from rtcalm.sim.visual_cortex import make_visual_cortex
 
     recording, movie = make_visual_cortex(seed=seed, **overrides)
     index = np.arange(movie.shape[0], dtype=np.int64)

@@ -1,1 +1,2 @@
-"""Benchmarks behind ``rtcalm bench`` (not used on the per-frame path)."""
+"""Benchmarks behind ``rtcalm bench`` (never on the per-frame path): ``step`` (the bare model step),
+``latency`` (the closed loop through a real daemon), ``stats`` (the running statistics)."""

@@ -48,7 +48,7 @@ def _register_stats(benchmarks) -> None:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    from rtcalm.stats.benchmark import run_stats_benchmark
+    from rtcalm.bench.stats import run_stats_benchmark
 
     if args.frames < 100:
         raise RtcalmError(f"--frames must be at least 100 for a p99, got {args.frames}")
@@ -92,7 +92,7 @@ def _register_latency(benchmarks) -> None:
 def _run_latency(args: argparse.Namespace) -> int:
     import sys
 
-    from rtcalm.daemon.latency_bench import format_report, run_latency_benchmark
+    from rtcalm.bench.latency import format_report, run_latency_benchmark
 
     if args.neurons < 1 or args.frames < 1 or not 0 < args.rate <= 10000:
         raise RtcalmError("--neurons and --frames must be positive and --rate in (0, 10000]")

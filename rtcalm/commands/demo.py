@@ -72,7 +72,8 @@ class Source:
 
 def _sources(args: argparse.Namespace) -> list[Source]:
     from rtcalm.commands.replay import check_rate
-    from rtcalm.data import load_recording, make_synthetic
+    from rtcalm.data import load_recording
+    from rtcalm.sim import make_synthetic
     from rtcalm.demo_sources import (
         HEAD_FIT_FRAMES,
         SIMULATED_RIG,

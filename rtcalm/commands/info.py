@@ -41,7 +41,8 @@ def _format_text(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtcalm.data import load_recording, make_synthetic
+    from rtcalm.data import load_recording
+    from rtcalm.sim import make_synthetic
     from rtcalm.errors import RtcalmError
 
     if not args.files and not args.synthetic:

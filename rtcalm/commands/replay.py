@@ -39,7 +39,7 @@ def load_source(args: argparse.Namespace):
     if bool(args.file) == bool(args.synthetic):
         raise RtcalmError("give a recording FILE or --synthetic (one of them)")
     if args.synthetic:
-        from rtcalm.data import make_synthetic
+        from rtcalm.sim import make_synthetic
 
         if args.neurons < 1 or args.frames < 2:
             raise RtcalmError(f"--neurons must be >= 1 and --frames >= 2, got {args.neurons} and {args.frames}")

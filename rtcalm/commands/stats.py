@@ -37,7 +37,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from rtcalm.data import load_recording, make_synthetic
+    from rtcalm.data import load_recording
+    from rtcalm.sim import make_synthetic
     from rtcalm.errors import RtcalmError
     from rtcalm.stats import NeuronStats, select_predictable, stats_of_recording
 

@@ -10,7 +10,7 @@ from daemon_helpers import Harness, OfflineReference, make_config
 from rtcalm.client import ControlClient, DaemonError, Prediction, PredictionSubscriber, RigSender
 from rtcalm.daemon import DaemonConfig
 from rtcalm.daemon.process import DaemonProcess
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 from rtcalm.engine import NeuronRange
 from rtcalm.engine.build import compile_artifact
 

@@ -11,7 +11,7 @@ import pytest
 from daemon_helpers import OfflineReference, make_config
 
 from rtcalm.client import DaemonError
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 
 N = 16
 

@@ -13,7 +13,7 @@ import torch
 from daemon_helpers import SMALL_MODEL, OfflineReference, make_checkpoint, make_config
 
 from rtcalm.client import DaemonError
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 from rtcalm.model.heads import (
     DecodingHead,
     HeadConfig,

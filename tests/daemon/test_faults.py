@@ -17,7 +17,7 @@ from daemon_helpers import OfflineReference, make_config
 from rtcalm import protocol
 from rtcalm.client import DaemonError, Prediction, PredictionSubscriber, RigSender
 from rtcalm.daemon.process import DaemonProcess
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 
 N = 12
 

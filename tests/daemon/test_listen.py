@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 
 N = 12
 

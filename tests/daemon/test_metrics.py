@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 

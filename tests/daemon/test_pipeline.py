@@ -10,7 +10,7 @@ import pytest
 from daemon_helpers import OfflineReference, make_config
 
 from rtcalm.client import Prediction
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 from rtcalm.stats import POYO_CAP, StreamingStats, is_predictable
 
 N = 24

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from test_metrics import scrape
 
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO / "configs" / "prometheus.yml"

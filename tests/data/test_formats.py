@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from rtcalm.data import Recording, RecordingMeta, TrialTable, load_recording, make_synthetic, save_recording
+from rtcalm.data import Recording, RecordingMeta, TrialTable, load_recording, save_recording
+from rtcalm.sim import make_synthetic
 from rtcalm.errors import RecordingError
 
 PIPE = "processing/brain_observatory_pipeline"

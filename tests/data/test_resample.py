@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtcalm.data import Recording, TrialTable, make_synthetic
+from rtcalm.data import Recording, TrialTable
+from rtcalm.sim import make_synthetic
 from rtcalm.data.resample import StreamingResampler, resample_recording
 
 

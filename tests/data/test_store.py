@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 from rtcalm.data.store import SessionStore, WindowSampler
 from rtcalm.errors import RecordingError
 

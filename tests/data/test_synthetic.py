@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import kurtosis, skew
 
-from rtcalm.data import make_synthetic
-from rtcalm.data.synthetic import CELL_CLASSES
+from rtcalm.sim import make_synthetic
+from rtcalm.sim.synthetic import CELL_CLASSES
 
 
 @pytest.fixture(scope="module")

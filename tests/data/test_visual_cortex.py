@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtcalm.data.visual_cortex import (
+from rtcalm.sim.visual_cortex import (
     CELL_TYPES,
     SCENES,
     VisualCortexConfig,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rtcalm.data import Recording, TrialTable, make_synthetic, save_recording
+from rtcalm.data import Recording, TrialTable, save_recording
+from rtcalm.sim import make_synthetic
 from rtcalm.model import Calm
 from rtcalm.model.checkpoint import save_checkpoint
 

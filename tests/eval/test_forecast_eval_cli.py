@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rtcalm.data import make_synthetic, save_recording
+from rtcalm.data import save_recording
+from rtcalm.sim import make_synthetic
 from rtcalm.eval.forecast import first_test_frame, fit_pooled_ar, model_forecaster
 from rtcalm.model import Calm, CalmConfig
 from rtcalm.model.checkpoint import save_checkpoint

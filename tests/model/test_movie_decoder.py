@@ -12,7 +12,7 @@ import torch
 
 from rtcalm.data import save_recording
 from rtcalm.data.recording import TrialTable
-from rtcalm.data.visual_cortex import VisualCortexConfig, make_movie, simulate_visual_cortex
+from rtcalm.sim.visual_cortex import VisualCortexConfig, make_movie, simulate_visual_cortex
 from rtcalm.errors import RtcalmError
 from rtcalm.model.movie_decoder import (
     ActivityWindowEncoder,

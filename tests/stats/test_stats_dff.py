@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from stats_reference import reference_dff
 
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 from rtcalm.stats import OnlineDff, StatsError
 
 

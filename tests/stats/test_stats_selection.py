@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtcalm.data import make_synthetic
+from rtcalm.sim import make_synthetic
 from rtcalm.stats import (
     POYO_CAP,
     StatsError,

@@ -39,7 +39,7 @@ def _percentiles_ms(values_ns) -> dict:
 
 def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: int = 1800, model: str = "default",
                           warmup_frames: int = 60, seed: int = 0, progress=None) -> dict:
-    from rtcalm.data import make_synthetic
+    from rtcalm.sim import make_synthetic
 
     if neurons < 1 or frames < 1 or warmup_frames < 1 or not rate_hz > 0:
         raise RtcalmError("neurons, frames and warmup frames must be positive and the rate above 0")

@@ -20,7 +20,7 @@ Two parts, usable separately:
      ``rate = baseline + peak * x**n / (c50**n + x**n)`` with ``x = relu(drive)`` (Hz), times a shared
      slow gain (behavioural-state modulation, AR(1) in log-gain).
   4. **Spikes**: Poisson counts per frame.
-  5. **Calcium**: the GCaMP-like difference of exponentials of :mod:`rtcalm.data.synthetic`
+  5. **Calcium**: the GCaMP-like difference of exponentials of :mod:`rtcalm.sim.synthetic`
      (rise ``rise_s``, decay ``decay_s``), per-neuron amplitude.
   6. **Noise**: shot noise growing with brightness plus residual neuropil contamination (a shared slow
      signal times a per-neuron coefficient), as in the existing generator.
@@ -45,7 +45,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from rtcalm.data.recording import Recording, RecordingMeta, TrialTable
-from rtcalm.data.synthetic import _ar1
+from rtcalm.sim.synthetic import _ar1
 
 SCENES = ("grating", "bars", "blobs", "texture")
 CELL_TYPES = ("simple", "complex")
@@ -318,7 +318,7 @@ def simulate_visual_cortex(movie: np.ndarray, cfg: VisualCortexConfig | None = N
     rate = firing_rate(drive, cfg, peak_rate[None, :]) * np.exp(log_gain)[:, None]
     spikes = rng.poisson(rate * dt).astype(np.float64)  # (frames, neurons)
 
-    # GCaMP-like kernel: difference of exponentials, as in rtcalm.data.synthetic
+    # GCaMP-like kernel: difference of exponentials, as in rtcalm.sim.synthetic
     slow = lfilter([1.0], [1.0, -np.exp(-dt / cfg.decay_s)], spikes, axis=0)
     fast = lfilter([1.0], [1.0, -np.exp(-dt / cfg.rise_s)], spikes, axis=0)
     signal = amplitude[None, :] * (slow - fast)
