@@ -11,8 +11,8 @@ nothing on the Python side and ONNX Runtime writes the outputs where the next st
   writes one slot (measured: about a quarter of the step at 4096 neurons). :func:`in_place_state_names`
   checks that structure on the loaded graph and falls back to two buffers for any cache that does not
   have it;
-- the other state (token window, position) is tiny and not updated elementwise (the window shifts), so
-  it has two buffer sets that swap roles every step: two IOBindings are prepared up front, one per
+- the other state (the value and missing windows, the position) is not updated elementwise (the windows
+  shift), so it has two buffer sets that swap roles every step: two IOBindings are prepared up front, one per
   parity, and a step only copies the frame in and runs the binding of its parity.
 """
 
@@ -83,8 +83,8 @@ class _OrtStream:
     @staticmethod
     def _initial(tensor, n_neurons: int) -> np.ndarray:
         array = np.zeros(tensor.shape_for(n_neurons), dtype=_STATE_DTYPES[tensor.dtype])
-        if tensor.name == "token_window":
-            array[..., 1] = 1.0  # every frame before the stream start is missing
+        if tensor.name == "missing_window":
+            array.fill(1.0)  # every frame before the stream start is missing
         return array
 
     def _bind(self, engine: OnnxEngine, reads: list[np.ndarray], writes: list[np.ndarray]):

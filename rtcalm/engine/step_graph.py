@@ -5,18 +5,23 @@ position-bias table with Python integers (``t % window``, ``t < window``). An ex
 TensorRT) or a captured CUDA graph cannot branch on Python values that change every frame, so
 :class:`StepGraph` expresses the same step with tensor ops only:
 
-    forward(frame (N,), token_window (N, R, 2), position (1,) int32, keys_t_0, values_0, keys_t_1, ...)
-        -> (forecast (N, horizon), hidden (N, d_model), token_window', position', keys_t_0', values_0', ...)
+    forward(frame (N,), value_window (N, R), missing_window (N, R), position (1,) int32, keys_t_0, values_0,
+            keys_t_1, ...)
+        -> (forecast (N, horizon), hidden (N, d_model), value_window', missing_window', position',
+            keys_t_0', values_0', ...)
 
 and reuses the model's own modules (tokenizer, embeddings, LayerNorms, Linear layers, the cross-neuron
 attention and MLP forward passes, the heads), so there is one copy of the math. Differences from
 ``Calm.step``, none of which changes a number:
 
-- the raw window (R = raw_window_frames) is kept oldest-first and shifted by one pair per frame (``Calm.step`` keeps a mirrored
-  ring buffer and slices it with a Python offset); the window the tokenizer reads holds the same values;
+- the raw window (R = raw_window_frames) is kept oldest-first and shifted by one frame per step
+  (``Calm.step`` keeps a mirrored ring buffer of [value, missing] pairs and slices it with a Python
+  offset), as two tensors, values and missing flags, not interleaved pairs: the encoder input mode
+  reads the two halves, so interleaving them would only be undone by two strided copies of the window
+  every frame (the other modes interleave the few frames they read). The windows hold the same values;
 - the per-layer key/value ring buffers have ``Calm.step``'s layout (``keys_t (N, head_dim, W)``,
   ``values (N, W, head_dim)``, slot = frame index mod W), but the new key/value is written with a
-  ``where`` over a slot mask instead of an indexed in-place copy;
+  ``scatter`` into the slot instead of an indexed in-place copy;
 - ``position`` replaces the frame counter: it indexes the table ``[warm-up biases (W); steady biases (W)]``
   (``position = t`` while ``t < W``, else ``W + t % W``), so the slot is ``position`` or ``position - W``
   and the next position wraps from ``2W - 1`` back to ``W``. It stays below ``2W`` however long the stream
@@ -62,7 +67,8 @@ def state_layout(config: CalmConfig) -> list[StateTensor]:
     """The state tensors in graph input order (after ``frame``); the updated ones follow ``forecast`` and
     ``hidden`` in the outputs, in the same order."""
     R, W, hd = config.raw_window_frames, config.attention_window_frames, config.head_dim
-    layout = [StateTensor("token_window", "next_token_window", (None, R, 2), torch.float32),
+    layout = [StateTensor("value_window", "next_value_window", (None, R), torch.float32),
+              StateTensor("missing_window", "next_missing_window", (None, R), torch.float32),
               StateTensor("position", "next_position", (1,), torch.int32)]
     for layer in range(config.n_layers):
         layout.append(StateTensor(f"keys_t_{layer}", f"next_keys_t_{layer}", (None, hd, W), torch.float32))
@@ -82,7 +88,7 @@ def initial_state(config: CalmConfig, n_neurons: int, device: str | torch.device
     """A fresh stream's state tensors in :func:`state_layout` order: empty history, every token-window
     frame missing (as before the first frame in ``Calm.forward``), position 0."""
     tensors = [torch.zeros(s.shape_for(n_neurons), dtype=s.dtype, device=device) for s in state_layout(config)]
-    tensors[0][..., 1] = 1.0  # token_window: [value 0, missing 1] for the frames before the stream start
+    tensors[1].fill_(1.0)  # missing_window: the frames before the stream start are missing
     return tensors
 
 
@@ -103,19 +109,18 @@ class StepGraph(nn.Module):
             tables.append(torch.cat([warmup, steady]))  # (2W, H, W): row = position
         self.register_buffer("bias_tables", torch.stack(tables).detach(), persistent=False)  # (L, 2W, H, W)
 
-    def forward(self, frame: torch.Tensor, token_window: torch.Tensor, position: torch.Tensor,
-                *keys_and_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, frame: torch.Tensor, value_window: torch.Tensor, missing_window: torch.Tensor,
+                position: torch.Tensor, *keys_and_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         model, config = self.model, self.model.config
         W, D, H, hd = self.window, config.d_model, config.n_heads, config.head_dim
-        # 1. raw window: drop the oldest [value, missing] pair, append the new one
+        # 1. raw window: drop the oldest frame, append the new one
         finite = frame.abs() < float("inf")  # False for NaN and ±Inf
         missing = (~finite).to(frame.dtype)
-        pair = torch.stack([torch.where(finite, frame, 0.0), missing], dim=-1)  # (N, 2)
-        next_token_window = torch.cat([token_window[:, 1:], pair.unsqueeze(1)], dim=1)  # (N, R, 2)
-        window = next_token_window.reshape(-1, 2 * config.raw_window_frames)  # (N, 2 R) oldest first
-        token_input = window[:, -2 * config.token_window_frames:]  # (N, 2 Wt)
+        next_value_window = torch.cat([value_window[:, 1:], torch.where(finite, frame, 0.0).unsqueeze(1)], dim=1)
+        next_missing_window = torch.cat([missing_window[:, 1:], missing.unsqueeze(1)], dim=1)  # (N, R) each
+        Wt = config.token_window_frames
         # 2. input embedding
-        x, codes, encoded = model.embed(token_input)
+        x, codes, encoded = model.embed_window(next_value_window[:, -Wt:], next_missing_window[:, -Wt:])
         x = torch.addcmul(x, missing.unsqueeze(-1), model.missing_embedding)
         # 3. blocks; every layer writes the same ring slot and reads the bias row of this position
         slot = torch.where(position >= W, position - W, position).long()  # (1,) int64, as scatter wants
@@ -137,6 +142,11 @@ class StepGraph(nn.Module):
             x = x + block.cross(block.neuron_norm(x))
             x = x + block.mlp(block.mlp_norm(x))
             next_keys_and_values += [keys_t, values]
-        heads = model._heads(x, window, codes, with_code_logits=False, encoded=encoded)
+        skip_window = None
+        if config.autoregressive_skip:  # interleaved [value, missing] pairs of the last `order` frames
+            order = config.autoregressive_order
+            skip_window = torch.stack([next_value_window[:, -order:], next_missing_window[:, -order:]], -1).flatten(-2)
+        heads = model._heads(x, skip_window, codes, with_code_logits=False, encoded=encoded)
         next_position = torch.where(position + 1 >= 2 * W, torch.full_like(position, W), position + 1)
-        return (heads.forecast, heads.hidden, next_token_window, next_position, *next_keys_and_values)
+        return (heads.forecast, heads.hidden, next_value_window, next_missing_window, next_position,
+                *next_keys_and_values)

@@ -422,7 +422,16 @@ class Calm(nn.Module):
             return self.code_embedding(codes), codes, None
         if mode == "continuous":
             return self.window_projection(token_input), None, None
-        values, missing = token_input[..., 0::2], token_input[..., 1::2]
+        return self.embed_window(token_input[..., 0::2], token_input[..., 1::2])
+
+    def embed_window(self, values: torch.Tensor, missing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                                  tuple | None]:
+        """:meth:`embed` of the window given as its two halves, values (..., N, Wt) (0 where missing) and
+        missing (..., N, Wt) 0/1, oldest first: the step graph keeps them apart, so that the encoder
+        mode reads them without first interleaving and then splitting them again (two copies of the
+        window per frame). The same numbers as ``embed`` of the interleaved pairs."""
+        if self.config.input_mode != "encoder":
+            return self.embed(torch.stack([values, missing], dim=-1).flatten(-2))
         normalised, mean, std = normalise_windows(values, missing)
         hidden = self.temporal_encoder(torch.cat([normalised, missing], dim=-1))  # (..., N, E)
         return self.encoder_projection(hidden), None, (hidden, mean, std)

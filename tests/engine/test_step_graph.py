@@ -34,12 +34,13 @@ def test_state_is_bit_identical_to_calm_step_for_hundreds_of_steps(input_mode, n
     W, R = model.config.attention_window_frames, model.config.raw_window_frames
     worst_forecast, worst_hidden = 0.0, 0.0
     for t, (reference, reference_state, outputs) in enumerate(run_both(model, frames)):
-        forecast, hidden, token_window, position, *caches = outputs
+        forecast, hidden, value_window, missing_window, position, *caches = outputs
         for layer in range(model.config.n_layers):
             assert torch.equal(caches[2 * layer], reference_state.keys_t[layer]), (t, layer)
             assert torch.equal(caches[2 * layer + 1], reference_state.values[layer]), (t, layer)
         w = t % R  # Calm.step's mirrored raw ring: the last R frames are slots [w + 1, w + 1 + R)
-        assert torch.equal(token_window, reference_state.token_window[:, w + 1:w + 1 + R])
+        pairs = reference_state.token_window[:, w + 1:w + 1 + R]  # (N, R, [value, missing])
+        assert torch.equal(value_window, pairs[..., 0]) and torch.equal(missing_window, pairs[..., 1])
         assert position.item() == (t + 1 if t + 1 < W else W + (t + 1) % W)  # the next frame's table row
         assert torch.isfinite(forecast).all()
         worst_forecast = max(worst_forecast, (forecast - reference.forecast).abs().max().item())
@@ -53,7 +54,7 @@ def test_state_is_bit_identical_to_calm_step_for_hundreds_of_steps(input_mode, n
 def test_position_never_grows_past_twice_the_window():
     model = randomised_model()
     W = model.config.attention_window_frames
-    positions = [outputs[3].item() for _, _, outputs in run_both(model, validation_frames(5 * W, 3))]
+    positions = [outputs[4].item() for _, _, outputs in run_both(model, validation_frames(5 * W, 3))]
     assert positions[:W] == list(range(1, W + 1))
     assert max(positions) == 2 * W - 1 and min(positions[W:]) == W
 
@@ -66,8 +67,8 @@ def test_layout_names_and_shapes():
     assert output_names(config) == ["forecast", "hidden"] + [t.next_name for t in layout]
     state = initial_state(config, 5)
     assert [tuple(t.shape) for t in state] == [t.shape_for(5) for t in layout]
-    assert state[0][..., 1].eq(1).all() and state[0][..., 0].eq(0).all()  # before the start: all missing
-    assert state[1].dtype == torch.int32 and state[1].item() == 0
+    assert state[0].eq(0).all() and state[1].eq(1).all()  # before the start: every frame missing
+    assert state[2].dtype == torch.int32 and state[2].item() == 0
 
 
 def test_needs_eval_mode():
@@ -82,6 +83,6 @@ def test_missing_means_nan_or_inf_only():
     frame = torch.tensor([0.0, -1.5, np.inf, -np.inf, np.nan, 3e38, -3e38, 1e-45], dtype=torch.float32)
     state = initial_state(model.config, frame.shape[0])
     with torch.no_grad():
-        token_window = StepGraph(model)(frame, *state)[2]
-    assert token_window[:, -1, 1].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
-    assert token_window[:, -1, 0].tolist() == torch.where(torch.isfinite(frame), frame, 0.0).tolist()
+        value_window, missing_window = StepGraph(model)(frame, *state)[2:4]
+    assert missing_window[:, -1].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
+    assert value_window[:, -1].tolist() == torch.where(torch.isfinite(frame), frame, 0.0).tolist()
