@@ -77,14 +77,20 @@ def _register_latency(benchmarks) -> None:
     parser = benchmarks.add_parser(
         "latency", help="closed-loop latency through a real daemon and real sockets",
         description="Start the daemon in its own process, stream synthetic frames at --rate over loopback "
-                    "TCP and time each frame from the rig's send to the arrival of its prediction. Prints "
-                    "p50/p99/p99.9, lost frames, the per-stage breakdown and the issue's targets "
-                    "(512 neurons at 30 Hz: p99 <= 4 ms, all but the model step <= 150 us median; any size: "
-                    "no frame lost, p99 under one frame period).")
+                    "TCP or IPC and time each frame from the rig's send to the arrival of its prediction. "
+                    "Prints p50/p99/p99.9, lost frames, the stage waterfall, two references measured in the "
+                    "same run at the same pace (the bare model step, the raw ZeroMQ + msgpack round trip) "
+                    "and the targets (512 neurons at 30 Hz: p99 <= 2.5 ms, all but the model <= 0.3 ms "
+                    "median, model stage <= 1.2x the bare step; 4096 at 30 Hz: p99 <= 10 ms; any size: no "
+                    "frame lost, p99 under one frame period).")
     parser.add_argument("--neurons", type=int, default=512, help="neurons per frame (default 512)")
     parser.add_argument("--rate", type=float, default=30.0, metavar="HZ", help="frames per second (default 30)")
     parser.add_argument("--frames", type=int, default=1800, help="measured frames (default 1800: 1 min at 30 Hz)")
     parser.add_argument("--model", default="default", help="shipped model name or checkpoint directory")
+    parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
+                        help="loopback TCP (default) or IPC (Unix domain sockets)")
+    parser.add_argument("--no-references", action="store_true",
+                        help="skip the bare-step and raw-transport references (about 45 s at 30 Hz)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.set_defaults(handler=_run_latency)
 
@@ -97,7 +103,7 @@ def _run_latency(args: argparse.Namespace) -> int:
     if args.neurons < 1 or args.frames < 1 or not 0 < args.rate <= 10000:
         raise RtcalmError("--neurons and --frames must be positive and --rate in (0, 10000]")
     result = run_latency_benchmark(neurons=args.neurons, rate_hz=args.rate, frames=args.frames, model=args.model,
-                                   progress=lambda line: print(f"rtcalm bench latency: {line}", file=sys.stderr))
+                                   transport=args.transport, references=not args.no_references, progress=lambda line: print(f"rtcalm bench latency: {line}", file=sys.stderr))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

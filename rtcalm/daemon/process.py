@@ -18,11 +18,17 @@ from pathlib import Path
 from rtcalm.errors import RtcalmError
 
 EPHEMERAL = "tcp://127.0.0.1:0"
+TRANSPORTS = ("tcp", "ipc")
 
 
 class DaemonProcess:
+    """``transport``: "tcp" (free loopback ports) or "ipc" (Unix domain sockets in a temporary directory)."""
+
     def __init__(self, *, model: str | None = None, config: str | None = None, extra_args: list[str] = (),
-                 start_timeout_s: float = 120.0, metrics: bool = True):
+                 start_timeout_s: float = 120.0, metrics: bool = True, transport: str = "tcp"):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        self.transport = transport
         self.model = model
         self.config = config
         self.extra_args = list(extra_args)
@@ -35,8 +41,10 @@ class DaemonProcess:
 
     def start(self) -> dict:
         ready = Path(self._dir.name, "ready.json")
-        command = [sys.executable, "-m", "rtcalm", "serve", "--ingest", EPHEMERAL, "--publish", EPHEMERAL,
-                   "--control", EPHEMERAL, "--metrics-port", "0" if self.metrics else "-1",
+        addresses = {name: EPHEMERAL if self.transport == "tcp" else f"ipc://{Path(self._dir.name, name)}"
+                     for name in ("ingest", "publish", "control")}
+        command = [sys.executable, "-m", "rtcalm", "serve", "--ingest", addresses["ingest"], "--publish",
+                   addresses["publish"], "--control", addresses["control"], "--metrics-port", "0" if self.metrics else "-1",
                    "--ready-file", str(ready)]
         if self.model is not None:
             command += ["--model", self.model]
