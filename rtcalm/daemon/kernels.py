@@ -52,3 +52,15 @@ def denormalise(forecast, mean, std, out):
         m = mean[i]
         for k in range(forecast.shape[1]):
             out[i, k] = forecast[i, k] * s + m
+
+
+@njit(**_JIT)
+def count_outside(values, bound):
+    """How many values are ±Inf or finite with |value| > ``bound`` (NaN, meaning missing, never counts):
+    the frame check's accept test in one pass, where numpy needs two reductions and a dispatch each."""
+    outside = 0
+    for i in range(values.shape[0]):
+        magnitude = abs(values[i])
+        if magnitude == magnitude and not (magnitude < np.inf and magnitude <= bound):
+            outside += 1
+    return outside

@@ -3,7 +3,8 @@
 :meth:`Pipeline.process` takes every message drained from the ingest socket in one go (one message
 when the daemon keeps up, a backlog when it fell behind) and, per session in arrival order:
 
-1. **validate** each message completely (:func:`rtcalm.protocol.parse_frame`); a bad one is counted,
+1. **validate** each message completely (:class:`rtcalm.daemon.ingest.FrameDecoder`, the fast equivalent of
+   :func:`rtcalm.protocol.parse_frame`); a bad one is counted,
    answered with an error on the publish socket, and touches no state;
 2. **sequence**: a duplicate or an out-of-order frame is dropped (its slot is already in the past); a gap
    of k frames is filled with k missing (all-NaN) frames so the model's time axis stays the
@@ -35,6 +36,7 @@ from rtcalm import protocol
 from rtcalm.daemon.config import DaemonConfig
 from rtcalm.daemon.engine import WarmedStream
 from rtcalm.daemon.heads import LoadedHead, SessionHeads, read_head
+from rtcalm.daemon.ingest import FrameDecoder
 from rtcalm.daemon.metrics import DaemonMetrics, StageTimes
 from rtcalm.daemon.session import DUPLICATE, GAP, OUT_OF_ORDER, Session
 from rtcalm.engine import StepEngine
@@ -57,7 +59,9 @@ class Pipeline:
         self.publisher = publisher
         self.sessions: dict[str, Session] = {}
         self.stage_times = StageTimes()
-        self._inf_scratch = np.empty(self.limits.max_neurons, dtype=bool)
+        self.frames = FrameDecoder(max_bytes=self.limits.max_message_bytes, max_neurons=self.limits.max_neurons,
+                                   max_abs_dff=self.limits.max_abs_dff,
+                                   max_abs_fluorescence=self.limits.max_abs_fluorescence)
         self._next_stream_id = 1
         self._observe_acquisition = config.metrics.rig_clock_is_local
 
@@ -154,10 +158,7 @@ class Pipeline:
         try:
             if len(parts) != 1:
                 raise ProtocolError("malformed", f"a frame is one message part, got {len(parts)}")
-            return protocol.parse_frame(parts[0], max_bytes=self.limits.max_message_bytes,
-                                        max_neurons=self.limits.max_neurons, inf_scratch=self._inf_scratch,
-                                        max_abs_dff=self.limits.max_abs_dff,
-                                        max_abs_fluorescence=self.limits.max_abs_fluorescence)
+            return self.frames.parse(parts[0])
         except ProtocolError as error:
             # Address the error to the sender's session if it can be read, but never unpack more than the
             # size limit for that.
@@ -371,10 +372,8 @@ class Pipeline:
         neurons = self.engine.neurons
         n_probe = min(max(WARM_UP_NEURONS, neurons.min), neurons.max)
         frame = np.linspace(-1.0, 1.0, n_probe, dtype=np.float32)
-        payload = protocol.build_frame("warm-up", 0, 0, frame)
-        protocol.parse_frame(payload, max_bytes=self.limits.max_message_bytes, max_neurons=self.limits.max_neurons,
-                             inf_scratch=self._inf_scratch, max_abs_dff=self.limits.max_abs_dff,
-                             max_abs_fluorescence=self.limits.max_abs_fluorescence)
+        self.frames.parse(protocol.build_frame("warm-up", 0, 0, frame))
+        self.frames.parse(protocol.build_frame("warm-up", 0, 0, raw=frame + 2.0, neuropil=frame + 1.0))
         warm_head = DecodingHead(HeadConfig("warm-up", "classification", n_probe, self.engine.config.d_model,
                                             pool_frames=2.0, classes=[0.0, 1.0]))
         for kind in ("dff", "fluorescence"):
