@@ -3,7 +3,7 @@
 :meth:`Pipeline.process` takes every message drained from the ingest socket in one go (one message
 when the daemon keeps up, a backlog when it fell behind) and, per session in arrival order:
 
-1. **validate** each message completely (:class:`rtcalm.daemon.ingest.FrameDecoder`, the fast equivalent of
+1. **validate** each message completely (:class:`rtcalm.daemon.wire.FrameDecoder`, the fast equivalent of
    :func:`rtcalm.protocol.parse_frame`); a bad one is counted,
    answered with an error on the publish socket, and touches no state;
 2. **sequence**: a duplicate or an out-of-order frame is dropped (its slot is already in the past); a gap
@@ -36,7 +36,7 @@ from rtcalm import protocol
 from rtcalm.daemon.config import DaemonConfig
 from rtcalm.daemon.engine import WarmedStream
 from rtcalm.daemon.heads import LoadedHead, SessionHeads, read_head
-from rtcalm.daemon.ingest import FrameDecoder
+from rtcalm.daemon.wire import FrameDecoder, PredictionEncoder
 from rtcalm.daemon.metrics import DaemonMetrics, StageTimes
 from rtcalm.daemon.session import DUPLICATE, GAP, OUT_OF_ORDER, Session
 from rtcalm.engine import StepEngine
@@ -62,6 +62,7 @@ class Pipeline:
         self.frames = FrameDecoder(max_bytes=self.limits.max_message_bytes, max_neurons=self.limits.max_neurons,
                                    max_abs_dff=self.limits.max_abs_dff,
                                    max_abs_fluorescence=self.limits.max_abs_fluorescence)
+        self.predictions = PredictionEncoder()
         self._next_stream_id = 1
         self._observe_acquisition = config.metrics.rig_clock_is_local
 
@@ -120,14 +121,15 @@ class Pipeline:
         session.scale.denormalise_into(forecast, session.forecast)
         stage_ns = {"validate": validate_ns, "stats": stats_ns, "model": model_ns}
         t_pub_ns = wall_ns()
-        payload = protocol.build_prediction(
+        payload = self.predictions.encode(
             session=session_id, seq=frame.seq, t_acq_ns=frame.t_acq_ns, t_recv_ns=t_recv_ns, t_pub_ns=t_pub_ns,
             forecast=session.forecast, predictable=session.predictable, decoded=decoded,
             model_version=self.engine.version, rate_hz=self.engine.rate_hz, stream_id=session.stream_id,
             stream_frame=session.stream_frames - 1, folded=folded, stage_ns=stage_ns)
-        # copy=False: ZeroMQ takes the payload's buffer instead of copying it (pyzmq still copies
-        # messages under its copy_threshold, 64 KiB, where that is cheaper).
-        self.publisher.send_multipart((protocol.topic_for(session_id), payload), copy=False)
+        # The payload is the encoder's reused buffer, so ZeroMQ must copy it (copy=True); a zero-copy send
+        # would need a buffer per message in flight, and pyzmq's zero-copy hands every sent buffer back
+        # through a garbage-collection thread that takes the GIL.
+        self.publisher.send_multipart((session.topic, payload), copy=True)
         end = perf_ns()
         self._account(session, folded, t_pub_ns - frame.t_acq_ns, end - t_recv, validate_ns, stats_ns, model_ns,
                       end - start)

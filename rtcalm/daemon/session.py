@@ -25,7 +25,7 @@ from rtcalm.daemon import kernels
 from rtcalm.daemon.config import DaemonConfig
 from rtcalm.daemon.heads import SessionHeads
 from rtcalm.engine import StepEngine
-from rtcalm.protocol import Frame
+from rtcalm.protocol import Frame, topic_for
 from rtcalm.stats.dff import OnlineDff
 from rtcalm.stats.moments import StreamingStats
 from rtcalm.stats.selection import POYO_CAP, Thresholds, choose_thresholds, is_predictable
@@ -73,6 +73,7 @@ class Session:
                  *, pinned: bool):
         limits = config.limits
         self.id = session_id
+        self.topic = topic_for(session_id)  # its predictions' PUB topic, encoded once
         self.n_neurons = n_neurons
         self.stream_id = stream_id
         self.pinned = pinned  # started with an explicit neuron count: frames of another count are rejected

@@ -1,5 +1,6 @@
-"""The daemon's fast frame decoder (msgspec + numba) against the reference, rtcalm.protocol.parse_frame:
-the same frame for every good message, the same error code and message for every bad one."""
+"""The daemon's side of the wire against the reference in rtcalm.protocol: the fast frame decoder (the same
+frame for every good message, the same error code and message for every bad one) and the prediction
+encoder (the same bytes)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtcalm import protocol
-from rtcalm.daemon.ingest import FrameDecoder
+from rtcalm.daemon.wire import FrameDecoder, PredictionEncoder
 from rtcalm.protocol import MAX_SEQ, ProtocolError
 
 LIMITS = dict(max_bytes=4096, max_neurons=64, max_abs_dff=100.0, max_abs_fluorescence=1e6)
@@ -142,3 +143,23 @@ def test_corrupted_frames_get_the_same_outcome(name, flips):
     for position, value in flips:
         data[position % len(data)] = value
     assert_same(bytes(data))
+
+
+@pytest.mark.parametrize("decoded", [{}, {"direction": {"value": 45.0, "probabilities": [0.25, 0.75]}},
+                                     {"speed": {"value": float("nan")}}])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 30), (700, 30)])
+def test_predictions_are_byte_for_byte_the_reference_message(shape, decoded):
+    rng = np.random.default_rng(shape[0])
+    forecast = rng.standard_normal(shape).astype(np.float32)
+    forecast[0, 0] = np.nan
+    fields = dict(session="rig.1:a", seq=2**40, t_acq_ns=MAX_SEQ, t_recv_ns=0, t_pub_ns=1_700_000_000_000_000_000,
+                  forecast=forecast, predictable=rng.integers(0, 2, shape[0]).astype(np.uint8), decoded=decoded,
+                  model_version="default@01bbfdfcc4d5", rate_hz=30.0, stream_id=3, stream_frame=12345, folded=2,
+                  stage_ns={"validate": 120_000, "stats": 60_000, "model": 1_900_000})
+    encoder = PredictionEncoder()
+    first = bytes(encoder.encode(**fields))
+    assert first == protocol.build_prediction(**fields)
+    smaller = dict(fields, forecast=forecast[:1], predictable=fields["predictable"][:1])  # the buffer is reused
+    assert bytes(encoder.encode(**smaller)) == protocol.build_prediction(**smaller)
+    parsed = protocol.parse_published([protocol.topic_for("rig.1:a"), first])
+    assert np.array_equal(parsed.forecast, forecast, equal_nan=True) and parsed.seq == 2**40

@@ -1,8 +1,12 @@
-"""Ingest frames on the per-frame path: msgspec decodes the message into a typed struct in one C pass and
-one numba pass checks the values; :func:`rtcalm.protocol.parse_frame` stays the reference.
+"""The daemon's side of the wire, on the per-frame path: frames in (:class:`FrameDecoder`), predictions out
+(:class:`PredictionEncoder`), both with msgspec; :mod:`rtcalm.protocol` stays the reference (and all the
+client needs: the client installs without msgspec).
+
+**Frames**: msgspec decodes the message into a typed struct in one C pass and one numba pass checks the
+values, instead of :func:`rtcalm.protocol.parse_frame`.
 
 At 512 neurons, one frame per 33 ms (cold caches, as in the daemon), this path takes about two thirds
-of the reference's time (``python tools/bench_ingest.py`` measures both, interleaved). Most of the
+of the reference's time (``python tools/bench_wire.py`` measures both, interleaved). Most of the
 reference's cost is the ~15 Python calls and the two numpy reductions it makes per frame, each of which
 runs cold at 30 Hz.
 
@@ -12,7 +16,12 @@ range error, unknown fields, a value out of bounds) goes to the reference, whose
 message, the rig then gets. So the daemon's errors are the reference's, word for word, and only good
 frames take the fast path. Unknown fields are left to the reference on purpose: msgpack-python rejects a
 non-string map key anywhere in the message, msgspec would skip over it inside a field it does not know.
-tests/daemon/test_ingest.py holds the two to the same outcome on a corpus of malformed messages.
+tests/daemon/test_wire.py holds the two to the same outcome on a corpus of malformed messages.
+
+**Predictions**: :func:`rtcalm.protocol.build_prediction` packs a fresh ``bytes`` per frame (62 KB at 512
+neurons, a new allocation every time); :class:`PredictionEncoder` encodes the same map into one
+preallocated buffer, byte for byte the same message (tested), in about three quarters of the time cold
+(tools/bench_wire.py).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import numpy as np
 
 from rtcalm import protocol
 from rtcalm.daemon.kernels import count_outside
-from rtcalm.protocol import FLOAT32_LE, MAX_SEQ, PROTOCOL_VERSION, SESSION_ID_PATTERN, Frame
+from rtcalm.protocol import FLOAT32_LE, MAX_SEQ, PROTOCOL_VERSION, SESSION_ID_PATTERN, UINT8, Frame
 
 _UNSET = msgspec.UNSET
 
@@ -91,3 +100,30 @@ class FrameDecoder:
     @staticmethod
     def _bound(max_abs: float | None) -> float:
         return math.inf if max_abs is None else float(max_abs)
+
+
+class PredictionEncoder:
+    """``encode(...)``: the bytes of :func:`rtcalm.protocol.build_prediction` with the same arguments, in a
+    buffer this encoder owns and overwrites on the next call (send it before encoding the next one;
+    ZeroMQ copies it on send)."""
+
+    def __init__(self):
+        self._encoder = msgspec.msgpack.Encoder()
+        self._buffer = bytearray()
+
+    def encode(self, *, session: str, seq: int, t_acq_ns: int, t_recv_ns: int, t_pub_ns: int, forecast: np.ndarray,
+               predictable: np.ndarray, decoded: dict, model_version: str, rate_hz: float, stream_id: int,
+               stream_frame: int, folded: int, stage_ns: dict) -> bytearray:
+        n, horizon = forecast.shape
+        # the same map, key order and vectors as rtcalm.protocol.build_prediction
+        message = {
+            "v": PROTOCOL_VERSION, "type": "prediction", "session": session, "seq": seq,
+            "t_acq_ns": t_acq_ns, "t_recv_ns": t_recv_ns, "t_pub_ns": t_pub_ns,
+            "n": n, "horizon": horizon, "rate_hz": rate_hz,
+            "forecast": memoryview(np.ascontiguousarray(forecast, dtype=FLOAT32_LE)).cast("B"),
+            "predictable": memoryview(np.ascontiguousarray(predictable, dtype=UINT8)).cast("B"),
+            "decoded": decoded, "model_version": model_version,
+            "stream_id": stream_id, "stream_frame": stream_frame, "folded": folded, "stage_ns": stage_ns,
+        }
+        self._encoder.encode_into(message, self._buffer)  # resizes the buffer to the message
+        return self._buffer
