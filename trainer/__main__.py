@@ -1,8 +1,9 @@
 """``python -m trainer pretrain --config CONFIG [--data-root DIR] [--out DIR] [--resume] [--no-progress]``
 
-Under torchrun (``python -m torch.distributed.run --nproc-per-node N -m trainer pretrain ...``) the same
-command runs the distributed trainer (:mod:`trainer.distributed`); ``--accumulation-steps``,
-``--precision``, ``--device`` and ``--log-every`` apply to it only.
+One training loop (:func:`trainer.pretrain.pretrain`) for one process and for torchrun
+(``python -m torch.distributed.run --nproc-per-node N -m trainer pretrain ...``), where every process runs
+the same loop on its share of each step's global batch with DistributedDataParallel.
+``--accumulation-steps``, ``--precision``, ``--device`` and ``--log-every`` apply to both.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rtcalm.commands.arguments import positive_int
 from rtcalm.errors import RtcalmError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DISTRIBUTED_OPTIONS = ("accumulation_steps", "precision", "device", "log_every")
+LOOP_OPTIONS = ("accumulation_steps", "precision", "device", "log_every")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,21 +25,22 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="self-supervised pretraining (tokenizer, then transformer)",
                               description="Train the tokenizer, then the transformer, validate on held-out mice, "
                                           "write checkpoints (safetensors + JSON) and metrics.json. Launched by "
-                                          "torchrun, it trains with DistributedDataParallel (docs/training.md).")
+                                          "torchrun, every process runs the same loop on its share of each "
+                                          "step's batch, with DistributedDataParallel (docs/training.md).")
     pre.add_argument("--config", required=True, help="training config JSON, e.g. configs/pretrain_default.json")
     pre.add_argument("--data-root", default=str(REPO_ROOT.parent / "shared" / "data" / "real"),
                      help="folder the config's file globs are relative to (default: ../shared/data/real); "
-                          "under torchrun, a SessionStore folder is memory-mapped")
+                          "a SessionStore folder's training sessions are memory-mapped")
     pre.add_argument("--out", help="run folder (default: runs/<config name>)")
     pre.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last")
     pre.add_argument("--no-progress", action="store_true", help="no progress bars")
     pre.add_argument("--stop-after-steps", type=positive_int, metavar="N",
                      help="take at most N optimizer steps in this invocation, save checkpoints/last and exit "
                           "(for time-limited jobs; continue with --resume)")
-    ddp = pre.add_argument_group("distributed (torchrun only)")
+    ddp = pre.add_argument_group("batch splitting, precision and device (one process or torchrun)")
     ddp.add_argument("--accumulation-steps", type=positive_int, metavar="K",
-                     help="micro-batches per optimizer step on each rank (default 1); the config's batch is the "
-                          "global batch = per-rank micro-batch x world size x K")
+                     help="micro-batches per optimizer step on each process (default 1); the config's batch is "
+                          "the global batch = per-process micro-batch x world size x K")
     ddp.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                      help="auto (default): bf16 autocast on CUDA (fp16 + gradient scaling where bf16 is "
                           "unsupported), fp32 on the CPU")
@@ -78,25 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from trainer.config import load_train_config
-        from trainer.distributed import launched_by_torchrun
 
         config = load_train_config(args.config)
         if args.command == "baselines":
             run_baselines(args, config)
             return 0
         out = Path(args.out) if args.out else REPO_ROOT / "runs" / config.name
-        if launched_by_torchrun():
-            run_distributed(args, config, out)
-        else:
-            given = [f"--{name.replace('_', '-')}" for name in DISTRIBUTED_OPTIONS if getattr(args, name) is not None]
-            if given:
-                raise RtcalmError(f"{', '.join(given)} only apply to distributed training: launch with "
-                                  "python -m torch.distributed.run --nproc-per-node N -m trainer pretrain ... "
-                                  "(N = 1 for one GPU)")
-            from trainer.pretrain import pretrain
-
-            pretrain(config, args.data_root, out, resume=args.resume, progress=not args.no_progress,
-                     stop_after_steps=args.stop_after_steps)
+        run_pretraining(args, config, out)
     except RtcalmError as exc:
         print(f"trainer: error{_rank_prefix()}: {exc}", file=sys.stderr)
         return 2
@@ -113,16 +103,19 @@ def _rank_prefix() -> str:
     return f" (rank {os.environ['RANK']})" if "RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") != "1" else ""
 
 
-def run_distributed(args, config, out: Path) -> None:
-    from trainer.distributed import DistributedSettings, pretrain_distributed, start_runtime, stop_runtime
+def run_pretraining(args, config, out: Path) -> None:
+    """The training loop in this process: alone, or as one rank of a torchrun job (torchrun's
+    environment says which; start_runtime joins the process group)."""
+    from trainer.distributed import DistributedSettings, start_runtime, stop_runtime
+    from trainer.pretrain import pretrain
 
     defaults = DistributedSettings()
     settings = DistributedSettings(**{name: getattr(args, name) if getattr(args, name) is not None
-                                      else getattr(defaults, name) for name in DISTRIBUTED_OPTIONS})
+                                      else getattr(defaults, name) for name in LOOP_OPTIONS})
     runtime = start_runtime(settings.device)
     try:
-        pretrain_distributed(config, args.data_root, out, settings, resume=args.resume, progress=not args.no_progress,
-                             stop_after_steps=args.stop_after_steps, runtime=runtime)
+        pretrain(config, args.data_root, out, resume=args.resume, progress=not args.no_progress,
+                 stop_after_steps=args.stop_after_steps, settings=settings, runtime=runtime)
     except BaseException:
         stop_runtime(runtime, synchronise=False)
         raise

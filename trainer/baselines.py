@@ -39,7 +39,7 @@ class BaselineRecipe:
 def window_batch(sampler: CropSampler, context: int, n_windows: int, generator: torch.Generator):
     """(windows (B, N, context), future (B, N, horizon), scale (N,)): one batch of crops of one epoch
     (trainer.data.CropSampler, all neurons up to max_neurons), laid out neuron-major for the baselines."""
-    crops, scale = sampler.sample_with_scale(n_windows, generator)
+    crops, scale = sampler.sample(n_windows, generator)
     crops = crops.transpose(1, 2)  # (B, N, context + horizon)
     return crops[..., :context], crops[..., context:], scale
 

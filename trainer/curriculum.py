@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtcalm.stats import select_predictable, stats_of_recording
+from rtcalm.stats import select_predictable, stats_of_epochs
 from trainer.config import TransformerStage
-from trainer.data import Session
 
 
 @dataclass
@@ -44,9 +43,10 @@ def total_steps(stage: TransformerStage) -> int:
     return stage.steps
 
 
-def predictable_masks(sessions: list[Session], thresholds: str) -> tuple[list[np.ndarray], dict]:
-    """Per session a bool mask of its predictable neurons, and the thresholds / split as a dict."""
-    stats = [stats_of_recording(s.recording) for s in sessions]
+def predictable_masks(sessions, thresholds: str) -> tuple[list[np.ndarray], dict]:
+    """Per session (in memory or memory-mapped, trainer.data) a bool mask of its predictable neurons, and
+    the thresholds / split as a dict."""
+    stats = [stats_of_epochs(s.raw_epochs(), s.n_neurons) for s in sessions]
     selection = select_predictable(np.concatenate([st.skewness for st in stats]),
                                    np.concatenate([st.kurtosis for st in stats]), method=thresholds)
     bounds = np.cumsum([0] + [s.n_neurons for s in sessions])
@@ -56,7 +56,7 @@ def predictable_masks(sessions: list[Session], thresholds: str) -> tuple[list[np
     return masks, report
 
 
-def training_phases(sessions: list[Session], stage: TransformerStage) -> tuple[list[Phase], dict | None]:
+def training_phases(sessions, stage: TransformerStage) -> tuple[list[Phase], dict | None]:
     """The phases of a run (first_step counts the run's own steps, see :func:`total_steps`) and the
     predictable split they use (None for ``mixed``)."""
     if stage.neuron_curriculum == "mixed":

@@ -20,10 +20,17 @@ recordings, and everything is written to ``metrics.json`` and a model card in ``
 
 Everything is seeded (``seed``); ``--resume`` continues from ``checkpoints/last`` (weights, optimizer,
 RNG states, step) and gives the same result as an uninterrupted run.
+
+This is the one training loop. In a plain process it runs alone; launched by torchrun, every rank runs
+this same loop on its share of each step's global batch, and the gradients are summed over the ranks
+before each optimizer step (trainer.distributed: the process group; trainer.steps: one optimizer step of
+each stage). One process is the degenerate case: no process group, every collective the identity. Rank 0 validates, keeps ``checkpoints/best``, writes the logs, the checkpoints and the final
+report; a checkpoint resumes with any world size whose split of the global batch comes out even.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import platform
@@ -35,20 +42,21 @@ from tqdm import tqdm
 
 from rtcalm.errors import RtcalmError
 from rtcalm.model import Calm, codebook_perplexity, load_checkpoint, save_checkpoint
-from rtcalm.model.objectives import crop_losses, future_targets, latent_masked_losses
+from rtcalm.model.objectives import crop_losses, future_targets
 from trainer.config import TrainConfig, TransformerStage
 from trainer.curriculum import phase_at, total_steps, training_phases
-from trainer.data import (
-    CropSampler,
-    Session,
-    WindowSampler,
-    fixed_crops,
-    interleave,
-    load_sessions,
-    split_by_mouse,
-    tokenizer_batch,
+from trainer.data import CropSampler, Session, TokenWindowSampler, fixed_crops, interleave, prepare_data
+from trainer.distributed import (
+    DistributedSettings,
+    Precision,
+    Runtime,
+    Sharding,
+    broadcast_parameters,
+    rank_seed,
+    resolve_precision,
 )
-from trainer.state import load_training_state, read_trainer_state, save_training_state
+from trainer.state import load_training_state, read_rank_rng_state, read_trainer_state, save_training_state
+from trainer.steps import TransformerObjective, next_code_weight, tokenizer_step, transformer_step
 
 
 class TrainingError(RtcalmError):
@@ -64,13 +72,6 @@ def lr_at(step: int, total: int, base: float, warmup: int, minimum: float) -> fl
 
 
 # --- stage 1 ---------------------------------------------------------------------------------------------
-
-def tokenizer_loss(model: Calm, encoder_input: torch.Tensor, values: torch.Tensor, missing: torch.Tensor):
-    recon, codes, commitment = model.tokenizer(encoder_input)
-    observed = 1.0 - missing
-    mse = ((recon - values).square() * observed).sum() / observed.sum().clamp(min=1)
-    return mse + commitment, mse, codes
-
 
 @torch.no_grad()
 def tokenizer_metrics(model: Calm, windows: torch.Tensor) -> dict:
@@ -92,7 +93,7 @@ def tokenizer_metrics(model: Calm, windows: torch.Tensor) -> dict:
 def validation_windows(sessions: list[Session], window: int, n: int, seed: int) -> torch.Tensor:
     if not sessions:
         return torch.empty(0, window)
-    return WindowSampler(sessions, window).sample(n, torch.Generator().manual_seed(seed))
+    return TokenWindowSampler(sessions, window).sample(n, torch.Generator().manual_seed(seed))
 
 
 # --- stage 2 ---------------------------------------------------------------------------------------------
@@ -198,35 +199,6 @@ def warm_start_per_neuron(model: Calm, train: list[Session], scfg: TransformerSt
     log(f"per-neuron path: warm start from the MLP recipe ({scfg.per_neuron_steps} steps, "
         f"{info['wall_time_s']:.0f} s, final loss {info['curve'][-1]['loss']:.3f})")
     return {"steps": scfg.per_neuron_steps, "wall_time_s": info["wall_time_s"], "curve": info["curve"]}
-
-
-def next_code_weight(stage: TransformerStage, model: Calm | None = None) -> float:
-    """The next-token cross-entropy belongs to the autoregressive objective only, and to models that
-    have a tokenizer (encoder mode has no tokens to predict)."""
-    if model is not None and model.config.input_mode == "encoder":
-        return 0.0
-    return stage.next_code_weight if stage.objective == "autoregressive" else 0.0
-
-
-def stage2_loss(model: Calm, crop: torch.Tensor, context: int, stage: TransformerStage,
-                model_input: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The training loss of one batch of crops under the configured objective, and its parts.
-    ``scale`` (N,): the crop's neurons' ΔF/F standard deviations (for the copy_last_ratio loss)."""
-    if stage.objective == "latent_masked":
-        loss, parts, _ = latent_masked_losses(model, crop, context, stage.latent_weight, stage.masked_fraction,
-                                              model_input=model_input)
-    else:
-        loss, parts, _ = crop_losses(model, crop, context, next_code_weight(stage, model), model_input=model_input,
-                                     loss_kind=stage.forecast_loss, scale=scale,
-                                     first_scored_frame=stage.first_scored_frame)
-    return loss, parts
-
-
-def drop_frames(frames: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
-    if probability <= 0:
-        return frames
-    dropped = torch.rand(frames.shape, generator=generator) < probability
-    return frames.masked_fill(dropped, float("nan"))
 
 
 @torch.no_grad()
@@ -357,46 +329,93 @@ def model_card(config: TrainConfig, metrics: dict, size_bytes: int) -> str:
 
 # --- driver ----------------------------------------------------------------------------------------------
 
+class StepLog:
+    """``steps.csv``: stage, step, loss, lr, samples (windows or crops) per second over the last interval."""
+
+    COLUMNS = ["stage", "step", "loss", "lr", "samples_per_s", "wall_s"]
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.last_time, self.last_step = time.perf_counter(), None
+        if enabled and not path.exists():
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(self.COLUMNS)
+
+    def restart(self, step: int) -> None:
+        self.last_time, self.last_step = time.perf_counter(), step
+
+    def write(self, stage: str, step: int, loss: float, lr: float, samples_per_step: int, wall_s: float) -> None:
+        now = time.perf_counter()
+        steps = step - (self.last_step if self.last_step is not None else step - 1)
+        rate = steps * samples_per_step / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
+        if self.enabled:
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow([stage, step, f"{loss:.8g}", f"{lr:.6g}", f"{rate:.2f}", f"{wall_s:.1f}"])
+
+
 def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, progress: bool = True,
-             stop_after_steps: int | None = None, log=print) -> dict:
-    """Run (or continue) pretraining. Returns the final metrics, or ``{"stopped_at": ...}`` when
-    ``stop_after_steps`` optimizer steps were taken in this call (used to test resuming)."""
+             stop_after_steps: int | None = None, log=print, settings: DistributedSettings | None = None,
+             runtime: Runtime | None = None) -> dict:
+    """Run (or continue) pretraining: alone (``runtime`` None: a single CPU process) or as one rank of a
+    torchrun job (``runtime`` from :func:`trainer.distributed.start_runtime`). Returns the final metrics
+    on rank 0 and ``{}`` on the other ranks, or ``{"stopped_at": ...}`` everywhere when
+    ``stop_after_steps`` optimizer steps were taken in this call (for time-limited jobs and to test
+    resuming)."""
     start_time = time.time()
+    settings = settings or DistributedSettings()
+    rt = runtime or Runtime()
+    precision = Precision(resolve_precision(settings.precision, rt.device), rt.device)
+    sharding = Sharding(rt, settings.accumulation_steps)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    out_dir = Path(out_dir)
-    last_dir, best_dir = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
-    if last_dir.exists() and not resume:
-        raise TrainingError(f"{out_dir} already holds a training run; pass --resume to continue it or choose "
-                            "another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-
-    sessions, skipped = load_sessions(data_root, config.data, log=log)
-    train, validation, test = split_by_mouse(sessions, config.data.validation_mice, config.data.test_mice)
-    log(f"train: {len(train)} recordings ({sum(s.n_neurons for s in train)} neurons) of mice "
-        f"{sorted({s.mouse for s in train})}; validation mice {config.data.validation_mice}; "
-        f"test mice {config.data.test_mice}")
-
-    torch.manual_seed(config.seed)
-    model = Calm(config.model)
-    generator = torch.Generator().manual_seed(config.seed + 1)
+    main_log = log if rt.is_main else (lambda *_: None)
     tcfg, scfg, W = config.tokenizer, config.transformer, config.model.token_window_frames
     horizon = config.model.forecast_horizon_frames
+    # Fail on every rank alike, before any work, when a global batch cannot be split.
+    if config.model.input_mode != "encoder" and tcfg.steps:
+        sharding.micro_batch(tcfg.batch_windows, "tokenizer.batch_windows")
+    sharding.micro_batch(scfg.batch_crops, "transformer.batch_crops")
+
+    out_dir = Path(out_dir)
+    last_dir, best_dir = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
+    existing_run = last_dir.exists()
+    rt.barrier()  # every rank has looked before rank 0 writes anything
+    if existing_run and not resume:
+        raise TrainingError(f"{out_dir} already holds a training run; pass --resume to continue it or choose "
+                            "another --out")
+    if rt.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    data = prepare_data(rt, data_root, config, main_log)
+    train, validation, test = data.train, data.validation, data.test
+    main_log(f"train: {len(train)} recordings ({sum(s.n_neurons for s in train)} neurons) of mice "
+             f"{sorted({s.mouse for s in train})}; validation mice {config.data.validation_mice}; "
+             f"test mice {config.data.test_mice}"
+             + (f"; world size {rt.world_size} ({rt.backend}, {rt.device})" if rt.distributed else "")
+             + (f"; accumulation {settings.accumulation_steps}" if settings.accumulation_steps > 1 else "")
+             + (f"; precision {precision.name}" if precision.name != "fp32" else ""))
+
+    torch.manual_seed(config.seed)
+    model = Calm(config.model).to(rt.device)
+    generator = torch.Generator().manual_seed(config.seed + 1)  # the data draws: the same on every rank
     state = {"stage": "tokenizer", "step": 0, "config_fingerprint": config.fingerprint(), "history": [],
              "best_validation_forecast_mse": None, "best_step": None, "tokenizer_metrics": {},
              "elapsed_s": 0.0}
     resume_from_checkpoint = False
     elapsed_before = 0.0  # wall time of earlier invocations of this run
-    if resume and last_dir.exists():
+    if resume and existing_run:
         state = read_trainer_state(last_dir)
         if state["config_fingerprint"] != config.fingerprint():
             raise TrainingError(f"{last_dir}: was trained with a different config (fingerprint "
                                 f"{state['config_fingerprint']} != {config.fingerprint()}); resume with the same config")
         resume_from_checkpoint = True
         elapsed_before = float(state.get("elapsed_s", 0.0))
-        log(f"resuming from {last_dir}: stage {state['stage']}, step {state['step']}")
+        main_log(f"resuming from {last_dir}: stage {state['stage']}, step {state['step']} (world size "
+                 f"{state.get('distributed', {}).get('world_size', 1)} -> {rt.world_size})")
     steps_taken = 0
+    step_log = StepLog(out_dir / "steps.csv", rt.is_main)
 
     def budget_exhausted() -> bool:
         return stop_after_steps is not None and steps_taken >= stop_after_steps
@@ -405,54 +424,76 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         return {"training_config": config.to_dict(), "stage": state["stage"], "step": state["step"]}
 
     def save_last(optimizer) -> None:
+        # Every rank calls this at the same steps: the other ranks' dropout RNG states are saved too.
+        rng_states = rt.all_gather(torch.get_rng_state())
+        if not rt.is_main:
+            return
         state["elapsed_s"] = elapsed_before + (time.time() - start_time)
+        state["distributed"] = {"world_size": rt.world_size, "accumulation_steps": settings.accumulation_steps,
+                                "precision": precision.name, "backend": rt.backend}
+        if precision.state() is not None:
+            state["grad_scaler"] = precision.state()
         save_training_state(last_dir, model, optimizer, generator,
-                            {k: v for k, v in state.items() if k != "optimizer_param_groups"}, model_metadata())
+                            {k: v for k, v in state.items() if k != "optimizer_param_groups"}, model_metadata(),
+                            rank_rng_states=rng_states[1:])
+
+    def restore(optimizer) -> None:
+        # CPU tensors from the checkpoint: load_state_dict copies weights onto the model's device and
+        # Optimizer.load_state_dict moves each state tensor to its parameter's device.
+        load_training_state(last_dir, model, optimizer, generator, state)
+        precision.load_state(state.get("grad_scaler"))
+
+    def stopped(bar, optimizer, stage: str) -> dict:
+        bar.close()
+        save_last(optimizer)
+        return {"stopped_at": {"stage": stage, "step": state["step"]}}
 
     # ---- stage 1: tokenizer (encoder mode has none) ----
     if state["stage"] == "tokenizer" and not has_tokenizer(model):
         state["stage"] = "transformer"
     if state["stage"] == "tokenizer":
-        token_params = [*model.tokenizer.encoder.parameters(), *model.tokenizer.decoder.parameters()]
-        optimizer = torch.optim.Adam(token_params, lr=tcfg.lr)
+        optimizer = torch.optim.Adam([*model.tokenizer.encoder.parameters(), *model.tokenizer.decoder.parameters()],
+                                     lr=tcfg.lr)
         if resume_from_checkpoint:
-            load_training_state(last_dir, model, optimizer, generator, state)
-        val_windows = validation_windows(validation, W, tcfg.validation_windows, config.seed + 2)
-        sampler = WindowSampler(train, W)
+            restore(optimizer)
+        val_windows = (validation_windows(validation, W, tcfg.validation_windows, config.seed + 2).to(rt.device)
+                       if rt.is_main else None)
+        sampler = TokenWindowSampler(train, W)
+        broadcast_parameters(rt, model)
         model.tokenizer.train()
-        bar = tqdm(total=tcfg.steps, initial=state["step"], desc="tokenizer", disable=not progress,
+        bar = tqdm(total=tcfg.steps, initial=state["step"], desc="tokenizer", disable=not (progress and rt.is_main),
                    dynamic_ncols=True, mininterval=2.0)
+        step_log.restart(state["step"])
         while state["step"] < tcfg.steps:
             if budget_exhausted():
-                bar.close()
-                save_last(optimizer)
-                return {"stopped_at": {"stage": "tokenizer", "step": state["step"]}}
+                return stopped(bar, optimizer, "tokenizer")
+            lr = lr_at(state["step"], tcfg.steps, tcfg.lr, tcfg.warmup_steps, tcfg.lr * 0.1)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(state["step"], tcfg.steps, tcfg.lr, tcfg.warmup_steps, tcfg.lr * 0.1)
-            values = sampler.sample(tcfg.batch_windows, generator)
-            encoder_input, missing = tokenizer_batch(values, generator, tcfg.missing_probability,
-                                                     tcfg.stream_start_probability)
-            loss, mse, _ = tokenizer_loss(model, encoder_input, values, missing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+                group["lr"] = lr
+            if rt.device.type == "cuda":  # dead-code restarts draw on the device: make them a function of the step
+                torch.cuda.manual_seed(rank_seed(config.seed, state["step"], 0))
+            parts = tokenizer_step(sharding, precision, model, optimizer, sampler, generator, tcfg.batch_windows,
+                                   tcfg.missing_probability, tcfg.stream_start_probability)
             state["step"] += 1
             steps_taken += 1
             bar.update(1)
-            if state["step"] % tcfg.validate_every == 0 or state["step"] == tcfg.steps:
+            if state["step"] % settings.log_every == 0 or state["step"] == tcfg.steps:
+                step_log.write("tokenizer", state["step"], parts["mse"] + parts["commitment"], lr, tcfg.batch_windows,
+                               elapsed_before + time.time() - start_time)
+            if rt.is_main and (state["step"] % tcfg.validate_every == 0 or state["step"] == tcfg.steps):
                 metrics = tokenizer_metrics(model, val_windows)
-                state["history"].append({"stage": "tokenizer", "step": state["step"], "train_mse": float(mse.detach()),
+                state["history"].append({"stage": "tokenizer", "step": state["step"], "train_mse": parts["mse"],
                                          **{f"validation_{k}": v for k, v in metrics.items()}})
-                bar.set_postfix(mse=f"{float(mse.detach()):.3f}", val_r2=f"{metrics.get('reconstruction_r2', float('nan')):.3f}",
+                bar.set_postfix(mse=f"{parts['mse']:.3f}", val_r2=f"{metrics.get('reconstruction_r2', float('nan')):.3f}",
                                 ppl=f"{metrics.get('perplexity', float('nan')):.0f}")
                 _append_log(out_dir, state["history"][-1])
         bar.close()
         model.tokenizer.eval()
-        state["tokenizer_metrics"] = {
-            "validation": tokenizer_metrics(model, val_windows),
-            "test": tokenizer_metrics(model, validation_windows(test, W, tcfg.validation_windows, config.seed + 3)),
-        }
-        log(f"tokenizer: {json.dumps(state['tokenizer_metrics'])}")
+        if rt.is_main:
+            test_windows = validation_windows(test, W, tcfg.validation_windows, config.seed + 3).to(rt.device)
+            state["tokenizer_metrics"] = {"validation": tokenizer_metrics(model, val_windows),
+                                          "test": tokenizer_metrics(model, test_windows)}
+            main_log(f"tokenizer: {json.dumps(state['tokenizer_metrics'])}")
         state["stage"], state["step"] = "transformer", 0
         resume_from_checkpoint = False
 
@@ -465,50 +506,66 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
                                   lr=scfg.lr, betas=(0.9, 0.95))
     if state["stage"] == "transformer":
         if resume_from_checkpoint:
-            load_training_state(last_dir, model, optimizer, generator, state)
-        else:
+            restore(optimizer)
+        # Dropout draws from torch's global RNG: rank 0 continues the stream a single process uses (saved
+        # in the checkpoint); every other rank has its own, saved beside it, or a fresh one from
+        # (seed, step, rank) when the checkpoint has none (a new stage, or fewer ranks before).
+        saved_stream = read_rank_rng_state(last_dir, rt.rank) if resume_from_checkpoint and rt.rank > 0 else None
+        if saved_stream is not None:
+            torch.set_rng_state(saved_stream)
+        elif rt.rank > 0:
+            torch.manual_seed(rank_seed(config.seed, state["step"], rt.rank))
+        if not resume_from_checkpoint:
             save_last(optimizer)  # the tokenizer is done: never train it again after a crash
         context = scfg.context_frames
         crop_frames = context + horizon
         phases, split = training_phases(train, scfg)
         if split is not None:
-            log(f"neuron curriculum {scfg.neuron_curriculum}: {json.dumps(split)}; phases "
-                + ", ".join(f"{p.name} from step {p.first_step}" for p in phases))
+            main_log(f"neuron curriculum {scfg.neuron_curriculum}: {json.dumps(split)}; phases "
+                     + ", ".join(f"{p.name} from step {p.first_step}" for p in phases))
         samplers = [CropSampler(train, crop_frames, scfg.max_neurons, phase.neurons) for phase in phases]
         steps = total_steps(scfg)
-        val_crops = fixed_crops(validation, crop_frames, scfg.validation_crops_per_epoch)
-        if not val_crops:
+        if data.longest_validation_epoch < crop_frames:
             raise TrainingError(f"no validation recording has {crop_frames} frames (context + horizon)")
-        start_from_least_squares(model, config, state, lambda: samplers[0].sample(scfg.batch_crops, generator), log)
+        val_crops = ([c.to(rt.device) for c in fixed_crops(validation, crop_frames, scfg.validation_crops_per_epoch)]
+                     if rt.is_main else [])
+        # every rank draws the same whole batches (the generator is shared), so all fit the same skip
+        start_from_least_squares(model, config, state, lambda: samplers[0].sample(scfg.batch_crops, generator)[0],
+                                 main_log)
         if scfg.per_neuron_steps and not state.get("per_neuron_initialised"):
-            state["per_neuron_warm_start"] = warm_start_per_neuron(model, train, scfg, config.seed, log, progress)
+            if rt.is_main:  # the others wait for its weights in broadcast_parameters below
+                state["per_neuron_warm_start"] = warm_start_per_neuron(model, train, scfg, config.seed, log, progress)
             state["per_neuron_initialised"] = True
+            broadcast_parameters(rt, model)
             save_last(optimizer)
+        broadcast_parameters(rt, model)
+        code_weight = next_code_weight(scfg, model)
         model.train()
         freeze_tokenizer(model)
-        bar = tqdm(total=steps, initial=state["step"], desc="transformer", disable=not progress,
+        objective = TransformerObjective(model, scfg)
+        bar = tqdm(total=steps, initial=state["step"], desc="transformer", disable=not (progress and rt.is_main),
                    dynamic_ncols=True, mininterval=2.0)
+        step_log.restart(state["step"])
         while state["step"] < steps:
             if budget_exhausted():
-                bar.close()
-                save_last(optimizer)
-                return {"stopped_at": {"stage": "transformer", "step": state["step"]}}
+                return stopped(bar, optimizer, "transformer")
+            lr = lr_at(state["step"], steps, scfg.lr, scfg.warmup_steps, scfg.min_lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(state["step"], steps, scfg.lr, scfg.warmup_steps, scfg.min_lr)
-            crop, scale = samplers[phase_at(phases, state["step"])].sample_with_scale(scfg.batch_crops, generator)
-            model_input = drop_frames(crop[:, :context], scfg.missing_probability, generator)
-            loss, parts = stage2_loss(model, crop, context, scfg, model_input, scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if scfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], scfg.grad_clip)
-            optimizer.step()
+                group["lr"] = lr
+            if rt.device.type == "cuda":  # CUDA dropout: a function of the step, so resuming continues alike
+                torch.cuda.manual_seed(rank_seed(config.seed, state["step"], rt.rank))
+            parts = transformer_step(sharding, precision, objective, optimizer,
+                                     samplers[phase_at(phases, state["step"])], generator)
             state["step"] += 1
             steps_taken += 1
             bar.update(1)
-            if state["step"] % scfg.validate_every == 0 or state["step"] == steps:
-                metrics = validate_transformer(model, val_crops, context, next_code_weight(scfg, model), parts, state,
+            if state["step"] % settings.log_every == 0 or state["step"] == steps:
+                step_log.write("transformer", state["step"], parts["loss"], lr, scfg.batch_crops,
+                               elapsed_before + time.time() - start_time)
+            if rt.is_main and (state["step"] % scfg.validate_every == 0 or state["step"] == steps):
+                metrics = validate_transformer(model, val_crops, context, code_weight, parts, state,
                                                out_dir, best_dir, model_metadata(), scfg.first_scored_frame)
+                freeze_tokenizer(model)  # validation put the model (and so the tokenizer) back in train mode
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", val=f"{metrics['forecast_mse']:.3f}",
                                 vs_copy=f"{metrics['mse_ratio_vs_copy_last']:.3f}")
             if state["step"] % scfg.checkpoint_every == 0 and state["step"] < steps:
@@ -517,8 +574,12 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         state["stage"] = "done"
         save_last(optimizer)
 
-    # ---- final report ----
-    return final_report(config, out_dir, train, validation, test, skipped, state, log)
+    # ---- final report (rank 0; the other ranks are done) ----
+    if not rt.is_main:
+        return {}
+    model.cpu()
+    return final_report(config, out_dir, train, validation, test, data.skipped, state, log,
+                        pooled_ar_traces=data.pooled_ar_traces)
 
 
 def _append_log(out_dir: Path, record: dict) -> None:

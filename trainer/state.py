@@ -5,6 +5,8 @@ A training checkpoint is a directory::
     model.safetensors, config.json     the model (rtcalm.model.save_checkpoint; loadable on its own)
     optimizer.safetensors              optimizer tensors, keyed "<param index>.<name>" (exp_avg, step, ...)
     rng.safetensors                    torch's global RNG state and the data sampler's generator state
+                                       (and, from a torchrun job, ranks 1.. 's global RNG states: their
+                                       dropout streams, "torch_global_rank<r>")
     trainer_state.json                 stage, step, optimizer param_groups, best validation, history,
                                        and the training-config fingerprint
 
@@ -46,7 +48,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 def save_training_state(directory, model: Calm, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                        trainer_state: dict, model_metadata: dict) -> Path:
+                        trainer_state: dict, model_metadata: dict, rank_rng_states=()) -> Path:
+    """``rank_rng_states``: the global RNG states of ranks 1, 2, ... (rank 0's is this process's)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -56,7 +59,9 @@ def save_training_state(directory, model: Calm, optimizer: torch.optim.Optimizer
     save_checkpoint(model, tmp, metadata=model_metadata)
     tensors, param_groups = optimizer_tensors(optimizer)
     save_file(tensors, str(tmp / OPTIMIZER_FILE))
-    save_file({"torch_global": torch.get_rng_state(), "data_generator": generator.get_state()}, str(tmp / RNG_FILE))
+    rng = {"torch_global": torch.get_rng_state(), "data_generator": generator.get_state()}
+    rng.update({f"torch_global_rank{rank}": state for rank, state in enumerate(rank_rng_states, start=1)})
+    save_file(rng, str(tmp / RNG_FILE))
     (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "optimizer_param_groups": param_groups},
                                                 indent=2) + "\n")
     old = directory.with_name(directory.name + ".old")
@@ -102,3 +107,8 @@ def load_training_state(directory, model: Calm, optimizer: torch.optim.Optimizer
         generator.set_state(rng["data_generator"])
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(directory / RNG_FILE, f"bad RNG state ({exc})") from None
+
+
+def read_rank_rng_state(directory, rank: int) -> torch.Tensor | None:
+    """Rank ``rank``'s saved global RNG state, or None when the checkpoint has none for it."""
+    return read_weights(Path(directory) / RNG_FILE).get(f"torch_global_rank{rank}")

@@ -17,7 +17,9 @@ window reads only that window's pages, and the operating system, not the process
 
 Splits by mouse are first-class: :meth:`SessionStore.split_by_mouse` and the ``mice`` filter of
 :class:`WindowSampler`. The sampler draws ``(session, start)`` windows uniformly over all valid
-windows of the selected sessions and shards them across distributed ranks.
+windows of the selected sessions and shards them across distributed ranks. Its numbering of the valid
+windows, :class:`WindowIndex`, is also what the trainer's token-window sampler draws from
+(``trainer.data``).
 """
 
 from __future__ import annotations
@@ -138,6 +140,25 @@ class SessionStore:
         return train, test
 
 
+class WindowIndex:
+    """Every valid window of a list of sources, numbered 0 .. n_windows - 1 source after source. A flat
+    number drawn uniformly and :meth:`locate`-d gives every window the same chance, whatever the sources'
+    sizes."""
+
+    def __init__(self, windows_per_source):
+        self.windows_per_source = np.asarray(windows_per_source, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.windows_per_source)])
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat window numbers -> (source index, window number within that source)."""
+        source = np.searchsorted(self.offsets, flat, side="right") - 1
+        return source, flat - self.offsets[source]
+
+
 @dataclass
 class WindowSampler:
     """Draws windows of ``window_frames`` consecutive frames, uniformly over every valid window start of
@@ -163,21 +184,19 @@ class WindowSampler:
         if not chosen:
             raise ValueError("no contiguous session is long enough for the requested windows")
         self.ids = [e["id"] for e in chosen]
-        self.windows_per_session = np.array([e["frames"] - self.window_frames + 1 for e in chosen])
-        self.offsets = np.concatenate([[0], np.cumsum(self.windows_per_session)])
+        self.index = WindowIndex([e["frames"] - self.window_frames + 1 for e in chosen])
 
     @property
     def n_windows(self) -> int:
-        return int(self.offsets[-1])
+        return self.index.n_windows
 
     def epoch(self, epoch: int, n_draws: int | None = None):
         """Yield ``(session_id, start, window (window_frames, neurons) float32)`` for this rank."""
         rng = np.random.default_rng([self.seed, epoch])
         n_draws = n_draws or self.n_windows
         flat = rng.integers(0, self.n_windows, size=n_draws)
-        for index in flat[self.rank::self.world_size]:
-            session = int(np.searchsorted(self.offsets, index, side="right") - 1)
-            start = int(index - self.offsets[session])
+        sessions, starts = self.index.locate(flat[self.rank::self.world_size])
+        for session, start in zip(sessions.tolist(), starts.tolist(), strict=True):
             session_id = self.ids[session]
             window = np.array(self.store.dff(session_id)[start:start + self.window_frames])
             yield session_id, start, window

@@ -87,7 +87,7 @@ def test_sampler_draws_only_the_phase_neurons(data_root):
     generator = torch.Generator().manual_seed(0)
     epoch = sessions[0].epochs[0]
     for _ in range(20):
-        crop = sampler.sample(2, generator)  # (2, 20, 4)
+        crop, _ = sampler.sample(2, generator)  # (2, 20, 4)
         # every sampled column is one of the sparse neurons' columns of the epoch
         columns = [next(n for n in range(epoch.shape[1]) if any(torch.equal(crop[0, :, c], epoch[s:s + 20, n])
                                                                  for s in range(epoch.shape[0] - 19)))
