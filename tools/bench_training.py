@@ -1,5 +1,5 @@
 """Measure pretraining throughput: tokenizer windows/s (stage 1) and transformer crops/s (stage 2) of the
-distributed trainer's optimizer steps (trainer.distributed), on one process or under torchrun.
+training loop's optimizer steps (trainer.steps), on one process or under torchrun.
 
     python tools/bench_training.py                                     # default config, one process
     python -m torch.distributed.run --standalone --nproc-per-node 2 tools/bench_training.py
@@ -97,25 +97,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    import dataclasses
+
     from rtcalm.model import Calm
     from trainer.config import load_train_config
+    from trainer.data import CropSampler, TokenWindowSampler
     from trainer.distributed import (
         DistributedConfigError,
         DistributedSettings,
         Precision,
-        ShardedCropSampler,
-        ShardedWindowSampler,
-        StepContext,
-        TokenizerAutoencoder,
-        freeze_unused_transformer_parameters,
+        Sharding,
         resolve_precision,
         start_runtime,
         stop_runtime,
-        tokenizer_step,
-        transformer_parameter_groups,
-        transformer_step,
-        wrap_ddp,
     )
+    from trainer.pretrain import freeze_tokenizer, transformer_parameter_groups
+    from trainer.steps import TransformerObjective, tokenizer_step, transformer_step
 
     for name in ("steps", "sessions", "neurons", "frames", "accumulation_steps"):
         if getattr(args, name) < 1:
@@ -130,7 +127,7 @@ def run(args) -> int:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         precision = Precision(resolve_precision(settings.precision, runtime.device), runtime.device)
-        ctx = StepContext(runtime, settings.accumulation_steps, precision)
+        sharding = Sharding(runtime, settings.accumulation_steps)
         tcfg, scfg = config.tokenizer, config.transformer
         tokenizer_batch = args.tokenizer_batch or tcfg.batch_windows
         transformer_batch = args.transformer_batch or scfg.batch_crops
@@ -150,33 +147,28 @@ def run(args) -> int:
         }
         if "tokenizer" in args.stages:
             model.tokenizer.train()
-            autoencoder = wrap_ddp(TokenizerAutoencoder(model.tokenizer), runtime)
             optimizer = torch.optim.Adam([*model.tokenizer.encoder.parameters(), *model.tokenizer.decoder.parameters()],
                                          lr=tcfg.lr)
-            sampler = ShardedWindowSampler(sessions, config.model.token_window_frames)
+            sampler = TokenWindowSampler(sessions, config.model.token_window_frames)
 
             def tokenizer_once():
-                tokenizer_step(ctx, model, autoencoder, optimizer, sampler, generator, tokenizer_batch,
+                tokenizer_step(sharding, precision, model, optimizer, sampler, generator, tokenizer_batch,
                                tcfg.missing_probability, tcfg.stream_start_probability)
 
             timing = time_steps(runtime, tokenizer_once, args.warmup, args.steps)
             result["stages"]["tokenizer"] = summary(runtime, timing, args.steps, tokenizer_batch, "windows")
-            del autoencoder
         if "transformer" in args.stages:
-            model.tokenizer.requires_grad_(False)
-            model.tokenizer.eval()
+            freeze_tokenizer(model)
             optimizer = torch.optim.AdamW(transformer_parameter_groups(model, scfg.weight_decay), lr=scfg.lr,
                                           betas=(0.9, 0.95))
             crop_frames = scfg.context_frames + config.model.forecast_horizon_frames
-            sampler = ShardedCropSampler(sessions, crop_frames, scfg.max_neurons)
-            freeze_unused_transformer_parameters(model, scfg.next_code_weight)
+            sampler = CropSampler(sessions, crop_frames, scfg.max_neurons)
             model.train()
-            model.tokenizer.eval()
-            network = wrap_ddp(model, runtime)
+            freeze_tokenizer(model)
+            objective = TransformerObjective(model, dataclasses.replace(scfg, batch_crops=transformer_batch))
 
             def transformer_once():
-                transformer_step(ctx, model, network, optimizer, sampler, generator, transformer_batch,
-                                 scfg.context_frames, scfg.missing_probability, scfg.next_code_weight, scfg.grad_clip)
+                transformer_step(sharding, precision, objective, optimizer, sampler, generator)
 
             timing = time_steps(runtime, transformer_once, args.warmup, args.steps)
             stage = summary(runtime, timing, args.steps, transformer_batch, "crops")

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from rtcalm.model import Calm, CalmConfig
 
-SMALL = dict(token_window_frames=4, codebook_size=64, code_dim=4, tokenizer_hidden=16, d_model=16, n_layers=2,
-             n_heads=4, mlp_hidden=32, attention_window_frames=12, n_latents=4, forecast_horizon_frames=5)
-
-
-def randomised_model(seed: int = 0, **overrides) -> Calm:
-    """A model whose every parameter (biases, position bias, latents, missing embedding) is non-trivial,
-    so an equivalence test exercises all of them, not a network of near-zero initial weights."""
-    torch.manual_seed(seed)
-    model = Calm(CalmConfig(**{**SMALL, **overrides}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        if model.config.input_mode != "encoder":
-            model.tokenizer.codebook.normal_()
-    return model.eval()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+from engine_helpers import SMALL, randomised_model  # noqa: E402  (the one copy, shared with the engine tests)
 
 
 def frames_with_gaps(n_frames: int, n_neurons: int, seed: int = 1) -> torch.Tensor:

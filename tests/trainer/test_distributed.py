@@ -71,14 +71,17 @@ CURRICULUM_CONFIG["transformer"].update(
     skip_init_batches=0, per_neuron_steps=30, freeze_per_neuron=True, neuron_curriculum="curriculum",
     predictable_thresholds="poyo-cap")
 
-# Runs trainer's command line, then prints the native threads left in the process (after the process
-# group's teardown): a gloo thread still alive there is torn down during interpreter finalisation.
+# Runs trainer's command line, then writes the native threads left in the process (after the process
+# group's teardown) to $THREADS_DIR/rank<r>.txt: a gloo thread still alive there is torn down during
+# interpreter finalisation.
 THREADS_AT_EXIT = """
 import os, sys
 sys.path.insert(0, os.getcwd())
 from trainer.__main__ import main
 code = main(sys.argv[1:])
-print("threads at exit:", sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
+names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+with open(os.path.join(os.environ["THREADS_DIR"], f"rank{os.environ['RANK']}.txt"), "w") as f:
+    f.write(" ".join(names))
 sys.exit(code)
 """
 
@@ -156,15 +159,16 @@ def torchrun(*args, nproc: int = 2) -> subprocess.CompletedProcess:
     return result
 
 
-def torchrun_counting_threads(tmp_path: Path, *args) -> subprocess.CompletedProcess:
+def torchrun_counting_threads(tmp_path: Path, *args) -> list[str]:
+    """Run 2 processes; returns each rank's native threads left after the teardown."""
     script = tmp_path / "threads_at_exit.py"
     script.write_text(THREADS_AT_EXIT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "THREADS_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
                "pretrain", "--no-progress", *map(str, args)]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
 
 
 # --- the global batch, sliced -----------------------------------------------------------------------------
@@ -213,8 +217,8 @@ def test_a_rank_reads_exactly_its_rows_of_the_whole_batch_draw(roots, source):
 @pytest.mark.slow  # torchrun starts two interpreters
 def test_two_processes_train_the_same_loss_curve_as_one(roots, reference, tmp_path):
     out = tmp_path / "ddp"
-    result = torchrun_counting_threads(tmp_path, "--config", roots["config"], "--data-root", roots["files"],
-                                       "--out", out, "--log-every", 1)
+    threads_left = torchrun_counting_threads(tmp_path, "--config", roots["config"], "--data-root", roots["files"],
+                                             "--out", out, "--log-every", 1)
     assert_same_curve(loss_curve(reference), loss_curve(out))  # stage 1 and stage 2, every step
     assert max_difference(reference, out) < TOLERANCE
     state = json.loads((out / "checkpoints/last/trainer_state.json").read_text())
@@ -226,8 +230,7 @@ def test_two_processes_train_the_same_loss_curve_as_one(roots, reference, tmp_pa
     assert metrics["data"]["train"]["mice"] == ["mouse-a"]
     assert (out / "checkpoints/best/README.md").is_file()
     # the teardown: no gloo thread outlives the process group in either process
-    left = [line for line in result.stdout.splitlines() if line.startswith("threads at exit:")]
-    assert len(left) == 2 and not any("gloo" in line for line in left), left
+    assert not any("gloo" in threads for threads in threads_left), threads_left
 
 
 @pytest.mark.slow  # torchrun starts two interpreters
