@@ -131,7 +131,7 @@ def test_end_to_end_run_writes_safe_checkpoints_and_held_out_metrics(data_root, 
     metrics = pretrain(tiny_config(), data_root, out, progress=False, log=lambda *_: None)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert set(files) == {
-        "train_config.json", "log.jsonl", "metrics.json",
+        "train_config.json", "log.jsonl", "steps.csv", "metrics.json",
         "checkpoints/best/config.json", "checkpoints/best/model.safetensors", "checkpoints/best/README.md",
         "checkpoints/last/config.json", "checkpoints/last/model.safetensors",
         "checkpoints/last/optimizer.safetensors", "checkpoints/last/rng.safetensors",
