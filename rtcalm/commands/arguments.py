@@ -14,3 +14,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+# --- options several commands share, spelled and explained once ---
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default",
+                        help="shipped model name ('default', 'tokens', ...) or a checkpoint directory (default: default)")
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def add_synthetic_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--synthetic`` (``what`` it does with the built-in recording) and ``--seed`` of that recording."""
+    parser.add_argument("--synthetic", action="store_true", help=what)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic recording")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rtcalm.commands.arguments import add_json_argument, add_model_argument
 from rtcalm.errors import RtcalmError
 
 
@@ -43,7 +44,7 @@ def _register_stats(benchmarks) -> None:
     parser.add_argument("--neurons", type=_neuron_counts, default=[512, 4096],
                         help="comma-separated neuron counts (default 512,4096)")
     parser.add_argument("--frames", type=int, default=20000, help="timed calls per case (default 20000)")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_argument(parser)
     parser.set_defaults(handler=_run_stats)
 
 
@@ -86,12 +87,12 @@ def _register_latency(benchmarks) -> None:
     parser.add_argument("--neurons", type=int, default=512, help="neurons per frame (default 512)")
     parser.add_argument("--rate", type=float, default=30.0, metavar="HZ", help="frames per second (default 30)")
     parser.add_argument("--frames", type=int, default=1800, help="measured frames (default 1800: 1 min at 30 Hz)")
-    parser.add_argument("--model", default="default", help="shipped model name or checkpoint directory")
+    add_model_argument(parser)
     parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
                         help="loopback TCP (default) or IPC (Unix domain sockets)")
     parser.add_argument("--no-references", action="store_true",
                         help="skip the bare-step and raw-transport references (about 45 s at 30 Hz)")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_argument(parser)
     parser.set_defaults(handler=_run_latency)
 
 
@@ -117,12 +118,12 @@ def _register_step(benchmarks) -> None:
         description="Median and p99 of one Calm.step (torch eager) per neuron count, at two history lengths "
                     "stepped in turn (the cost must not grow with the history). Targets for the default "
                     "model on one thread: <= 1.5 ms at 512 neurons, <= 12 ms at 4096, history ratio ~1.")
-    parser.add_argument("--model", default="default", help="'default' (shipped model), a name or a checkpoint directory")
+    add_model_argument(parser)
     parser.add_argument("--neurons", type=_neuron_counts, default=[512, 4096])
     parser.add_argument("--history", type=_neuron_counts, default=[32, 1024], help="frames consumed before timing")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per cell (default 300)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_argument(parser)
     parser.set_defaults(handler=_run_step)
 
 

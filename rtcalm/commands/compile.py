@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rtcalm.commands.arguments import add_model_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -16,8 +18,7 @@ def register(subparsers) -> None:
                     "precision, measured agreement). Default place: <checkpoint>/compiled/"
                     "<backend>-n<MIN>-<MAX>[-fp16].<onnx|plan>. Nothing is written if the check fails. "
                     "See docs/backends.md.")
-    parser.add_argument("--model", default="default", help="shipped model name or checkpoint directory "
-                                                           "(default: default)")
+    add_model_argument(parser)
     parser.add_argument("--backend", required=True, choices=["onnx", "tensorrt"],
                         help="onnx: ONNX Runtime (CPU); tensorrt: an engine for this machine's NVIDIA GPU")
     neurons = parser.add_mutually_exclusive_group()

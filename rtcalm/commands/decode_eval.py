@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rtcalm.commands.arguments import positive_int
+from rtcalm.commands.arguments import add_json_argument, add_model_argument, positive_int
 from rtcalm.eval.decode import TASKS
 
 
@@ -26,13 +26,13 @@ def register(subparsers) -> None:
                     "linear head on each neuron's mean response, and chance.")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
-    parser.add_argument("--model", default="default", help="'default' (shipped model) or a checkpoint directory")
+    add_model_argument(parser)
     parser.add_argument("--folds", type=positive_int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument("--finetune-steps", type=positive_int, metavar="STEPS",
                         help="also score the head trained together with a copy of the backbone for STEPS steps "
                              "per fold (16 training trials a step): the 'model_finetuned' row")
-    parser.add_argument("--json", action="store_true")
+    add_json_argument(parser)
     parser.set_defaults(handler=run)
 
 

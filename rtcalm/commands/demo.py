@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rtcalm.commands.arguments import add_model_argument
+
 HORIZONS = (1, 5, 15, 30)  # frames ahead scored in the view
 SCORE_FROM_STREAM_FRAME = 64  # a stream's first frames are the statistics' and the model's warm-up
 DECODE_LATE_FRAMES = 5  # a stimulus is scored on the first prediction at most this many frames after it ends
@@ -43,7 +45,7 @@ def register(subparsers) -> None:
                     "realistic calcium transients whose grating direction the shipped demo head decodes. Shows "
                     "forecast skill against copy-last, latency, frames and decoded values live, then a summary. "
                     "Ctrl-C stops everything cleanly.")
-    parser.add_argument("--model", default="default", help="shipped model name or checkpoint directory")
+    add_model_argument(parser)
     parser.add_argument("--file", metavar="FILE",
                         help="stream this contiguous recording (any supported format) instead of the default real one")
     parser.add_argument("--synthetic", action="store_true", help="stream only the simulated rig")
@@ -73,7 +75,6 @@ class Source:
 def _sources(args: argparse.Namespace) -> list[Source]:
     from rtcalm.commands.replay import check_rate
     from rtcalm.data import load_recording
-    from rtcalm.sim import make_synthetic
     from rtcalm.demo_sources import (
         HEAD_FIT_FRAMES,
         SIMULATED_RIG,
@@ -82,6 +83,7 @@ def _sources(args: argparse.Namespace) -> list[Source]:
         simulated_rig,
     )
     from rtcalm.errors import RtcalmError
+    from rtcalm.sim import make_synthetic
 
     if args.synthetic and args.file:
         raise RtcalmError("give --file or --synthetic, not both")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rtcalm.commands.arguments import positive_int
+from rtcalm.commands.arguments import add_json_argument, add_model_argument, positive_int
 from rtcalm.errors import RtcalmError
 
 
@@ -33,11 +33,11 @@ def register(subparsers) -> None:
                     "--context frames up to t; report mse_ratio (vs copy-last) and Pearson per horizon for the "
                     "model and the copy_last, context_mean, pooled_ar, mlp and poco baselines. Contiguous recordings only.")
     parser.add_argument("files", nargs="+", metavar="FILE")
-    parser.add_argument("--model", default="default", help="'default' (shipped model) or a checkpoint directory")
+    add_model_argument(parser)
     parser.add_argument("--context", type=positive_int, default=None,
                         help="context frames up to and including t (default: the model's receptive field)")
     parser.add_argument("--horizons", type=parse_horizons, default=[1, 5, 15, 30], help="e.g. 1,5,15,30")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_argument(parser)
     parser.set_defaults(handler=run)
 
 

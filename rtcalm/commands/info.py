@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rtcalm.commands.arguments import add_json_argument, add_synthetic_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -12,10 +14,8 @@ def register(subparsers) -> None:
         description="Summarise recordings: neurons, frames (or trials x frames per trial), rate, labels, metadata. "
                     "With --synthetic, summarise a built-in synthetic recording instead of files.")
     parser.add_argument("files", nargs="*", metavar="FILE", help="recording files")
-    parser.add_argument("--synthetic", action="store_true",
-                        help="summarise a built-in synthetic recording (256 neurons, 5 min at 30 Hz)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic recording")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_synthetic_arguments(parser, "summarise a built-in synthetic recording (256 neurons, 5 min at 30 Hz)")
+    add_json_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -42,8 +42,8 @@ def _format_text(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from rtcalm.data import load_recording
-    from rtcalm.sim import make_synthetic
     from rtcalm.errors import RtcalmError
+    from rtcalm.sim import make_synthetic
 
     if not args.files and not args.synthetic:
         raise RtcalmError("give one or more recording files, or --synthetic")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rtcalm.commands.arguments import add_json_argument, add_synthetic_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -27,10 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--knee-over", choices=("auto", "neurons", "cre-lines"), default="auto",
                         help="points for the knee: per-neuron values, or per-Cre-line means (auto: lines when "
                              "at least 5 are known)")
-    parser.add_argument("--synthetic", action="store_true",
-                        help="also analyse a built-in synthetic recording (256 neurons, 5 min at 30 Hz)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic recording")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_synthetic_arguments(parser, "also analyse a built-in synthetic recording (256 neurons, 5 min at 30 Hz)")
+    add_json_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rtcalm.data import load_recording
-    from rtcalm.sim import make_synthetic
     from rtcalm.errors import RtcalmError
+    from rtcalm.sim import make_synthetic
     from rtcalm.stats import NeuronStats, select_predictable, stats_of_recording
 
     if not args.files and not args.synthetic:

@@ -14,19 +14,34 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rtcalm import __version__, protocol
+from rtcalm.daemon.config import DaemonConfig
+from rtcalm.daemon.engine import ModelSwap
+from rtcalm.daemon.metrics import DaemonMetrics
+from rtcalm.daemon.pipeline import Pipeline
 from rtcalm.protocol import ControlRequest, ProtocolError
-
-if TYPE_CHECKING:
-    from rtcalm.daemon.server import Daemon
 
 DEFAULT_LATENCY_FRAMES = 3000  # 100 s at 30 Hz
 
 
+class ControlledDaemon(Protocol):
+    """What the commands read and call on the daemon (:class:`rtcalm.daemon.server.Daemon` has it). A
+    protocol, so that this module needs nothing from the server, which imports it."""
+
+    config: DaemonConfig
+    metrics: DaemonMetrics
+    pipeline: Pipeline
+    endpoints: dict
+    swap: ModelSwap | None
+    last_load_error: str | None
+
+    def begin_model_swap(self, spec: str) -> None: ...
+
+
 class ControlHandler:
-    def __init__(self, daemon: Daemon):
+    def __init__(self, daemon: ControlledDaemon):
         self.daemon = daemon
         self.started_at = time.time()
 

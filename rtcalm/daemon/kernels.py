@@ -1,4 +1,5 @@
-"""Numba kernels of the per-frame normalisation (:class:`rtcalm.daemon.session.Scale`).
+"""Numba kernels of the per-frame normalisation (:class:`rtcalm.daemon.session.Scale`) and of the frame
+check (:mod:`rtcalm.daemon.wire`); the scale itself comes from :meth:`StreamingStats.scale_into`.
 
 One compiled pass per frame instead of a dozen numpy calls: at 30 Hz on a busy machine every frame's
 code runs with cold caches, and the cost of a cold pass grows with the amount of code it touches
@@ -11,30 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from rtcalm.stats import _kernels as stats_rows
-
-ROW_COUNT = stats_rows.ROW_COUNT
-ROW_MEAN = stats_rows.ROW_MEAN
-ROW_M2 = stats_rows.ROW_M2
 _JIT = dict(cache=True, error_model="numpy")
-
-
-@njit(**_JIT)
-def scale_from_state(state, warmup, mean_out, std_out, inv_std_out):
-    """Per neuron: float32 mean and std (population std, numpy's ddof=0) of the running statistics in
-    ``state`` (rtcalm.stats' accumulator rows); std and 1/std are NaN unless the neuron has at least
-    ``warmup`` valid values (weight, with forgetting) and a positive variance."""
-    for i in range(mean_out.shape[0]):
-        count = state[ROW_COUNT, i]
-        mean_out[i] = np.float32(state[ROW_MEAN, i])
-        std = np.sqrt(state[ROW_M2, i] / count) if count > 0.0 else np.nan
-        if count >= warmup and std > 0.0:
-            std32 = np.float32(std)
-            std_out[i] = std32
-            inv_std_out[i] = np.float32(1.0) / std32
-        else:
-            std_out[i] = np.nan
-            inv_std_out[i] = np.nan
 
 
 @njit(**_JIT)

@@ -43,9 +43,8 @@ class Scale:
         self.inv_std = np.full(n_neurons, np.nan, dtype=np.float32)
 
     def update(self, stats: StreamingStats) -> None:
-        # The running mean and second central moment are read straight from the accumulator rows (a
-        # snapshot() would compute all seven statistics into new arrays every frame).
-        kernels.scale_from_state(stats._state, self.warmup_frames, self.mean, self.std, self.inv_std)
+        # not snapshot(), which would compute all seven statistics into new arrays every frame
+        stats.scale_into(self.mean, self.std, self.inv_std, min_count=self.warmup_frames)
 
     def normalise_into(self, frame: np.ndarray, out: np.ndarray) -> None:
         kernels.normalise(frame, self.mean, self.inv_std, out)

@@ -146,7 +146,7 @@ class StepGraph(nn.Module):
         if config.autoregressive_skip:  # interleaved [value, missing] pairs of the last `order` frames
             order = config.autoregressive_order
             skip_window = torch.stack([next_value_window[:, -order:], next_missing_window[:, -order:]], -1).flatten(-2)
-        heads = model._heads(x, skip_window, codes, with_code_logits=False, encoded=encoded)
+        heads = model.readout(x, skip_window, codes, with_code_logits=False, encoded=encoded)
         next_position = torch.where(position + 1 >= 2 * W, torch.full_like(position, W), position + 1)
         return (heads.forecast, heads.hidden, next_value_window, next_missing_window, next_position,
                 *next_keys_and_values)

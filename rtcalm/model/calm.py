@@ -436,10 +436,11 @@ class Calm(nn.Module):
         hidden = self.temporal_encoder(torch.cat([normalised, missing], dim=-1))  # (..., N, E)
         return self.encoder_projection(hidden), None, (hidden, mean, std)
 
-    def _heads(self, x: torch.Tensor, windows: torch.Tensor, codes: torch.Tensor | None,
-               with_code_logits: bool, encoded: tuple | None = None) -> CalmOutput:
-        """x (..., N, D) final residual stream, windows (..., N, 2 R) raw windows (R = raw_window_frames),
-        encoded: :meth:`embed`'s third output."""
+    def readout(self, x: torch.Tensor, windows: torch.Tensor, codes: torch.Tensor | None,
+              with_code_logits: bool, encoded: tuple | None = None) -> CalmOutput:
+        """The output heads, shared by forward, step and the step graph. x (..., N, D) final residual
+        stream, windows (..., N, 2 R) raw windows (R = raw_window_frames), encoded: :meth:`embed`'s third
+        output."""
         h = self.final_norm(x)
         if encoded is None:
             forecast = self.forecast_head(h)
@@ -498,7 +499,7 @@ class Calm(nn.Module):
             x = x + (neuron_embedding if neuron_embedding.dim() == 2 else neuron_embedding.unsqueeze(1))
         for block in self.blocks:
             x = block(x)
-        out = self._heads(x, windows, codes, with_code_logits, encoded)
+        out = self.readout(x, windows, codes, with_code_logits, encoded)
         if unbatched:
             out = CalmOutput(out.forecast[0], None if out.codes is None else out.codes[0],
                              None if out.next_code_logits is None else out.next_code_logits[0], out.hidden[0])
@@ -573,7 +574,7 @@ class Calm(nn.Module):
             bias = state.warmup_bias[layer][t] if t < cfg.attention_window_frames else state.steady_bias[layer][slot]
             block.step(x, state.keys_t[layer], state.values[layer], slot, bias, s)
         state.frames_seen = t + 1
-        return self._heads(x, window, codes, with_code_logits, encoded), state
+        return self.readout(x, window, codes, with_code_logits, encoded), state
 
     @torch.inference_mode()
     def step_many(self, frames, state: StreamState, with_code_logits: bool = False) -> tuple[CalmOutput, StreamState]:

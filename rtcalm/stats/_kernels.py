@@ -230,3 +230,22 @@ def mean_std_into(state, mean_out, std_out, min_count):
         ok = ready and var > 0.0
         mean_out[i] = state[ROW_MEAN, i] if ok else np.nan
         std_out[i] = np.sqrt(var) if ok else np.nan
+
+
+# No fastmath here: the daemon normalises with these numbers and they must not depend on the compiler.
+@njit(cache=True, error_model="numpy")
+def scale_into(state, warmup, mean_out, std_out, inv_std_out):
+    """Per neuron: float32 mean and std (population std, numpy's ddof=0) of the running statistics in
+    ``state``; std and 1/std are NaN unless the neuron has at least ``warmup`` valid values (weight, with
+    forgetting) and a positive variance. The mean is written even while a neuron warms up."""
+    for i in range(mean_out.shape[0]):
+        count = state[ROW_COUNT, i]
+        mean_out[i] = np.float32(state[ROW_MEAN, i])
+        std = np.sqrt(state[ROW_M2, i] / count) if count > 0.0 else np.nan
+        if count >= warmup and std > 0.0:
+            std32 = np.float32(std)
+            std_out[i] = std32
+            inv_std_out[i] = np.float32(1.0) / std32
+        else:
+            std_out[i] = np.nan
+            inv_std_out[i] = np.nan

@@ -223,6 +223,17 @@ class StreamingStats:
         self._check_out("std_out", std_out)
         k.mean_std_into(self._state, mean_out, std_out, float(min_count))
 
+    def scale_into(self, mean_out: np.ndarray, std_out: np.ndarray, inv_std_out: np.ndarray, *,
+                   min_count: float) -> None:
+        """The per-frame normalisation scale, into caller-owned float32 arrays, allocating nothing: the
+        running mean (always), std (ddof=0) and 1/std, both NaN where fewer than ``min_count`` values
+        (total weight, with forgetting) were seen or the variance is 0. float32 throughout, so that the
+        normalised frames do not depend on the machine."""
+        for name, out in (("mean_out", mean_out), ("std_out", std_out), ("inv_std_out", inv_std_out)):
+            if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == self._frame_shape):
+                raise StatsError(f"{name} must be a float32 array of shape ({self.n_neurons},), got {_describe(out)}")
+        k.scale_into(self._state, float(min_count), mean_out, std_out, inv_std_out)
+
     def _check_out(self, name: str, out) -> None:
         if (not isinstance(out, np.ndarray) or out.dtype not in _FLOAT_DTYPES or out.shape != self._frame_shape
                 or not out.flags.writeable):

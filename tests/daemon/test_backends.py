@@ -10,9 +10,9 @@ from daemon_helpers import Harness, OfflineReference, make_config
 from rtcalm.client import ControlClient, DaemonError, Prediction, PredictionSubscriber, RigSender
 from rtcalm.daemon import DaemonConfig
 from rtcalm.daemon.process import DaemonProcess
-from rtcalm.sim import make_synthetic
 from rtcalm.engine import NeuronRange
 from rtcalm.engine.build import compile_artifact
+from rtcalm.sim import make_synthetic
 
 # docs/backends.md, "Accuracy": ONNX Runtime FP32 agrees with the torch reference within 1e-4 in
 # normalised units; the daemon publishes de-normalised ΔF/F, so the bound scales with each neuron's std.

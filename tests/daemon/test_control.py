@@ -12,9 +12,9 @@ from daemon_helpers import OfflineReference, make_config
 
 from rtcalm import protocol
 from rtcalm.client import DaemonError
-from rtcalm.sim import make_synthetic
 from rtcalm.engine import load_engine
 from rtcalm.model import load_checkpoint
+from rtcalm.sim import make_synthetic
 from rtcalm.stats import StreamingStats
 
 N = 20

@@ -13,7 +13,6 @@ import torch
 from daemon_helpers import SMALL_MODEL, OfflineReference, make_checkpoint, make_config
 
 from rtcalm.client import DaemonError
-from rtcalm.sim import make_synthetic
 from rtcalm.model.heads import (
     DecodingHead,
     HeadConfig,
@@ -22,6 +21,7 @@ from rtcalm.model.heads import (
     fit_head,
     load_head,
 )
+from rtcalm.sim import make_synthetic
 
 N = 12
 D = SMALL_MODEL["d_model"]

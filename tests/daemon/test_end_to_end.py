@@ -130,3 +130,32 @@ def test_bench_latency_json(checkpoint):
     assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["p999_ms"]
     assert {"validate", "stats", "model", "publish", "all_but_model"} <= set(report["stages"])
     assert report["targets"]["no_lost_frames"]["met"]
+
+
+def test_ipc_transport_serves_the_same_forecasts_as_tcp(checkpoint):
+    """`rtcalm serve` on ipc:// (Unix domain sockets) answers a stream exactly as on tcp://."""
+    frames = np.random.default_rng(8).standard_normal((60, 16)).astype(np.float32)
+    forecasts = {}
+    for transport in ("tcp", "ipc"):
+        with DaemonProcess(model=str(checkpoint), metrics=False, transport=transport,
+                           extra_args=["--backend", "torch"]) as daemon:
+            assert all(address.startswith(f"{transport}://") for address in daemon.endpoints.values())
+            subscriber = PredictionSubscriber(daemon.endpoints["publish"], sessions=["rig", "handshake"])
+            sender = RigSender(daemon.endpoints["ingest"], session="handshake")
+            while True:  # the subscription has reached the daemon once a throw-away session is answered
+                sender.send(np.zeros(2, np.float32))
+                if subscriber.receive(timeout_ms=200) is not None:
+                    break
+            while subscriber.receive(timeout_ms=200) is not None:
+                pass
+            rig = RigSender(daemon.endpoints["ingest"], session="rig")
+            got = []
+            for frame in frames:  # in lockstep: every frame answered
+                rig.send(frame)
+                message = subscriber.receive(timeout_ms=30000)
+                assert isinstance(message, Prediction), message
+                got.append(message.forecast)
+            forecasts[transport] = np.stack(got)
+            for socket in (subscriber, sender, rig):
+                socket.close()
+    assert np.array_equal(forecasts["tcp"], forecasts["ipc"], equal_nan=True)

@@ -353,3 +353,25 @@ def test_mean_std_into_matches_snapshot_without_allocating():
         stats.mean_std_into(np.empty(5, dtype=np.float32), std)
     with pytest.raises(StatsError, match="std_out"):
         stats.mean_std_into(mean, np.empty(6, dtype=np.int32))
+
+
+def test_scale_into_is_the_snapshot_in_float32_with_nan_std_while_warming_up():
+    rng = np.random.default_rng(4)
+    stats = StreamingStats(6)
+    frames = rng.standard_normal((40, 6)).astype(np.float32)
+    frames[:30, 2] = np.nan  # neuron 2: 10 valid values
+    frames[:, 5] = 1.5  # neuron 5: no variance
+    for frame in frames:
+        stats.update(frame)
+    mean, std, inv_std = (np.empty(6, dtype=np.float32) for _ in range(3))
+    stats.scale_into(mean, std, inv_std, min_count=20)
+    snapshot = stats.snapshot()
+    ready = [0, 1, 3, 4]
+    assert np.allclose(mean, snapshot.mean, rtol=1e-6, atol=0)
+    assert np.allclose(std[ready], snapshot.std[ready], rtol=1e-6, atol=0)
+    assert np.array_equal(inv_std[ready], np.float32(1.0) / std[ready])
+    assert np.isnan(std[[2, 5]]).all() and np.isnan(inv_std[[2, 5]]).all()
+    with pytest.raises(StatsError, match="inv_std_out must be a float32 array"):
+        stats.scale_into(mean, std, np.empty(6), min_count=20)
+    with pytest.raises(StatsError, match="mean_out"):
+        stats.scale_into(np.empty(5, dtype=np.float32), std, inv_std, min_count=20)
