@@ -114,8 +114,8 @@ def _receive_until(subscriber: zmq.Socket, session: str, last_seq: int, timeout_
 def fuzz(model: str, *, n_bad: int, n_frames: int, seed: int = 0, config_overrides: dict | None = None) -> dict:
     """Run the fuzzing described in the module docstring; returns a report (``ok`` and the numbers)."""
     from rtcalm.daemon import Daemon, DaemonConfig
-    from rtcalm.sim import make_synthetic
     from rtcalm.engine import load_engine
+    from rtcalm.sim import make_synthetic
 
     ephemeral = "tcp://127.0.0.1:0"
     sections = {"sockets": {"ingest": ephemeral, "publish": ephemeral, "control": ephemeral},

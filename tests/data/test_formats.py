@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from rtcalm.data import Recording, RecordingMeta, TrialTable, load_recording, save_recording
-from rtcalm.sim import make_synthetic
 from rtcalm.errors import RecordingError
+from rtcalm.sim import make_synthetic
 
 PIPE = "processing/brain_observatory_pipeline"
 

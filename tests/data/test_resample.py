@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rtcalm.data import Recording, TrialTable
-from rtcalm.sim import make_synthetic
 from rtcalm.data.resample import StreamingResampler, resample_recording
+from rtcalm.sim import make_synthetic
 
 
 def test_contiguous_16_to_30_preserves_slow_signals():

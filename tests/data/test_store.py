@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from rtcalm.sim import make_synthetic
 from rtcalm.data.store import SessionStore, WindowSampler
 from rtcalm.errors import RecordingError
+from rtcalm.sim import make_synthetic
 
 
 def _sessions(n=4, neurons=32, frames=500):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rtcalm.data import Recording, TrialTable, save_recording
-from rtcalm.sim import make_synthetic
 from rtcalm.model import Calm
 from rtcalm.model.checkpoint import save_checkpoint
+from rtcalm.sim import make_synthetic
 
 from .test_forecast_eval_cli import SMALL
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from rtcalm.data import Recording, TrialTable
-from rtcalm.sim import make_synthetic
 from rtcalm.eval.forecast import (
     EvaluationError,
     baseline_forecasters,
@@ -15,6 +14,7 @@ from rtcalm.eval.forecast import (
     first_test_frame,
     fit_pooled_ar,
 )
+from rtcalm.sim import make_synthetic
 
 
 def _ar1_recording(n_frames=3000, n_neurons=20, phi=0.9, seed=0):

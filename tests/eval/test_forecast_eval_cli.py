@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from rtcalm.data import save_recording
-from rtcalm.sim import make_synthetic
 from rtcalm.eval.forecast import first_test_frame, fit_pooled_ar, model_forecaster
 from rtcalm.model import Calm, CalmConfig
 from rtcalm.model.checkpoint import save_checkpoint
+from rtcalm.sim import make_synthetic
 
 SMALL = CalmConfig(d_model=16, n_layers=2, n_heads=2, mlp_hidden=32, attention_window_frames=8, n_latents=4,
                    token_window_frames=4, codebook_size=32, code_dim=4, tokenizer_hidden=16,

@@ -12,7 +12,6 @@ import torch
 
 from rtcalm.data import save_recording
 from rtcalm.data.recording import TrialTable
-from rtcalm.sim.visual_cortex import VisualCortexConfig, make_movie, simulate_visual_cortex
 from rtcalm.errors import RtcalmError
 from rtcalm.model.movie_decoder import (
     ActivityWindowEncoder,
@@ -26,6 +25,7 @@ from rtcalm.model.movie_decoder import (
     gaussian_window,
     ssim,
 )
+from rtcalm.sim.visual_cortex import VisualCortexConfig, make_movie, simulate_visual_cortex
 from trainer import movie as movie_trainer
 
 torch.set_num_threads(1)
