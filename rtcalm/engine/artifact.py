@@ -8,7 +8,7 @@ Layout (``rtcalm compile`` writes next to the checkpoint unless ``--out`` says o
     <checkpoint>/compiled/tensorrt-n512-fp16.plan         a TensorRT engine for exactly 512 neurons
     <checkpoint>/compiled/tensorrt-n512-fp16.plan.json
 
-Sidecar (``format: rtcalm-step-artifact``, ``format_version: 1``)::
+Sidecar (``format: rtcalm-step-artifact``, ``format_version: 2``)::
 
     {"backend": "onnx" | "tensorrt", "artifact": "<file name>", "artifact_sha256": "...",
      "model": {"name": ..., "weights_sha256": "<full hex>", "version": "<name>@<12 hex>"},
@@ -39,7 +39,7 @@ from pathlib import Path
 from rtcalm.errors import RtcalmError
 
 ARTIFACT_FORMAT = "rtcalm-step-artifact"
-ARTIFACT_FORMAT_VERSION = 1
+ARTIFACT_FORMAT_VERSION = 2  # 2: keys (N, W, head_dim) written by ScatterND; 1 had keys_t and ScatterElements
 OPSET = 17  # LayerNormalization is a single ONNX op from opset 17; TensorRT 10 parses 9 to 20
 COMPILED_DIR = "compiled"
 EXTENSIONS = {"onnx": ".onnx", "tensorrt": ".plan"}

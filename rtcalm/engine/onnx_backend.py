@@ -6,9 +6,9 @@ nothing on the Python side and ONNX Runtime writes the outputs where the next st
 
 - the key/value caches (by far the largest state, N x 2 x layers x window x head_dim floats) are bound as
   input *and* output of the same buffer. In the exported graph each cache input feeds exactly one
-  ``ScatterElements`` node (the write of the new key into its ring slot) whose output is the graph
-  output; with input and output the same memory ONNX Runtime skips the copy of the whole cache and
-  writes one slot (measured: about a quarter of the step at 4096 neurons). :func:`in_place_state_names`
+  ``ScatterND`` node (the write of the new key into its ring slot) whose output is the graph output;
+  with input and output the same memory ONNX Runtime skips the copy of the whole cache and writes one
+  slot (measured: about a quarter of the step at 4096 neurons). :func:`in_place_state_names`
   checks that structure on the loaded graph and falls back to two buffers for any cache that does not
   have it;
 - the other state (the value and missing windows, the position) is not updated elementwise (the windows
@@ -44,7 +44,7 @@ _STATE_DTYPES = {torch.float32: np.float32, torch.int32: np.int32}
 
 
 def in_place_state_names(onnx_bytes: bytes, config: CalmConfig) -> set[str]:
-    """Key/value state inputs whose only consumer is a ScatterElements node that writes the matching
+    """Key/value state inputs whose only consumer is a ScatterND node that writes the matching
     output: safe to bind input and output to one buffer (see the module docstring)."""
     import onnx
 
@@ -55,10 +55,10 @@ def in_place_state_names(onnx_bytes: bytes, config: CalmConfig) -> set[str]:
             consumers[name].append(node)
     safe = set()
     for tensor in state_layout(config):
-        if not tensor.name.startswith(("keys_t_", "values_")):
+        if not tensor.name.startswith(("keys_", "values_")):
             continue
         users = consumers.get(tensor.name, [])
-        if (len(users) == 1 and users[0].op_type == "ScatterElements" and users[0].input[0] == tensor.name
+        if (len(users) == 1 and users[0].op_type == "ScatterND" and users[0].input[0] == tensor.name
                 and list(users[0].output) == [tensor.next_name]):
             safe.add(tensor.name)
     return safe

@@ -5,10 +5,10 @@ position-bias table with Python integers (``t % window``, ``t < window``). An ex
 TensorRT) or a captured CUDA graph cannot branch on Python values that change every frame, so
 :class:`StepGraph` expresses the same step with tensor ops only:
 
-    forward(frame (N,), value_window (N, R), missing_window (N, R), position (1,) int32, keys_t_0, values_0,
-            keys_t_1, ...)
+    forward(frame (N,), value_window (N, R), missing_window (N, R), position (1,) int32, keys_0, values_0,
+            keys_1, ...)
         -> (forecast (N, horizon), hidden (N, d_model), value_window', missing_window', position',
-            keys_t_0', values_0', ...)
+            keys_0', values_0', ...)
 
 and reuses the model's own modules (tokenizer, embeddings, LayerNorms, Linear layers, the cross-neuron
 attention and MLP forward passes, the heads), so there is one copy of the math. Differences from
@@ -19,9 +19,12 @@ attention and MLP forward passes, the heads), so there is one copy of the math. 
   offset), as two tensors, values and missing flags, not interleaved pairs: the encoder input mode
   reads the two halves, so interleaving them would only be undone by two strided copies of the window
   every frame (the other modes interleave the few frames they read). The windows hold the same values;
-- the per-layer key/value ring buffers have ``Calm.step``'s layout (``keys_t (N, head_dim, W)``,
-  ``values (N, W, head_dim)``, slot = frame index mod W), but the new key/value is written with a
-  ``scatter`` into the slot instead of an indexed in-place copy;
+- the per-layer key/value ring buffers are ``keys (N, W, head_dim)`` and ``values (N, W, head_dim)``
+  (slot = frame index mod W), keys not transposed as in ``Calm.step``'s ``keys_t (N, head_dim, W)``, and
+  the new key/value is written with :class:`ScatterND` instead of an indexed in-place copy. With the slot
+  as the middle axis a write is N contiguous rows of head_dim floats; into ``keys_t`` it would be
+  N x head_dim scattered floats, which cost ONNX Runtime as much as a copy of the cache. The scores
+  read the keys transposed, which ONNX Runtime folds into its matrix product (``FusedMatMul``, transB);
 - ``position`` replaces the frame counter: it indexes the table ``[warm-up biases (W); steady biases (W)]``
   (``position = t`` while ``t < W``, else ``W + t % W``), so the slot is ``position`` or ``position - W``
   and the next position wraps from ``2W - 1`` back to ``W``. It stays below ``2W`` however long the stream
@@ -71,7 +74,7 @@ def state_layout(config: CalmConfig) -> list[StateTensor]:
               StateTensor("missing_window", "next_missing_window", (None, R), torch.float32),
               StateTensor("position", "next_position", (1,), torch.int32)]
     for layer in range(config.n_layers):
-        layout.append(StateTensor(f"keys_t_{layer}", f"next_keys_t_{layer}", (None, hd, W), torch.float32))
+        layout.append(StateTensor(f"keys_{layer}", f"next_keys_{layer}", (None, W, hd), torch.float32))
         layout.append(StateTensor(f"values_{layer}", f"next_values_{layer}", (None, W, hd), torch.float32))
     return layout
 
@@ -90,6 +93,25 @@ def initial_state(config: CalmConfig, n_neurons: int, device: str | torch.device
     tensors = [torch.zeros(s.shape_for(n_neurons), dtype=s.dtype, device=device) for s in state_layout(config)]
     tensors[1].fill_(1.0)  # missing_window: the frames before the stream start are missing
     return tensors
+
+
+class ScatterND(torch.autograd.Function):
+    """``data`` with ``data[tuple(indices[..., k])] = updates``, exported as the ONNX ``ScatterND`` node.
+
+    ``index_put`` would export to ScatterND too, but with a Shape of ``data`` beside it (a second consumer
+    of the cache input, which rules out binding the cache in place), and ``scatter`` to ScatterElements,
+    whose CPU kernel walks every element through a generic index loop (15% of the whole step at 512
+    neurons in ONNX Runtime). ScatterND copies one contiguous slice per index row."""
+
+    @staticmethod
+    def forward(ctx, data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        out = data.clone()
+        out[indices.unbind(-1)] = updates
+        return out
+
+    @staticmethod
+    def symbolic(g, data, indices, updates):
+        return g.op("ScatterND", data, indices, updates)
 
 
 class StepGraph(nn.Module):
@@ -123,25 +145,25 @@ class StepGraph(nn.Module):
         x, codes, encoded = model.embed_window(next_value_window[:, -Wt:], next_missing_window[:, -Wt:])
         x = torch.addcmul(x, missing.unsqueeze(-1), model.missing_embedding)
         # 3. blocks; every layer writes the same ring slot and reads the bias row of this position
-        slot = torch.where(position >= W, position - W, position).long()  # (1,) int64, as scatter wants
+        slot = torch.where(position >= W, position - W, position).long()  # (1,) int64
         N = frame.shape[0]
-        key_slot = slot.view(1, 1, 1).expand(N, hd, 1)
-        value_slot = slot.view(1, 1, 1).expand(N, 1, hd)
+        neuron = torch.arange(N, device=frame.device)
+        ring_rows = torch.stack([neuron, slot.expand(N)], dim=-1)  # (N, 2): [n, slot] -> a row of hd floats
         next_keys_and_values = []
         for layer, block in enumerate(model.blocks):
-            keys_t, values = keys_and_values[2 * layer], keys_and_values[2 * layer + 1]
+            keys, values = keys_and_values[2 * layer], keys_and_values[2 * layer + 1]
             bias = self.bias_tables[layer].index_select(0, position).reshape(H, W)
             temporal = block.temporal
             qkv = temporal.qkv(block.time_norm(x))  # (N, D + 2 hd)
             q = qkv[:, :D].reshape(-1, H, hd)
-            keys_t = keys_t.scatter(2, key_slot, qkv[:, D:D + hd].unsqueeze(-1))  # (N, hd, W)
-            values = values.scatter(1, value_slot, qkv[:, D + hd:].unsqueeze(1))  # (N, W, hd)
-            scores = torch.baddbmm(bias, q, keys_t, alpha=temporal.scale)  # (N, H, W)
+            keys = ScatterND.apply(keys, ring_rows, qkv[:, D:D + hd])  # (N, W, hd)
+            values = ScatterND.apply(values, ring_rows, qkv[:, D + hd:])  # (N, W, hd)
+            scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=temporal.scale)  # (N, H, W)
             attended = torch.bmm(torch.softmax(scores, dim=-1), values)  # (N, H, hd)
             x = x + temporal.proj(attended.reshape(-1, D))
             x = x + block.cross(block.neuron_norm(x))
             x = x + block.mlp(block.mlp_norm(x))
-            next_keys_and_values += [keys_t, values]
+            next_keys_and_values += [keys, values]
         skip_window = None
         if config.autoregressive_skip:  # interleaved [value, missing] pairs of the last `order` frames
             order = config.autoregressive_order

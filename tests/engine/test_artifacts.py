@@ -104,7 +104,7 @@ def test_garbage_with_a_matching_checksum_is_refused_by_onnx_runtime(checkpoint,
 
 
 def test_a_valid_onnx_graph_of_another_layout_is_refused(checkpoint, compiled):
-    other = randomised_model(n_layers=1)  # one layer: inputs keys_t_0/values_0 only
+    other = randomised_model(n_layers=1)  # one layer: inputs keys_0/values_0 only
     payload = export_onnx(other, SMALL_RANGE)
     compiled.write_bytes(payload)
     rewrite_sidecar(compiled, artifact_sha256=sha256_bytes(payload))

@@ -83,12 +83,12 @@ def test_validation_catches_a_wrong_model(tokens_model):
 
 def test_key_value_caches_are_updated_in_place_and_equal_the_two_buffer_engine(tokens_model, tokens_engine):
     names = in_place_state_names(export_onnx(tokens_model, DYNAMIC), tokens_model.config)
-    assert names == {"keys_t_0", "values_0", "keys_t_1", "values_1"} == tokens_engine.in_place
+    assert names == {"keys_0", "values_0", "keys_1", "values_1"} == tokens_engine.in_place
     two_buffers = onnx_engine(tokens_model, in_place_caches=False)
     assert two_buffers.in_place == set()
     frames = validation_frames(100, 23)
     a, b = tokens_engine.new_stream(23), two_buffers.new_stream(23)
-    keys = [tensor.name for tensor in a.layout].index("keys_t_0")
+    keys = [tensor.name for tensor in a.layout].index("keys_0")
     assert a.buffers[0][keys] is a.buffers[1][keys] and b.buffers[0][keys] is not b.buffers[1][keys]
     for t in range(100):
         assert np.array_equal(tokens_engine.step(frames[t:t + 1], a), two_buffers.step(frames[t:t + 1], b))

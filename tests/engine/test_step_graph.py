@@ -36,7 +36,8 @@ def test_state_is_bit_identical_to_calm_step_for_hundreds_of_steps(input_mode, n
     for t, (reference, reference_state, outputs) in enumerate(run_both(model, frames)):
         forecast, hidden, value_window, missing_window, position, *caches = outputs
         for layer in range(model.config.n_layers):
-            assert torch.equal(caches[2 * layer], reference_state.keys_t[layer]), (t, layer)
+            # the step graph keeps keys (N, W, hd), Calm.step keys_t (N, hd, W)
+            assert torch.equal(caches[2 * layer], reference_state.keys_t[layer].transpose(1, 2)), (t, layer)
             assert torch.equal(caches[2 * layer + 1], reference_state.values[layer]), (t, layer)
         w = t % R  # Calm.step's mirrored raw ring: the last R frames are slots [w + 1, w + 1 + R)
         pairs = reference_state.token_window[:, w + 1:w + 1 + R]  # (N, R, [value, missing])
