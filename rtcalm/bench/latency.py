@@ -55,7 +55,7 @@ TARGETS_4096_AT_30HZ = {"p99_ms": 10.0}
 WATERFALL = ("rig_to_daemon", "validate", "stats", "model", "daemon_other", "daemon_to_subscriber")
 
 
-def _percentiles_ms(values_ns) -> dict:
+def percentiles_ms(values_ns) -> dict:
     values = np.asarray(values_ns, dtype=np.float64) / 1e6
     if values.size == 0:
         return {"p50_ms": None, "p99_ms": None, "p999_ms": None}
@@ -63,7 +63,7 @@ def _percentiles_ms(values_ns) -> dict:
     return {"p50_ms": float(p50), "p99_ms": float(p99), "p999_ms": float(p999)}
 
 
-def _pace(start: float, index: int, period: float) -> None:
+def pace(start: float, index: int, period: float) -> None:
     delay = start + index * period - time.perf_counter()
     if delay > 0:
         time.sleep(delay)
@@ -102,7 +102,7 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
             for seq in range(total):
                 if stop.is_set():
                     return
-                _pace(start, seq, period)
+                pace(start, seq, period)
                 send_perf[seq] = time.perf_counter()
                 send_wall[seq] = time.time_ns()
                 sender.send(unique[seq % unique.shape[0]], seq=seq)
@@ -148,7 +148,7 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
 
     own = [row for row in received if row[0] >= warmup_frames]
     result = {"neurons": neurons, "rate_hz": rate_hz, "frames": frames, "transport": transport,
-              **_percentiles_ms(latency_ns), "lost_frames": int(total - accepted),
+              **percentiles_ms(latency_ns), "lost_frames": int(total - accepted),
               "unanswered_frames": int((~answered).sum()), "batched_frames": int(frames - len(own)),
               "stages": _stages(own, send_perf, send_wall, stage_summary), "model": served["version"],
               "backend": served["backend"], "warmup_frames": warmup_frames}
@@ -167,22 +167,22 @@ def _stages(own: list[tuple], send_perf, send_wall, stage_summary: dict) -> dict
     """Percentiles of every stage of the waterfall, plus the daemon's publish stage (from its status) and
     the two sums the targets use."""
     if not own:
-        return {name: _percentiles_ms([]) for name in (*WATERFALL, "outside_daemon", "all_but_model")}
+        return {name: percentiles_ms([]) for name in (*WATERFALL, "outside_daemon", "all_but_model")}
     seq = np.array([row[0] for row in own])
     arrival, arrival_wall = np.array([row[1] for row in own]), np.array([row[2] for row in own], dtype=np.int64)
     t_recv, t_pub = np.array([row[4] for row in own], dtype=np.int64), np.array([row[5] for row in own], dtype=np.int64)
     inside = {name: np.array([row[3].get(name, 0) for row in own], dtype=np.float64)
               for name in ("validate", "stats", "model")}
     closed = (arrival - send_perf[seq]) * 1e9
-    stages = {"rig_to_daemon": _percentiles_ms(t_recv - send_wall[seq]),
-              **{name: _percentiles_ms(values) for name, values in inside.items()},
-              "daemon_other": _percentiles_ms((t_pub - t_recv) - sum(inside.values())),
-              "daemon_to_subscriber": _percentiles_ms(arrival_wall - t_pub)}
+    stages = {"rig_to_daemon": percentiles_ms(t_recv - send_wall[seq]),
+              **{name: percentiles_ms(values) for name, values in inside.items()},
+              "daemon_other": percentiles_ms((t_pub - t_recv) - sum(inside.values())),
+              "daemon_to_subscriber": percentiles_ms(arrival_wall - t_pub)}
     for name in ("publish", "receive_to_publish"):
         if name in stage_summary:
             stages[name] = {f"{key[:-3]}_ms": value / 1e3 for key, value in stage_summary[name].items()}
-    stages["outside_daemon"] = _percentiles_ms(closed - (t_pub - t_recv))
-    stages["all_but_model"] = _percentiles_ms(closed - inside["model"])
+    stages["outside_daemon"] = percentiles_ms(closed - (t_pub - t_recv))
+    stages["all_but_model"] = percentiles_ms(closed - inside["model"])
     return stages
 
 
@@ -200,12 +200,12 @@ def bare_step(model: str, backend: str, frames: np.ndarray, rate_hz: float) -> d
     times = []
     period, start = 1.0 / rate_hz, time.perf_counter()
     for i in range(REFERENCE_FRAMES + 30):
-        _pace(start, i, period)
+        pace(start, i, period)
         row = z[i % z.shape[0]][None]
         begin = time.perf_counter_ns()
         engine.step(row, stream)
         times.append(time.perf_counter_ns() - begin)
-    return {"backend": engine.backend, "steps": REFERENCE_FRAMES, **_percentiles_ms(times[30:])}
+    return {"backend": engine.backend, "steps": REFERENCE_FRAMES, **percentiles_ms(times[30:])}
 
 
 def _echo(ingest: str, publish: str, reply_bytes: int, ready) -> None:
@@ -229,7 +229,8 @@ def _echo(ingest: str, publish: str, reply_bytes: int, ready) -> None:
     context.term()
 
 
-def raw_transport(transport: str, frame: np.ndarray, reply_bytes: int, rate_hz: float) -> dict:
+def raw_transport(transport: str, frame: np.ndarray, reply_bytes: int, rate_hz: float,
+                  round_trips: int = REFERENCE_FRAMES) -> dict:
     """Round trips, paced at ``rate_hz``, of a frame message out and a ``reply_bytes`` message back through
     a bare echo process (no validation, statistics or model), with this process's pyzmq and msgpack."""
     import msgpack
@@ -258,8 +259,8 @@ def raw_transport(transport: str, frame: np.ndarray, reply_bytes: int, rate_hz: 
             time.sleep(0.3)  # the subscription reaches the echo process
             times = []
             period, start = 1.0 / rate_hz, time.perf_counter()
-            for seq in range(REFERENCE_FRAMES + 30):
-                _pace(start, seq, period)
+            for seq in range(round_trips + 30):
+                pace(start, seq, period)
                 begin = time.perf_counter_ns()
                 push.send(protocol.build_frame(SESSION, seq, time.time_ns(), frame))
                 while msgpack.unpackb(sub.recv_multipart()[1], raw=False)["seq"] != seq:
@@ -275,8 +276,8 @@ def raw_transport(transport: str, frame: np.ndarray, reply_bytes: int, rate_hz: 
             echo.join(10)
             if echo.is_alive():
                 echo.kill()
-    return {"transport": transport, "reply_bytes": reply_bytes, "round_trips": REFERENCE_FRAMES,
-            **_percentiles_ms(times[30:])}
+    return {"transport": transport, "reply_bytes": reply_bytes, "round_trips": round_trips,
+            **percentiles_ms(times[30:])}
 
 
 def _free_tcp_address() -> str:
