@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "rtcalm.commands.bench",
     "rtcalm.commands.forecast_eval",
     "rtcalm.commands.decode_eval",
+    "rtcalm.commands.trigger_eval",
     "rtcalm.commands.compile",
     "rtcalm.commands.serve",
     "rtcalm.commands.keys",

@@ -13,7 +13,9 @@ Sockets and message types:
 - publish (daemon PUB -> SUB), two parts ``[topic, payload]``: ``prediction`` and ``error``; the topic
   is the session id in UTF-8 followed by one NUL byte, so that ZeroMQ's prefix filtering matches one
   session exactly (``rig1`` does not receive ``rig10``). Errors that cannot be attributed to a session
-  go out under the topic of the empty session, a single NUL byte.
+  go out under the topic of the empty session, a single NUL byte. ``trigger`` messages (a rule fired)
+  go out under ``!trigger`` NUL session NUL (:func:`trigger_topic`): '!' is not a session id character,
+  so a session's prediction subscribers never receive them, and ``!trigger`` NUL subscribes to all.
 - control (REQ -> daemon REP): ``request`` answered by ``reply`` or ``error``.
 
 Parsing never trusts the sender: every function here either returns a fully checked value or raises
@@ -35,7 +37,8 @@ FLOAT32_LE = np.dtype("<f4")
 UINT8 = np.dtype("u1")
 MAX_SEQ = 2**63 - 1  # sequence numbers and timestamps are signed 64-bit in every language
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-COMMANDS = ("status", "start", "stop", "reset", "load_model", "get_stats", "load_head", "unload_head")
+COMMANDS = ("status", "start", "stop", "reset", "load_model", "get_stats", "load_head", "unload_head", "load_rules",
+            "arm", "disarm", "rules")
 
 # Stable error codes. The rig and control clients switch on these; the message is for humans.
 ERROR_CODES = {
@@ -64,6 +67,8 @@ ERROR_CODES = {
     "head_mismatch": "the decoding head was fitted for another neuron count or another model width (d_model)",
     "head_conflict": "the decoding head's outputs would overwrite those of another head of the session",
     "unknown_head": "the session has no decoding head of this name",
+    "rules_invalid": "the rules file does not exist, is not a valid rules file, or does not fit the session",
+    "unknown_rule": "the session has no trigger rule of this name",
     "internal": "the daemon failed on this message (a bug); the session state was restarted",
 }
 
@@ -91,6 +96,12 @@ def topic_for(session: str) -> bytes:
 
 
 UNATTRIBUTED_TOPIC = topic_for("")
+TRIGGER_TOPIC_PREFIX = b"!trigger\x00"
+
+
+def trigger_topic(session: str | None = None) -> bytes:
+    """The PUB topic of a session's triggers (every session's with None)."""
+    return TRIGGER_TOPIC_PREFIX + (b"" if session is None else topic_for(session))
 
 
 # --- msgpack ---------------------------------------------------------------------------------------
@@ -334,6 +345,48 @@ class ErrorMessage:
     t_recv_ns: int | None = None
 
 
+@dataclass
+class Trigger:
+    """A trigger rule of ``session`` fired on frame ``seq``: its ``value`` crossed ``threshold`` in
+    ``direction`` ("above" or "below"). ``t_acq_ns`` is the frame's acquisition time (the rig's
+    clock), ``t_fire_ns`` the daemon's wall clock when the trigger was sent; ``kind`` is the rule's
+    kind (activity, forecast or decoded) and ``stream_frame`` the frame's index in its stream."""
+
+    session: str
+    seq: int
+    rule: str
+    kind: str
+    value: float
+    threshold: float
+    direction: str
+    t_acq_ns: int
+    t_fire_ns: int
+    stream_id: int
+    stream_frame: int
+
+
+TRIGGER_FIELDS = ("rule", "kind", "value", "threshold", "direction", "t_acq_ns", "t_fire_ns", "stream_id",
+                  "stream_frame")
+
+
+def build_trigger(trigger: Trigger) -> bytes:
+    return pack({"v": PROTOCOL_VERSION, "type": "trigger", "session": trigger.session, "seq": trigger.seq,
+                 **{name: getattr(trigger, name) for name in TRIGGER_FIELDS}})
+
+
+def _parse_trigger_body(message: dict, session: str) -> Trigger:
+    for name in ("rule", "kind", "direction"):
+        if type(message.get(name)) is not str:
+            raise ProtocolError("bad_field", f"field {name!r} must be a string")
+    for name in ("value", "threshold"):
+        if type(message.get(name)) is not float:
+            raise ProtocolError("bad_field", f"field {name!r} must be a float")
+    return Trigger(session=session, seq=_int_field(message, "seq"), rule=message["rule"], kind=message["kind"],
+                   value=message["value"], threshold=message["threshold"], direction=message["direction"],
+                   t_acq_ns=_int_field(message, "t_acq_ns"), t_fire_ns=_int_field(message, "t_fire_ns"),
+                   stream_id=_int_field(message, "stream_id"), stream_frame=_int_field(message, "stream_frame"))
+
+
 def build_prediction(*, session: str, seq: int, t_acq_ns: int, t_recv_ns: int, t_pub_ns: int,
                      forecast: np.ndarray, predictable: np.ndarray, decoded: dict, model_version: str,
                      rate_hz: float, stream_id: int, stream_frame: int, folded: int,
@@ -366,17 +419,20 @@ def build_error(code: str, message: str, *, session: str = "", seq: int | None =
     return pack(body)
 
 
-def parse_published(parts: list[bytes]) -> Prediction | ErrorMessage:
-    """Parse a two-part message from the publish socket. Raises ProtocolError."""
-    """``parts``: bytes or buffers (e.g. the ``.buffer`` of zero-copy ZeroMQ frames)."""
+def parse_published(parts: list[bytes]) -> Prediction | ErrorMessage | Trigger:
+    """Parse a two-part message from the publish socket. Raises ProtocolError.
+    ``parts``: bytes or buffers (e.g. the ``.buffer`` of zero-copy ZeroMQ frames)."""
     if len(parts) != 2:
         raise ProtocolError("malformed", f"expected 2 parts [topic, payload], got {len(parts)}")
     topic, payload = parts
     message = unpack_map(payload)
-    kind = _check_envelope(message, ("prediction", "error"))
+    kind = _check_envelope(message, ("prediction", "error", "trigger"))
     session = message.get("session")
-    if type(session) is not str or topic_for(session) != bytes(topic):
+    expected_topic = trigger_topic(session) if kind == "trigger" and type(session) is str else None
+    if type(session) is not str or (expected_topic or topic_for(session)) != bytes(topic):
         raise ProtocolError("bad_field", "the topic does not match the message's session")
+    if kind == "trigger":
+        return _parse_trigger_body(message, session)
     if kind == "error":
         return _parse_error_body(message)
     seq = _int_field(message, "seq")

@@ -143,6 +143,15 @@ class SessionsSection:
 
 
 @dataclass(frozen=True)
+class TriggersSection:
+    """Outputs of the trigger rules (docs/triggers.md). Triggers always go out on the publish socket; a
+    serial port adds a hardware line: one byte per fired rule (the rule's serial_byte), 8N1."""
+
+    serial_port: str | None = None  # e.g. "/dev/ttyACM0" or "COM3"; unset: no serial line
+    serial_baudrate: int = 115200
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_neurons: int = 65536
@@ -173,6 +182,7 @@ class DaemonConfig:
     dff: DffSection = field(default_factory=DffSection)
     sessions: SessionsSection = field(default_factory=SessionsSection)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    triggers: TriggersSection = field(default_factory=TriggersSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -211,14 +221,17 @@ _RANGES = {
     ("limits", "history_frames"): (1, 100000),
     ("limits", "ingest_hwm"): (1, 10**7),
     ("limits", "publish_hwm"): (1, 10**7),
+    ("triggers", "serial_baudrate"): (50, 4_000_000),
 }
 _CHOICES = {("stats", "predictable_method"): ("knee", "poyo-cap"), ("model", "backend"): BACKENDS}
 _SECTION_CLASSES = {"sockets": SocketsConfig, "security": SecurityConfig, "metrics": MetricsConfig, "model": ModelSection,
-                    "stats": StatsSection, "dff": DffSection, "sessions": SessionsSection, "limits": LimitsConfig}
+                    "stats": StatsSection, "dff": DffSection, "sessions": SessionsSection, "limits": LimitsConfig,
+                    "triggers": TriggersSection}
 
 
 # Keys that may be left unset (None; in a file: absent). Set, they are non-empty strings.
-_OPTIONAL_STRINGS = {("model", "artifact"), ("security", "server_secret_key"), ("security", "authorized_clients")}
+_OPTIONAL_STRINGS = {("model", "artifact"), ("security", "server_secret_key"), ("security", "authorized_clients"),
+                     ("triggers", "serial_port")}
 
 
 def _check_value(section: str, key: str, value, default, source: str):

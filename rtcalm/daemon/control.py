@@ -1,12 +1,13 @@
 """Control commands (the REQ/REP socket): status, start, stop, reset, load_model, get_stats, load_head,
-unload_head.
+unload_head, load_rules, arm, disarm, rules.
 
 Every request gets exactly one reply (REP requires it): a ``reply`` with ``ok: true`` or an ``error``
 with a code from :data:`rtcalm.protocol.ERROR_CODES`. A command either completes or changes nothing.
 ``load_model`` only *starts* a hot swap and replies at once; ``status`` reports its progress
 (``model.loading``) and outcome (``model.version`` or ``model.last_load_error``). ``load_head`` reads a
 decoding head synchronously (a small file: milliseconds, during which frames wait in the ingest queue)
-and checks it fully before the session's heads change.
+and checks it fully before the session's heads change; ``load_rules`` does the same for a trigger rules
+file, and replaces the session's rules in one step.
 """
 
 from __future__ import annotations
@@ -124,9 +125,33 @@ class ControlHandler:
         session = self._existing(request)
         return self.daemon.pipeline.unload_head(session, request.string("name"))
 
+    def cmd_load_rules(self, request: ControlRequest) -> dict:
+        session = self._existing(request)
+        return self.daemon.pipeline.load_rules(session, request.string("path"))
+
+    def cmd_arm(self, request: ControlRequest) -> dict:
+        return self.daemon.pipeline.set_armed(self._existing(request), _rule_names(request), True)
+
+    def cmd_disarm(self, request: ControlRequest) -> dict:
+        return self.daemon.pipeline.set_armed(self._existing(request), _rule_names(request), False)
+
+    def cmd_rules(self, request: ControlRequest) -> dict:
+        session = self._existing(request)
+        return {"session": session.id, "rules": [] if session.rules is None else session.rules.describe()}
+
     def _existing(self, request: ControlRequest):
         session_id = request.session()
         session = self.daemon.pipeline.sessions.get(session_id)
         if session is None:
             raise ProtocolError("unknown_session", f"no session {session_id!r} is running")
         return session
+
+
+def _rule_names(request: ControlRequest) -> list[str] | None:
+    """The optional ``rules`` field of arm / disarm: a non-empty list of rule names (None: every rule)."""
+    names = request.args.get("rules")
+    if names is None:
+        return None
+    if not isinstance(names, list) or not names or not all(type(name) is str and name for name in names):
+        raise ProtocolError("bad_field", "field 'rules' must be a non-empty list of rule names (leave it out for all)")
+    return names

@@ -223,6 +223,10 @@ class SessionHeads:
     def names(self) -> list[str]:
         return list(self._heads)
 
+    def classes(self) -> dict[str, list[float]]:
+        """Each head's classes by name ([] for a regression head): what trigger rules read."""
+        return {name: list(loaded.head.config.classes) for name, loaded in self._heads.items()}
+
     def describe(self) -> list[dict]:
         return [loaded.describe() for loaded in self._heads.values()]
 

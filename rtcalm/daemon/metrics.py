@@ -15,12 +15,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from rtcalm.protocol import ERROR_CODES, FRAME_REJECTION_CODES
 
 STAGES = ("validate", "stats", "model", "publish")
+RULES_STAGE = "rules"  # observed only for sessions with trigger rules
 # Latency buckets in seconds: fine below a millisecond (the non-model stages), then up to several
 # frame periods at 30 Hz (a frame period is 33 ms).
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 150e-6, 250e-6, 500e-6, 1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3, 6e-3,
                    8e-3, 12e-3, 16e-3, 25e-3, 33e-3, 50e-3, 66e-3, 100e-3, 250e-3, 1.0)
 SESSION_RESTART_REASONS = ("neuron_count", "gap_too_large", "reset", "internal")
 HEAD_DROP_REASONS = ("neuron_count", "model_swap")  # why decoding heads stopped fitting their session
+RULES_DROP_REASONS = ("neuron_count", "model_swap")  # why trigger rules stopped fitting their session
+SUPPRESSION_REASONS = ("refractory", "rate_limit")
+
+
+class RuleMetrics:
+    """One session's trigger metrics, a child per rule bound at load (the hot path indexes lists)."""
+
+    def __init__(self, metrics: DaemonMetrics, session: str, names: list[str]):
+        self.session, self.names = session, list(names)
+        self.fired = [metrics.triggers_fired.labels(session=session, rule=name) for name in names]
+        self.latency = [metrics.trigger_latency.labels(session=session, rule=name) for name in names]
+        self.suppressed = {reason: [metrics.triggers_suppressed.labels(session=session, rule=name, reason=reason)
+                                    for name in names] for reason in SUPPRESSION_REASONS}
 
 
 class DaemonMetrics:
@@ -33,7 +47,7 @@ class DaemonMetrics:
             buckets=LATENCY_BUCKETS, registry=registry)
         stage = Histogram("rtcalm_stage_seconds", "Time spent in one pipeline stage per published prediction",
                           ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.stage = {name: stage.labels(stage=name) for name in STAGES}
+        self.stage = {name: stage.labels(stage=name) for name in (*STAGES, RULES_STAGE)}
         self.acquisition_to_publish = Histogram(
             "rtcalm_acquisition_to_publish_seconds",
             "Time from the rig's acquisition timestamp to publishing (observed only when the rig's clock "
@@ -75,6 +89,23 @@ class DaemonMetrics:
         self.model_loads = Counter("rtcalm_model_loads_total", "Model loads (hot swaps), by result", ["result"],
                                    registry=registry)
 
+        self.trigger_latency = Histogram(
+            "rtcalm_trigger_latency_seconds", "Time from a frame's acquisition timestamp to sending the trigger "
+            "it fired, per rule (observed only when metrics.rig_clock_is_local)", ["session", "rule"],
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.triggers_fired = Counter("rtcalm_triggers_fired_total", "Trigger rules fired", ["session", "rule"],
+                                      registry=registry)
+        self.triggers_suppressed = Counter(
+            "rtcalm_triggers_suppressed_total", "Armed trigger rules whose condition was met but that did not fire, "
+            "by reason (refractory period, rate limit)", ["session", "rule", "reason"], registry=registry)
+        self.serial_failed = Counter("rtcalm_serial_trigger_failures_total", "Trigger bytes the serial line could "
+                                     "not take (buffer full or write error)", registry=registry)
+        rules_dropped = Counter("rtcalm_rules_dropped_total", "Trigger rule sets dropped because they no longer fit "
+                                "their session, by reason", ["reason"], registry=registry)
+        self.rules_dropped = {reason: rules_dropped.labels(reason=reason) for reason in RULES_DROP_REASONS}
+        self.rules_armed = Gauge("rtcalm_session_rules_armed", "Armed trigger rules of a session", ["session"],
+                                 registry=registry)
+
         self.sessions = Gauge("rtcalm_sessions", "Sessions being served", registry=registry)
         self.neurons = Gauge("rtcalm_session_neurons", "Neurons per frame of a session", ["session"],
                              registry=registry)
@@ -110,11 +141,25 @@ class DaemonMetrics:
         self.model_info.labels(version=version, backend=backend).set(1)
 
     def forget_session(self, session: str) -> None:
-        for gauge in (self.neurons, self.predictable_ratio, self.heads):
+        for gauge in (self.neurons, self.predictable_ratio, self.heads, self.rules_armed):
             try:
                 gauge.remove(session)
             except KeyError:
                 pass
+
+    def forget_rules(self, rules: RuleMetrics) -> None:
+        """Remove a replaced or dropped rule set's series (a rule name may not come back)."""
+        for name in rules.names:
+            for metric in (self.triggers_fired, self.trigger_latency):
+                try:
+                    metric.remove(rules.session, name)
+                except KeyError:
+                    pass
+            for reason in SUPPRESSION_REASONS:
+                try:
+                    self.triggers_suppressed.remove(rules.session, name, reason)
+                except KeyError:
+                    pass
 
 
 class StageTimes:

@@ -17,7 +17,10 @@ when the daemon keeps up, a backlog when it fell behind) and, per session in arr
    state; only the newest gets its own prediction (the others count as ``batched``). A session with
    decoding heads (:mod:`rtcalm.daemon.heads`) folds its batch frame by frame instead, so that every
    consumed frame's hidden state reaches the heads' EMA pools; the newest frame's is decoded;
-5. **publish** the newest frame's forecast, de-normalised to ΔF/F, and its decoded values under the
+5. **rules**: a session with trigger rules (:mod:`rtcalm.triggers`) evaluates them on the newest frame
+   (its ΔF/F, the forecast, the decoded values); a rule that fires goes out at once, before the
+   prediction: its byte on the serial line, then a ``trigger`` message on the publish socket;
+6. **publish** the newest frame's forecast, de-normalised to ΔF/F, and its decoded values under the
    session's topic.
 
 Nothing here blocks: publishing is a PUB send, which drops for a slow subscriber instead of waiting.
@@ -36,13 +39,16 @@ from rtcalm import protocol
 from rtcalm.daemon.config import DaemonConfig
 from rtcalm.daemon.engine import WarmedStream
 from rtcalm.daemon.heads import LoadedHead, SessionHeads, read_head
-from rtcalm.daemon.metrics import DaemonMetrics, StageTimes
+from rtcalm.daemon.metrics import RULES_STAGE, DaemonMetrics, RuleMetrics, StageTimes
 from rtcalm.daemon.session import DUPLICATE, GAP, OUT_OF_ORDER, Session
 from rtcalm.daemon.wire import FrameDecoder, PredictionEncoder
 from rtcalm.engine import StepEngine
 from rtcalm.errors import RtcalmError
 from rtcalm.model.heads import DecodingHead, HeadConfig
-from rtcalm.protocol import Frame, ProtocolError
+from rtcalm.protocol import Frame, ProtocolError, Trigger
+from rtcalm.triggers import kernels as rule_kernels
+from rtcalm.triggers.rules import RuleSpec, RulesError, read_rules_file
+from rtcalm.triggers.ruleset import RuleSet
 
 log = logging.getLogger("rtcalm.daemon")
 perf_ns = time.perf_counter_ns
@@ -51,8 +57,12 @@ wall_ns = time.time_ns
 
 
 class Pipeline:
-    def __init__(self, config: DaemonConfig, engine: StepEngine, metrics: DaemonMetrics, publisher: zmq.Socket):
+    def __init__(self, config: DaemonConfig, engine: StepEngine, metrics: DaemonMetrics, publisher: zmq.Socket,
+                 trigger_line=None):
+        """``trigger_line``: a :class:`rtcalm.triggers.serial_line.SerialTriggerLine` (or None)."""
         self.config = config
+        self.trigger_line = trigger_line
+        self.rule_metrics: dict[str, RuleMetrics] = {}  # by session id
         self.limits = config.limits
         self.engine = engine
         self.metrics = metrics
@@ -95,13 +105,14 @@ class Pipeline:
         """Stages 2-5 for one session's validated frames, oldest first."""
         # 2. sequence and 3. statistics, frame by frame
         start = perf_ns()
-        newest, accepted = None, 0
+        newest, accepted, newest_dff = None, 0, None
         for frame, t_recv_ns, t_recv in frames:
             session = self._session_for(frame, self.sessions.get(session_id), t_recv_ns)
             if session is None or not self._sequence(session, frame, t_recv_ns):
                 continue
             session = self.sessions[session_id]  # _sequence may have restarted the stream
-            self._add(session, session.dff_of(frame))
+            newest_dff = session.dff_of(frame)  # valid until the next frame is converted: it is the last
+            self._add(session, newest_dff)
             session.last_seq = frame.seq
             newest, accepted = (frame, t_recv_ns, t_recv), accepted + 1
         if newest is None:
@@ -113,14 +124,21 @@ class Pipeline:
 
         # 4. model, and the session's decoding heads
         start = perf_ns()
-        forecast, decoded = self._step_model(session)
+        forecast, decoded = step_session(self.engine, session)
         model_ns = perf_ns() - start
 
-        # 5. publish
+        # 5. rules: a trigger goes out before the prediction (a stimulus line is the time-critical output)
         start = perf_ns()
         frame, t_recv_ns, t_recv = newest
         session.scale.denormalise_into(forecast, session.forecast)
         stage_ns = {"validate": validate_ns, "stats": stats_ns, "model": model_ns}
+        rules_ns = 0
+        if session.rules is not None:
+            rules_start = perf_ns()
+            self._apply_rules(session, frame, newest_dff, forecast, decoded)
+            rules_ns = stage_ns[RULES_STAGE] = perf_ns() - rules_start
+
+        # 6. publish
         t_pub_ns = wall_ns()
         payload = self.predictions.encode(
             session=session_id, seq=frame.seq, t_acq_ns=frame.t_acq_ns, t_recv_ns=t_recv_ns, t_pub_ns=t_pub_ns,
@@ -133,29 +151,42 @@ class Pipeline:
         self.publisher.send_multipart((session.topic, payload), copy=True)
         end = perf_ns()
         self._account(session, folded, t_pub_ns - frame.t_acq_ns, end - t_recv, validate_ns, stats_ns, model_ns,
-                      end - start)
+                      end - start - rules_ns, rules_ns)
 
-    def _step_model(self, session: Session) -> tuple[np.ndarray, dict]:
-        """The session's pending frames through the model: the newest frame's forecast (normalised, an
-        engine buffer) and its decoded values. Decoding heads pool the hidden state of *every* consumed
-        frame, and an engine only exposes the latest frame's, so a session with heads folds its batch
-        one frame at a time (the engines step frame by frame anyway: only the hidden readout is extra)."""
-        frames = session.take_pending()
-        if not session.heads:
-            return self.engine.step(frames, session.model_state), {}
-        self._fold(session, frames[:-1])
-        forecast = self.engine.step(frames[-1:], session.model_state)
-        return forecast, session.heads.decode(self.engine.hidden(session.model_state))
-
-    def _fold(self, session: Session, frames: np.ndarray) -> None:
-        """Consume ``frames`` without a prediction; with heads, each frame's hidden state still enters
-        their pools."""
-        if not session.heads:
-            self.engine.fold(frames, session.model_state)
+    def _apply_rules(self, session: Session, frame: Frame, dff: np.ndarray, forecast_z: np.ndarray,
+                     decoded: dict) -> None:
+        """Evaluate the session's trigger rules on its newest frame; send what fired, count what was
+        suppressed. Only rules that fired or were suppressed reach Python code here (usually none)."""
+        rules = session.rules
+        count = rules.evaluate(stream_frames=session.stream_frames, dff=dff, z=session.newest_normalised(),
+                               forecast_dff=session.forecast, forecast_z=forecast_z, predictable=session.predictable,
+                               decoded=decoded)
+        if not count:
             return
-        for i in range(frames.shape[0]):
-            self.engine.fold(frames[i:i + 1], session.model_state)
-            session.heads.absorb(self.engine.hidden(session.model_state))
+        metrics = self.rule_metrics[session.id]
+        for i in range(count):
+            r = int(rules.events[i])
+            outcome = rules.outcome[r]
+            if outcome == rule_kernels.REFRACTORY:
+                metrics.suppressed["refractory"][r].inc()
+            elif outcome == rule_kernels.RATE_LIMIT:
+                metrics.suppressed["rate_limit"][r].inc()
+            else:
+                self._fire(session, frame, r, metrics)
+
+    def _fire(self, session: Session, frame: Frame, r: int, metrics: RuleMetrics) -> None:
+        spec = session.rules.specs[r]
+        if spec.serial_byte is not None and self.trigger_line is not None:  # the hardware line first
+            if not self.trigger_line.send(spec.serial_byte):
+                self.metrics.serial_failed.inc()
+        t_fire_ns = wall_ns()
+        self.publisher.send_multipart((protocol.trigger_topic(session.id), protocol.build_trigger(Trigger(
+            session=session.id, seq=frame.seq, rule=spec.name, kind=spec.kind, value=float(session.rules.values[r]),
+            threshold=spec.threshold, direction=spec.direction, t_acq_ns=frame.t_acq_ns, t_fire_ns=t_fire_ns,
+            stream_id=session.stream_id, stream_frame=session.stream_frames - 1))))
+        metrics.fired[r].inc()
+        if self._observe_acquisition and t_fire_ns >= frame.t_acq_ns:
+            metrics.latency[r].observe((t_fire_ns - frame.t_acq_ns) * 1e-9)
 
     def _validate(self, parts: list[bytes], t_recv_ns: int) -> Frame | None:
         try:
@@ -246,17 +277,19 @@ class Pipeline:
                 return True
             session.counts["gap_frames"] += missing
             self.metrics.gap_frames.inc(missing)
+            if session.rules is not None:
+                session.rules.gap(missing)
             for _ in range(missing):
                 self._add(session, session.missing_dff())
         return True
 
     def _add(self, session: Session, values: np.ndarray) -> None:
         if session.pending_full():  # a batch longer than the buffer: fold what is there first
-            self._fold(session, session.take_pending())
+            fold_frames(self.engine, session, session.take_pending())
         session.add_frame(values)
 
     def _account(self, session: Session, folded: int, acquisition_to_publish_ns: int, receive_to_publish_ns: int,
-                 validate_ns: int, stats_ns: int, model_ns: int, publish_ns: int) -> None:
+                 validate_ns: int, stats_ns: int, model_ns: int, publish_ns: int, rules_ns: int) -> None:
         session.counts["accepted"] += folded + 1
         session.counts["published"] += 1
         session.counts["batched"] += folded
@@ -269,6 +302,8 @@ class Pipeline:
         m.stage["stats"].observe(stats_ns * 1e-9)
         m.stage["model"].observe(model_ns * 1e-9)
         m.stage["publish"].observe(publish_ns * 1e-9)
+        if rules_ns:
+            m.stage[RULES_STAGE].observe(rules_ns * 1e-9)
         if self._observe_acquisition and acquisition_to_publish_ns >= 0:
             m.acquisition_to_publish.observe(acquisition_to_publish_ns * 1e-9)
         self.stage_times.record(receive_to_publish_ns, validate_ns, stats_ns, model_ns, publish_ns)
@@ -312,9 +347,16 @@ class Pipeline:
             session.heads.reset_pools()
             fresh.heads = session.heads
             self.metrics.heads.labels(session=fresh.id).set(len(fresh.heads))
-        elif session.heads:
-            self._drop_heads(session, "neuron_count", f"the session now has {fresh.n_neurons} neurons, the heads "
-                                                      f"were fitted for {session.n_neurons}")
+            if session.rules is not None:
+                session.rules.restart(stream_frames=0)
+                self._install_rules(fresh, session.rules)
+        else:
+            if session.heads:
+                self._drop_heads(session, "neuron_count", f"the session now has {fresh.n_neurons} neurons, the "
+                                                          f"heads were fitted for {session.n_neurons}")
+            if session.rules is not None:
+                self._drop_rules(fresh, "neuron_count", f"the session now has {fresh.n_neurons} neurons, the rules "
+                                                        f"were loaded for {session.n_neurons}")
         return fresh
 
     def expire_idle_sessions(self, now: float | None = None) -> list[str]:
@@ -337,6 +379,8 @@ class Pipeline:
         if session is not None:
             self.metrics.sessions.set(len(self.sessions))
             self.metrics.forget_session(session_id)
+            if session_id in self.rule_metrics:
+                self.metrics.forget_rules(self.rule_metrics.pop(session_id))
         return session
 
     # --- decoding heads (control commands, between batches) -------------------------------------------
@@ -347,7 +391,7 @@ class Pipeline:
         session.heads.check_room(head)
         loaded = LoadedHead(head, path)
         replaced = session.heads.install(loaded)
-        self.metrics.heads.labels(session=session.id).set(len(session.heads))
+        self._heads_changed(session)
         log.info("session %s: decoding head %r loaded from %s", session.id, loaded.name, path)
         return {"session": session.id, "head": loaded.describe(), "replaced": replaced,
                 "heads": session.heads.describe()}
@@ -355,7 +399,7 @@ class Pipeline:
     def unload_head(self, session: Session, name: str) -> dict:
         """Raises ProtocolError('unknown_head') if ``session`` has no head ``name``."""
         session.heads.remove(name)
-        self.metrics.heads.labels(session=session.id).set(len(session.heads))
+        self._heads_changed(session)
         return {"session": session.id, "unloaded": name, "heads": session.heads.describe()}
 
     def _drop_heads(self, session: Session, reason: str, why: str) -> None:
@@ -363,9 +407,66 @@ class Pipeline:
         names = session.heads.names()
         session.heads = SessionHeads()
         self.metrics.heads_dropped[reason].inc(len(names))
-        self.metrics.heads.labels(session=session.id).set(0)
+        self._heads_changed(session)
         log.warning("session %s: decoding heads %s dropped: %s; load heads that fit to decode again",
                     session.id, names, why)
+
+    def _heads_changed(self, session: Session) -> None:
+        """Decoded trigger rules read the session's heads as they are now (a rule whose head is gone reads
+        nothing and cannot fire)."""
+        self.metrics.heads.labels(session=session.id).set(len(session.heads))
+        if session.rules is not None:
+            session.rules.bind_heads(session.heads.classes())
+
+    # --- trigger rules (control commands, between batches) ---------------------------------------------
+    def load_rules(self, session: Session, path: str) -> dict:
+        """Read, check and compile the rules file at ``path`` for ``session``, then replace the session's
+        rules with it in one assignment (between batches: no frame sees half a rule set). Raises
+        ProtocolError('rules_invalid'), changing nothing, if any rule is wrong or does not fit."""
+        engine = self.engine
+        try:
+            rules = RuleSet(read_rules_file(path), n_neurons=session.n_neurons, horizon=engine.horizon,
+                            rate_hz=engine.rate_hz, receptive_field=engine.receptive_field,
+                            heads=session.heads.classes())
+        except RulesError as error:
+            raise ProtocolError("rules_invalid", str(error)) from None
+        rules.restart(stream_frames=session.stream_frames)
+        replaced = 0 if session.rules is None else len(session.rules)
+        self._install_rules(session, rules)
+        log.info("session %s: %d trigger rules loaded from %s (%d armed)", session.id, len(rules), path,
+                 int(rules.armed.sum()))
+        return {"session": session.id, "rules": rules.describe(), "replaced": replaced}
+
+    def set_armed(self, session: Session, names: list[str] | None, armed: bool) -> dict:
+        """Arm or disarm the session's rules ``names`` (all when None). Raises ProtocolError
+        ('unknown_rule'), changing nothing, if a name is not a rule of the session."""
+        if session.rules is None:
+            raise ProtocolError("unknown_rule", f"session {session.id!r} has no trigger rules; load_rules first")
+        try:
+            changed = session.rules.set_armed(names, armed)
+        except KeyError as error:
+            raise ProtocolError("unknown_rule", f"no trigger rule(s) {error.args[0]} in session {session.id!r} "
+                                f"(rules: {', '.join(session.rules.names) or 'none'})") from None
+        self.metrics.rules_armed.labels(session=session.id).set(int(session.rules.armed.sum()))
+        log.info("session %s: rules %s %s", session.id, changed, "armed" if armed else "disarmed")
+        return {"session": session.id, "changed": changed, "rules": session.rules.describe()}
+
+    def _install_rules(self, session: Session, rules: RuleSet) -> None:
+        previous = self.rule_metrics.pop(session.id, None)
+        if previous is not None and previous.names != rules.names:
+            self.metrics.forget_rules(previous)
+            previous = None
+        self.rule_metrics[session.id] = previous or RuleMetrics(self.metrics, session.id, rules.names)
+        session.rules = rules if len(rules) else None
+        self.metrics.rules_armed.labels(session=session.id).set(int(rules.armed.sum()))
+
+    def _drop_rules(self, session: Session, reason: str, why: str) -> None:
+        """The session's rules no longer fit its stream or the model: drop them (nothing can fire), count
+        and log it."""
+        session.rules = None
+        self.metrics.rules_dropped[reason].inc()
+        self.metrics.rules_armed.labels(session=session.id).set(0)
+        log.warning("session %s: trigger rules dropped: %s; load rules that fit to trigger again", session.id, why)
 
     # --- between batches -----------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -389,8 +490,14 @@ class Pipeline:
             for step in range(3):
                 session.add_frame(session.dff_of(probe) * np.float32(step + 1))
             session.add_frame(session.missing_dff())
-            forecast, _ = self._step_model(session)
+            forecast, decoded = step_session(self.engine, session)
             session.scale.denormalise_into(forecast, session.forecast)
+            if kind == "dff":  # the rule kernels, whose first call would otherwise load them mid-experiment
+                rules = RuleSet(_warm_up_rules(self.engine.horizon), n_neurons=n_probe, horizon=self.engine.horizon,
+                                rate_hz=self.engine.rate_hz, receptive_field=0, heads={})
+                rules.evaluate(stream_frames=session.stream_frames, dff=frame, z=session.newest_normalised(),
+                               forecast_dff=session.forecast, forecast_z=forecast, predictable=session.predictable,
+                               decoded=decoded)
             session.refresh_predictable(self.config.stats.predictable_method,
                                         self.config.stats.thresholds_refresh_frames)
 
@@ -436,4 +543,45 @@ class Pipeline:
             if session.heads:
                 self._drop_heads(session, "model_swap", f"model {engine.version} replaced {self.engine.version}, "
                                  "which the heads were fitted on")
+            if session.rules is None:
+                continue
+            if session.rules.fits(n_neurons=session.n_neurons, horizon=engine.horizon):
+                session.rules.receptive_field = engine.receptive_field
+                session.rules.restart(stream_frames=session.stream_frames)  # forecasts from a new model: held
+            else:
+                self._drop_rules(session, "model_swap", f"model {engine.version} forecasts {engine.horizon} frames, "
+                                 "fewer than a forecast rule looks ahead")
         self.engine = engine
+
+
+def _warm_up_rules(horizon: int) -> list[RuleSpec]:
+    """One rule of each neuron-reading kind, every neuron-set mode and reduction among them."""
+    return [RuleSpec("warm-activity", "activity", threshold=0.0, neurons="all", reduce="mean", armed=True),
+            RuleSpec("warm-forecast", "forecast", threshold=0.0, neurons="predictable", reduce="count_above",
+                     level=0.0, frames=(1, horizon), armed=True),
+            RuleSpec("warm-indices", "activity", threshold=0.0, neurons=(0,), reduce="max", units="dff")]
+
+
+# --- stepping a session's model and heads: the daemon's and the offline replay's (rtcalm.daemon.offline) ---
+def step_session(engine: StepEngine, session: Session) -> tuple[np.ndarray, dict]:
+    """The session's pending frames through the model: the newest frame's forecast (normalised, an
+    engine buffer) and its decoded values. Decoding heads pool the hidden state of *every* consumed
+    frame, and an engine only exposes the latest frame's, so a session with heads folds its batch
+    one frame at a time (the engines step frame by frame anyway: only the hidden readout is extra)."""
+    frames = session.take_pending()
+    if not session.heads:
+        return engine.step(frames, session.model_state), {}
+    fold_frames(engine, session, frames[:-1])
+    forecast = engine.step(frames[-1:], session.model_state)
+    return forecast, session.heads.decode(engine.hidden(session.model_state))
+
+
+def fold_frames(engine: StepEngine, session: Session, frames: np.ndarray) -> None:
+    """Consume ``frames`` without a prediction; with heads, each frame's hidden state still enters
+    their pools."""
+    if not session.heads:
+        engine.fold(frames, session.model_state)
+        return
+    for i in range(frames.shape[0]):
+        engine.fold(frames[i:i + 1], session.model_state)
+        session.heads.absorb(engine.hidden(session.model_state))

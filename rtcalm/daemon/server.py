@@ -123,6 +123,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.control: ControlHandler | None = None
         self.endpoints: dict = {}
+        self.trigger_line = None  # the serial trigger line ([triggers] serial_port), opened by start()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -142,10 +143,17 @@ class Daemon:
                 except OSError as exc:
                     raise RtcalmError(f"cannot serve metrics on {metrics.host}:{metrics.port}: {exc}") from None
                 self.endpoints["metrics"] = f"http://{metrics.host}:{port}/metrics"
+            triggers = self.config.triggers
+            if triggers.serial_port is not None:
+                from rtcalm.triggers.serial_line import SerialTriggerLine
+
+                self.trigger_line = SerialTriggerLine(triggers.serial_port, triggers.serial_baudrate)
+                self.endpoints["serial_trigger_line"] = triggers.serial_port
         except BaseException:
             self.close()
             raise
-        self.pipeline = Pipeline(self.config, self._initial_engine, self.metrics, self.sockets.publish)
+        self.pipeline = Pipeline(self.config, self._initial_engine, self.metrics, self.sockets.publish,
+                                 trigger_line=self.trigger_line)
         self.pipeline.warm_up()
         self.control = ControlHandler(self)
         # Everything allocated so far (torch, numba, the model) lives as long as the process. Moving it
@@ -170,6 +178,9 @@ class Daemon:
         self._stop.set()
 
     def close(self) -> None:
+        if self.trigger_line is not None:
+            self.trigger_line.close()
+            self.trigger_line = None
         if self.sockets is not None:
             self.sockets.close()
             self.sockets = None

@@ -29,6 +29,7 @@ from rtcalm.protocol import Frame, topic_for
 from rtcalm.stats.dff import OnlineDff
 from rtcalm.stats.moments import StreamingStats
 from rtcalm.stats.selection import POYO_CAP, Thresholds, choose_thresholds, is_predictable
+from rtcalm.triggers.ruleset import RuleSet
 
 
 class Scale:
@@ -85,6 +86,9 @@ class Session:
         # Decoding heads (load_head): a fresh stream of the same neuron count takes over the previous
         # stream's, with zeroed pools (Pipeline.restart_session).
         self.heads = SessionHeads()
+        # Trigger rules (load_rules); a fresh stream of the same neuron count takes them over, held
+        # until the model's receptive field is full again (rtcalm.triggers.ruleset).
+        self.rules: RuleSet | None = None
         self.last_seq: int | None = None
         self.stream_frames = 0  # frames consumed by stats and model, including filled-in missing ones
         # time.monotonic() of the stream's start or its latest accepted frame (sessions.idle_timeout_s)
@@ -159,6 +163,10 @@ class Session:
         self.n_pending = 0
         return rows
 
+    def newest_normalised(self) -> np.ndarray:
+        """The newest consumed frame as the model saw it (a row of the history ring, not a copy)."""
+        return self.history[(self.stream_frames - 1) % self.history.shape[0]]
+
     def history_tail(self, k: int) -> np.ndarray:
         """The last min(k, available) normalised frames, oldest first (a copy)."""
         capacity = self.history.shape[0]
@@ -186,7 +194,8 @@ class Session:
                 "last_seq": self.last_seq, "stream_frames": self.stream_frames,
                 "predictable": int(self.predictable.sum()),
                 "thresholds": None if self.thresholds is None else self.thresholds.to_dict(),
-                "heads": self.heads.describe(), **self.counts}
+                "heads": self.heads.describe(), "rules": 0 if self.rules is None else len(self.rules),
+                **self.counts}
 
     def statistics(self) -> dict:
         """Per-neuron statistics for the ``get_stats`` command: float32 little-endian bytes per field."""

@@ -1,0 +1,56 @@
+"""The daemon's per-frame path for one session, driven by a loop over a recording instead of sockets.
+
+:class:`OfflineStream` runs, for every frame, the objects and calls the daemon runs
+(:class:`~rtcalm.daemon.session.Session` for statistics and normalisation, :func:`step_session` for
+the model and the decoding heads, :class:`~rtcalm.triggers.ruleset.RuleSet` for the trigger rules,
+the predictable mask refreshed on the daemon's schedule), so what it computes is what a daemon would
+have computed for the same frames arriving one at a time in order. ``rtcalm trigger-eval`` is built on
+it; tests/daemon/test_triggers_live.py holds it to a real daemon fed through real sockets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rtcalm.daemon.config import DaemonConfig
+from rtcalm.daemon.pipeline import fold_frames, step_session
+from rtcalm.daemon.session import Session
+from rtcalm.engine import StepEngine
+from rtcalm.triggers.rules import RuleSpec
+from rtcalm.triggers.ruleset import RuleSet
+
+
+class OfflineStream:
+    """One session's stream of ``n_neurons`` on ``engine``, with trigger rules ``rules`` (None: none)."""
+
+    def __init__(self, engine: StepEngine, n_neurons: int, *, config: DaemonConfig | None = None,
+                 rules: list[RuleSpec] | None = None):
+        self.engine = engine
+        self.config = config or DaemonConfig()
+        self.session = Session("offline", n_neurons, 1, engine, self.config, pinned=True)
+        if rules is not None:
+            self.session.rules = RuleSet(rules, n_neurons=n_neurons, horizon=engine.horizon, rate_hz=engine.rate_hz,
+                                         receptive_field=engine.receptive_field, heads=self.session.heads.classes())
+        self.decoded: dict = {}
+
+    def push(self, dff: np.ndarray) -> int:
+        """One frame of ΔF/F (N,), NaN = missing, answered as the daemon answers an in-order frame. Returns
+        the number of rule events (``self.session.rules.events[:count]``); the forecast in ΔF/F is
+        ``self.session.forecast`` and the decoded values ``self.decoded``, until the next push."""
+        session = self.session
+        if session.pending_full():
+            fold_frames(self.engine, session, session.take_pending())
+        session.add_frame(dff)
+        forecast, self.decoded = step_session(self.engine, session)
+        session.scale.denormalise_into(forecast, session.forecast)
+        count = 0
+        if session.rules is not None:
+            count = session.rules.evaluate(stream_frames=session.stream_frames, dff=dff,
+                                           z=session.newest_normalised(), forecast_dff=session.forecast,
+                                           forecast_z=forecast, predictable=session.predictable,
+                                           decoded=self.decoded)
+        # the daemon's housekeeping, which runs between frames when the ingest queue is empty
+        stats = self.config.stats
+        if session.stream_frames - session.frames_at_mask >= stats.predictable_refresh_frames:
+            session.refresh_predictable(stats.predictable_method, stats.thresholds_refresh_frames)
+        return count

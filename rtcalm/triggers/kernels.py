@@ -1,0 +1,116 @@
+"""Numba kernels of the trigger rules: every rule's value, then every rule's gate, one compiled pass each.
+
+A rule's value reduces a neuron set of one frame (the current one, or a forecast frame) to a number;
+a forecast rule takes the most extreme of those over its window of future frames (the maximum for
+``above``, the minimum for ``below``): "will the activity rule's value cross within frames a..b?".
+Missing values (NaN) are skipped; a set with no valid value gives NaN, which never satisfies a rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_JIT = dict(cache=True, error_model="numpy")
+
+# rule kinds, neuron-set modes, reductions, gate outcomes (the codes RuleSet compiles specs into)
+ACTIVITY, FORECAST, DECODED = 0, 1, 2
+ALL, PREDICTABLE, INDICES = 0, 1, 2
+MEAN, MAX, COUNT_ABOVE = 0, 1, 2
+QUIET, FIRED, REFRACTORY, RATE_LIMIT = 0, 1, 2, 3
+
+
+@njit(**_JIT)
+def _reduce(x, mode, idx, lo, hi, predictable, reduce, level):
+    """``reduce`` over the neuron set of the 1-D ``x`` (NaN skipped; NaN when nothing is valid)."""
+    total = 0.0
+    count = 0
+    extreme = np.nan
+    above = 0
+    n = hi - lo if mode == INDICES else x.shape[0]
+    for j in range(n):
+        if mode == INDICES:
+            i = idx[lo + j]
+        else:
+            i = j
+            if mode == PREDICTABLE and predictable[i] == 0:
+                continue
+        v = x[i]
+        if v != v:
+            continue
+        count += 1
+        total += v
+        if extreme != extreme or v > extreme:
+            extreme = v
+        if v > level:
+            above += 1
+    if count == 0:
+        return np.nan
+    if reduce == MEAN:
+        return total / count
+    if reduce == MAX:
+        return extreme
+    return float(above)
+
+
+@njit(**_JIT)
+def rule_values(kind, use_z, mode, idx, offsets, reduce, level, first, last, sign, forecasts_valid,
+                dff, z, forecast_dff, forecast_z, predictable, values):
+    """Write every activity and forecast rule's value into ``values`` (decoded rules are left as they
+    are: their values come from the heads' outputs). ``forecasts_valid``: False while the model's
+    receptive field is not full (forecast values are then NaN)."""
+    for r in range(kind.shape[0]):
+        k = kind[r]
+        if k == DECODED:
+            continue
+        lo, hi = offsets[r], offsets[r + 1]
+        if k == ACTIVITY:
+            current = z if use_z[r] else dff
+            values[r] = _reduce(current, mode[r], idx, lo, hi, predictable, reduce[r], level[r])
+            continue
+        if not forecasts_valid:
+            values[r] = np.nan
+            continue
+        future = forecast_z if use_z[r] else forecast_dff
+        best = np.nan
+        for step in range(first[r], last[r] + 1):
+            v = _reduce(future[:, step], mode[r], idx, lo, hi, predictable, reduce[r], level[r])
+            if v == v and (best != best or sign[r] * (v - best) > 0.0):
+                best = v
+        values[r] = best
+
+
+@njit(**_JIT)
+def gate(values, threshold, sign, min_frames, refractory_frames, token_rate, token_cap, armed, held,
+         streak, last_fire, tokens, clock, elapsed, outcome, events):
+    """Advance every rule's gate by one evaluated frame at ``clock`` (frames consumed since the rules were
+    loaded; ``elapsed`` of them since the previous evaluation). A rule *triggers* on the frame where its
+    condition has held for exactly ``min_frames`` consecutive evaluated frames (once per crossing); it
+    then fires, unless it is disarmed (nothing happens), within its refractory period or out of rate
+    tokens (suppressed). ``held[r]``: the rule may not evaluate now (its streak restarts). Writes each
+    rule's ``outcome`` and the indices of the rules that fired or were suppressed into ``events``;
+    returns how many."""
+    n_events = 0
+    for r in range(values.shape[0]):
+        outcome[r] = QUIET
+        if token_rate[r] > 0.0:
+            tokens[r] = min(token_cap[r], tokens[r] + token_rate[r] * elapsed)
+        v = values[r]
+        if held[r] or not (sign[r] * (v - threshold[r]) > 0.0):  # NaN compares False: never holds
+            streak[r] = 0
+            continue
+        streak[r] += 1
+        if streak[r] != min_frames[r] or not armed[r]:
+            continue
+        if clock - last_fire[r] < refractory_frames[r]:
+            outcome[r] = REFRACTORY
+        elif token_rate[r] > 0.0 and tokens[r] < 1.0:
+            outcome[r] = RATE_LIMIT
+        else:
+            outcome[r] = FIRED
+            last_fire[r] = clock
+            if token_rate[r] > 0.0:
+                tokens[r] -= 1.0
+        events[n_events] = r
+        n_events += 1
+    return n_events
