@@ -18,7 +18,10 @@ minimal Python::
 
 The wire format is in docs/protocol.md. A daemon with CurveZMQ keys (``rtcalm serve --keys DIR``) only
 lets in clients that give theirs: ``keys=ClientKeys.from_directory(DIR, "rig1")`` (or
-``ClientKeys.load(server_public_file, client_secret_file)``) on each of the three classes.
+``ClientKeys.load(server_public_file, client_secret_file)``) on each of the classes.
+
+When a session's trigger rules fire (``ControlClient.load_rules`` and ``arm``; docs/triggers.md), the
+daemon publishes a :class:`Trigger` per fire; :class:`TriggerSubscriber` receives them and nothing else.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ import zmq
 
 from rtcalm import protocol
 from rtcalm.errors import RtcalmError
-from rtcalm.protocol import ErrorMessage, Prediction
+from rtcalm.protocol import ErrorMessage, Prediction, Trigger
 from rtcalm.security import ClientKeys
 
 DEFAULT_INGEST = "tcp://127.0.0.1:7750"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:7751"
 DEFAULT_CONTROL = "tcp://127.0.0.1:7752"
 
-__all__ = ["ClientKeys", "ControlClient", "DaemonError", "ErrorMessage", "Prediction", "PredictionSubscriber", "RigSender"]
+__all__ = ["ClientKeys", "ControlClient", "DaemonError", "ErrorMessage", "Prediction", "PredictionSubscriber",
+           "RigSender", "Trigger", "TriggerSubscriber"]
 
 
 class DaemonError(RtcalmError):
@@ -111,39 +115,29 @@ class RigSender:
         self.close()
 
 
-class PredictionSubscriber:
-    """Receives predictions and errors from the daemon's publish socket (SUB).
+class _Subscriber:
+    """A SUB socket on the daemon's publish socket, subscribed to ``topics``; what the public subscribers
+    share."""
 
-    ``sessions``: one session id, several, or None for every session (and errors that could not be
-    attributed to a session). Filtering happens in ZeroMQ by exact topic. Like every ZeroMQ subscriber,
-    it misses what is published before its subscription reaches the daemon (a few milliseconds after
-    connecting).
-    """
-
-    def __init__(self, address: str = DEFAULT_PUBLISH, sessions: str | Iterable[str] | None = None, *,
-                 hwm: int = 1000, context: zmq.Context | None = None, keys: ClientKeys | None = None):
+    def __init__(self, address: str, topics: Iterable[bytes], *, hwm: int, context: zmq.Context | None,
+                 keys: ClientKeys | None):
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.SUB)
         if keys is not None:
             keys.apply(self._socket)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
-        if sessions is None:
-            self._socket.setsockopt(zmq.SUBSCRIBE, b"")
-        else:
-            for session in [sessions] if isinstance(sessions, str) else sessions:
-                self._socket.setsockopt(zmq.SUBSCRIBE, protocol.topic_for(session))
+        for topic in topics:
+            self._socket.setsockopt(zmq.SUBSCRIBE, topic)
         self._socket.connect(address)
 
-    def receive(self, timeout_ms: int | None = None) -> Prediction | ErrorMessage | None:
-        """The next prediction or error; None if nothing arrived within ``timeout_ms`` (None: wait).
-        Raises :class:`rtcalm.protocol.ProtocolError` for a message that does not parse."""
+    def _receive(self, timeout_ms: int | None) -> Prediction | ErrorMessage | Trigger | None:
         if timeout_ms is not None and not self._socket.poll(timeout_ms, zmq.POLLIN):
             return None
         # Zero-copy receive: msgpack reads the payload straight from ZeroMQ's buffer.
         return protocol.parse_published([part.buffer for part in self._socket.recv_multipart(copy=False)])
 
-    def __iter__(self) -> Iterator[Prediction | ErrorMessage]:
+    def __iter__(self):
         while True:
             yield self.receive()
 
@@ -155,11 +149,91 @@ class PredictionSubscriber:
     def close(self) -> None:
         self._socket.close()
 
-    def __enter__(self) -> PredictionSubscriber:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _session_list(sessions: str | Iterable[str]) -> list[str]:
+    return [sessions] if isinstance(sessions, str) else list(sessions)
+
+
+class PredictionSubscriber(_Subscriber):
+    """Receives predictions and errors from the daemon's publish socket (SUB).
+
+    ``sessions``: one session id, several, or None for every session (and errors that could not be
+    attributed to a session). Filtering happens in ZeroMQ by exact topic. Like every ZeroMQ subscriber,
+    it misses what is published before its subscription reaches the daemon (a few milliseconds after
+    connecting).
+
+    With ``sessions=None`` the subscription is to everything on the socket, so :class:`Trigger` messages
+    (a trigger rule fired) arrive too, interleaved in publication order; with named sessions they arrive
+    only with ``triggers=True`` (then the triggers of those sessions). Check the type of what
+    :meth:`receive` returns. A program that only acts on triggers is better served by
+    :class:`TriggerSubscriber`, whose queue is not shared with the much larger predictions.
+    """
+
+    def __init__(self, address: str = DEFAULT_PUBLISH, sessions: str | Iterable[str] | None = None, *,
+                 hwm: int = 1000, context: zmq.Context | None = None, keys: ClientKeys | None = None,
+                 triggers: bool = False):
+        if sessions is None:
+            topics = [b""]
+        else:
+            names = _session_list(sessions)
+            topics = [protocol.topic_for(session) for session in names]
+            if triggers:
+                topics += [protocol.trigger_topic(session) for session in names]
+        super().__init__(address, topics, hwm=hwm, context=context, keys=keys)
+
+    def receive(self, timeout_ms: int | None = None) -> Prediction | ErrorMessage | Trigger | None:
+        """The next prediction or error (or trigger, see the class docstring); None if nothing arrived
+        within ``timeout_ms`` (None: wait). Raises :class:`rtcalm.protocol.ProtocolError` for a message
+        that does not parse."""
+        return self._receive(timeout_ms)
+
+    def __iter__(self) -> Iterator[Prediction | ErrorMessage | Trigger]:
+        return super().__iter__()
+
+    def __enter__(self) -> PredictionSubscriber:
+        return self
+
+
+class TriggerSubscriber(_Subscriber):
+    """Receives the daemon's ``trigger`` messages (a trigger rule fired) from its publish socket (SUB),
+    and nothing else: no predictions, no errors.
+
+    ``sessions``: one session id, several, or None for the triggers of every session. Filtering happens
+    in ZeroMQ by exact topic (``!trigger`` NUL session NUL), so this socket's queue (``hwm`` messages)
+    holds triggers only: a trigger never waits behind predictions, which are much larger. Like every
+    ZeroMQ subscriber, it misses what is published before its subscription reaches the daemon::
+
+        with TriggerSubscriber("tcp://127.0.0.1:7751", sessions="rig1") as triggers:
+            for trigger in triggers:
+                print(trigger.rule, trigger.seq, trigger.value)
+    """
+
+    def __init__(self, address: str = DEFAULT_PUBLISH, sessions: str | Iterable[str] | None = None, *,
+                 hwm: int = 1000, context: zmq.Context | None = None, keys: ClientKeys | None = None):
+        topics = ([protocol.trigger_topic()] if sessions is None
+                  else [protocol.trigger_topic(session) for session in _session_list(sessions)])
+        super().__init__(address, topics, hwm=hwm, context=context, keys=keys)
+
+    def receive(self, timeout_ms: int | None = None) -> Trigger | None:
+        """The next trigger; None if none arrived within ``timeout_ms`` (None: wait). Raises
+        :class:`rtcalm.protocol.ProtocolError` for a message that does not parse or is not a trigger."""
+        message = self._receive(timeout_ms)
+        if message is not None and not isinstance(message, Trigger):
+            # Only reachable from a publisher that is not rtcalm (a session id that is not one).
+            raise protocol.ProtocolError("wrong_type", f"a {type(message).__name__} arrived under a trigger topic")
+        return message
+
+    def __iter__(self) -> Iterator[Trigger]:
+        return super().__iter__()
+
+    def __enter__(self) -> TriggerSubscriber:
+        return self
 
 
 class ControlClient:
@@ -258,6 +332,38 @@ class ControlClient:
     def unload_head(self, session: str, name: str) -> dict:
         """Remove the session's decoding head ``name``; raises DaemonError('unknown_head') if it has none."""
         return self.request("unload_head", session=session, name=name)
+
+    def load_rules(self, session: str, path: str) -> dict:
+        """Load a trigger rules file for a running session: ``path`` is the TOML file on the daemon's
+        machine (docs/triggers.md). It replaces all of the session's rules at once (an empty file clears
+        them); rules start disarmed unless the file arms them. Returns the reply (``session``, ``rules``:
+        each rule's fields and state, ``replaced``: how many rules it replaced); raises DaemonError
+        (``unknown_session``, ``rules_invalid``), in which case the session's rules are unchanged."""
+        return self.request("load_rules", session=session, path=str(path))
+
+    def arm(self, session: str, rules: Iterable[str] | None = None) -> dict:
+        """Arm the session's trigger rules named in ``rules`` (all of them when None): from the next
+        frame on they fire. Returns the reply (``session``, ``changed``: the names armed, ``rules``);
+        raises DaemonError (``unknown_session``, ``unknown_rule``: then no rule changed)."""
+        return self.request("arm", session=session, **self._rule_names(rules))
+
+    def disarm(self, session: str, rules: Iterable[str] | None = None) -> dict:
+        """Disarm the session's trigger rules named in ``rules`` (all of them when None): they are still
+        evaluated (``rules`` shows their values) but never fire. Returns the reply (``session``,
+        ``changed``, ``rules``); raises DaemonError (``unknown_session``, ``unknown_rule``)."""
+        return self.request("disarm", session=session, **self._rule_names(rules))
+
+    def rules(self, session: str) -> dict:
+        """The session's trigger rules with their state (``armed``, ``streak``, ``held``, ``value``,
+        ``frames_since_fire``): the reply's ``session`` and ``rules``. Raises DaemonError
+        (``unknown_session``)."""
+        return self.request("rules", session=session)
+
+    @staticmethod
+    def _rule_names(rules: Iterable[str] | None) -> dict:
+        if rules is None:
+            return {}
+        return {"rules": [rules] if isinstance(rules, str) else list(rules)}
 
     def close(self) -> None:
         self._socket.close()

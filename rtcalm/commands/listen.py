@@ -1,5 +1,5 @@
-"""``rtcalm listen``: subscribe to a daemon's publish socket and print every prediction and error as one
-JSON line (the fields are in docs/protocol.md, "Watching the stream").
+"""``rtcalm listen``: subscribe to a daemon's publish socket and print every prediction, error and trigger
+as one JSON line (the fields are in docs/protocol.md, "Watching the stream").
 
 Needs only the base (client) install: pyzmq, msgpack, numpy.
 """
@@ -16,15 +16,17 @@ import time
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "listen", help="print the daemon's predictions and errors as JSON lines",
-        description="Subscribe to a daemon's publish socket and print each prediction and error as one JSON "
-                    "line on stdout (fields: docs/protocol.md, 'Watching the stream'). Stops on Ctrl-C, or after "
-                    "--count messages. Needs only the client install.")
+        "listen", help="print the daemon's predictions, errors and triggers as JSON lines",
+        description="Subscribe to a daemon's publish socket and print each prediction, error and trigger as "
+                    "one JSON line on stdout (fields: docs/protocol.md, 'Watching the stream'). Stops on "
+                    "Ctrl-C, or after --count messages. Needs only the client install.")
     parser.add_argument("--from", dest="address", default="tcp://127.0.0.1:7751", metavar="ADDR",
                         help="the daemon's publish address (default tcp://127.0.0.1:7751)")
     parser.add_argument("--session", action="append", metavar="ID",
-                        help="only this session (repeat for several; default: every session and errors "
-                             "that could not be attributed to one)")
+                        help="only this session's predictions, errors and triggers (repeat for several; "
+                             "default: every session, and errors that could not be attributed to one)")
+    parser.add_argument("--triggers-only", action="store_true",
+                        help="only trigger messages (a trigger rule fired): of --session, or of every session")
     parser.add_argument("--count", type=_positive_int, metavar="N", help="stop after N messages")
     parser.add_argument("--timeout", type=float, metavar="S",
                         help="fail (exit status 1) if S seconds pass without a message")
@@ -55,7 +57,12 @@ def _finite_or_none(value):
 
 def message_record(message, *, vectors: bool, t_listen_ns: int) -> dict:
     """The JSON object printed for one published message."""
-    from rtcalm.protocol import Prediction
+    from dataclasses import asdict
+
+    from rtcalm.protocol import Prediction, Trigger
+
+    if isinstance(message, Trigger):
+        return _finite_or_none({"type": "trigger", **asdict(message), "t_listen_ns": t_listen_ns})
 
     if isinstance(message, Prediction):
         record = {"type": "prediction", "session": message.session, "seq": message.seq,
@@ -74,7 +81,7 @@ def message_record(message, *, vectors: bool, t_listen_ns: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtcalm.client import ClientKeys, PredictionSubscriber
+    from rtcalm.client import ClientKeys, PredictionSubscriber, TriggerSubscriber
     from rtcalm.errors import RtcalmError
     from rtcalm.protocol import SESSION_ID_PATTERN, ProtocolError
 
@@ -85,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
             raise RtcalmError(f"--session {session!r}: a session id is 1-64 characters of A-Z a-z 0-9 _ . : -")
     keys = ClientKeys.from_directory(args.keys, args.client) if args.keys else None
     printed = 0
-    with PredictionSubscriber(args.address, sessions=args.session, keys=keys) as subscriber:
+    if args.triggers_only:
+        subscriber = TriggerSubscriber(args.address, sessions=args.session, keys=keys)
+    else:  # with sessions: their predictions, errors and triggers; without: everything, triggers included
+        subscriber = PredictionSubscriber(args.address, sessions=args.session, keys=keys, triggers=True)
+    with subscriber:
         last_message = time.monotonic()
         try:
             while args.count is None or printed < args.count:

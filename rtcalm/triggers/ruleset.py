@@ -142,13 +142,13 @@ class RuleSet:
         self._seen = stream_frames
         self.hold = self.receptive_field + extra_hold
         self.streak[:] = 0
-        np.copyto(self.held, self.needs_warm)
+        np.logical_and(self.needs_warm, self.hold > 0, out=self.held)
 
     def gap(self, missing: int) -> None:
         """``missing`` frames are about to be filled in as missing data."""
         self.hold = max(self.hold, self.receptive_field + missing)
         self.streak[:] = 0
-        np.copyto(self.held, self.needs_warm)
+        np.logical_and(self.needs_warm, self.hold > 0, out=self.held)
 
     def bind_heads(self, heads: dict[str, list[float]]) -> None:
         """Where each decoded rule reads its value, for the session's current heads (name -> classes). A
