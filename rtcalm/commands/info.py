@@ -1,4 +1,4 @@
-"""``rtcalm info FILE... [--json]``: summarise recordings (format detected from each file)."""
+"""``rtcalm info FILE... [--json]``: summarise recordings (format detected from each file or suite2p plane folder)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         "info", help="summarise recordings (any supported format)",
         description="Summarise recordings: neurons, frames (or trials x frames per trial), rate, labels, metadata. "
                     "With --synthetic, summarise a built-in synthetic recording instead of files.")
-    parser.add_argument("files", nargs="*", metavar="FILE", help="recording files")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="recording files or suite2p plane folders")
     add_synthetic_arguments(parser, "summarise a built-in synthetic recording (256 neurons, 5 min at 30 Hz)")
     add_json_argument(parser)
     parser.set_defaults(handler=run)

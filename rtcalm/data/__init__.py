@@ -3,12 +3,18 @@ from here::
 
     from rtcalm.data import Recording, load_recording, save_recording
 
+Lab formats with options of their own: :func:`read_suite2p` (ΔF/F parameters), :func:`read_caiman`
+(an explicit frame rate), and :func:`read_label_table` (a CSV/TSV of onsets and labels for a recording).
+
 Simulated recordings (the synthetic generator, the visual-cortex simulator) live in :mod:`rtcalm.sim`.
 """
 
+from rtcalm.data.caiman import read_caiman
+from rtcalm.data.label_table import read_label_table
 from rtcalm.data.native import read_native, save_recording
 from rtcalm.data.readers import detect_format, load_recording
 from rtcalm.data.recording import Recording, RecordingMeta, TrialTable
+from rtcalm.data.suite2p import read_suite2p
 
 __all__ = [
     "Recording",
@@ -16,6 +22,9 @@ __all__ = [
     "TrialTable",
     "detect_format",
     "load_recording",
+    "read_caiman",
+    "read_label_table",
     "read_native",
+    "read_suite2p",
     "save_recording",
 ]

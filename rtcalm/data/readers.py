@@ -3,14 +3,17 @@
 Every reader returns a validated :class:`~rtcalm.data.recording.Recording` or raises
 :class:`~rtcalm.errors.RecordingError` naming the file and the problem. Nothing here unpickles
 third-party data: ``.npz`` files are opened with ``allow_pickle=False`` and neurod-io's
-``metadata.txt`` goes through :mod:`rtcalm.data.safe_pickle`.
+``metadata.txt`` and suite2p's ``ops.npy``/``stat.npy`` go through :mod:`rtcalm.data.safe_pickle`.
 
-Formats (detected from the file's first bytes, then its contents, never from the name alone):
+Formats (detected from the file's first bytes, then its contents, never from the name alone; a folder
+is a suite2p plane when it holds suite2p's files):
 
 ============== =========================================================================
 format         what
 ============== =========================================================================
 rtcalm-h5      the project's own HDF5 layout (:mod:`rtcalm.data.native`)
+suite2p        suite2p plane folder (``F.npy``, ``Fneu.npy``, ``iscell.npy``, ``ops.npy``) (:mod:`rtcalm.data.suite2p`)
+caiman-hdf5    CaImAn ``cnm.save`` HDF5 with ``estimates/F_dff`` or ``estimates/C`` (:mod:`rtcalm.data.caiman`)
 allen-nwb      Allen Brain Observatory Visual Coding NWB 1 (HDF5), read with h5py
 nwb2           NWB 2 file with a ``RoiResponseSeries`` of ΔF/F, read with pynwb
 cascade-mat    MATLAB v5 file with ``dF_traces`` (neurons x frames), e.g. Cascade's Allen excerpt
@@ -27,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rtcalm.data.caiman import looks_like_caiman, read_caiman
 from rtcalm.data.recording import Recording, RecordingMeta, TrialTable, checked_recording
 from rtcalm.data.safe_pickle import looks_like_pickle, restricted_loads
+from rtcalm.data.suite2p import looks_like_suite2p_plane, read_suite2p, suite2p_plane_folders
 from rtcalm.errors import RecordingError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -54,7 +59,7 @@ def detect_format(path: Path) -> str:
     if not path.exists():
         raise RecordingError(path, "file not found")
     if path.is_dir():
-        raise RecordingError(path, "is a directory, expected a recording file")
+        return _detect_folder(path)
     with open(path, "rb") as fh:
         head = fh.read(128)
     if not head:
@@ -66,12 +71,25 @@ def detect_format(path: Path) -> str:
     if head.startswith(ZIP_SIGNATURE):
         return "npz"
     if head.startswith(NPY_SIGNATURE):
+        if looks_like_suite2p_plane(path.parent):
+            raise RecordingError(path, f"is one file of a suite2p plane folder; pass the folder {path.parent}")
         raise RecordingError(path, "a bare .npy array has no sampling rate or neuron ids; save it with "
                                    "rtcalm.data.save_recording or as an .npz/.h5 recording")
     if looks_like_pickle(head):
         raise RecordingError(path, "looks like a Python pickle; pickles from third parties can run code "
                                    "and are never loaded")
-    raise RecordingError(path, "unknown format (not HDF5/NWB, MATLAB v5 .mat or .npz)")
+    raise RecordingError(path, "unknown format (not HDF5 (NWB, CaImAn, rtcalm), MATLAB v5 .mat, .npz or a suite2p folder)")
+
+
+def _detect_folder(path: Path) -> str:
+    if looks_like_suite2p_plane(path):
+        return "suite2p"
+    planes = suite2p_plane_folders(path)
+    if planes:
+        listed = ", ".join(str(p) for p in planes[:3]) + (", ..." if len(planes) > 3 else "")
+        raise RecordingError(path, f"suite2p output with {len(planes)} plane folder(s); pass one plane: {listed}")
+    raise RecordingError(path, "is a directory, expected a recording file or a suite2p plane folder "
+                               "(F.npy, Fneu.npy, iscell.npy, ops.npy)")
 
 
 def _detect_hdf5_flavour(path: Path) -> str:
@@ -83,6 +101,8 @@ def _detect_hdf5_flavour(path: Path) -> str:
                 return "rtcalm-h5"
             if f"{ALLEN_PIPELINE}/DfOverF" in f:
                 return "allen-nwb"
+            if looks_like_caiman(f):
+                return "caiman-hdf5"
             if "nwb_version" in f.attrs or "acquisition" in f and "processing" in f:
                 return "nwb2"
             if "#refs#" in f or any(k.startswith("#") for k in f.keys()):
@@ -431,9 +451,15 @@ def read_nwb2(path: Path) -> Recording:
 # --- entry point -------------------------------------------------------------------------------------
 
 def load_recording(path) -> Recording:
-    """Read any supported recording. The format comes from the file's contents, not its name."""
+    """Read any supported recording (a file, or a suite2p plane folder) with each reader's defaults.
+    The format comes from the contents, not the name. For non-default suite2p ΔF/F parameters or a
+    CaImAn file without a frame rate, call :func:`read_suite2p` / :func:`read_caiman` directly."""
     path = Path(path)
     fmt = detect_format(path)
+    if fmt == "suite2p":
+        return read_suite2p(path)
+    if fmt == "caiman-hdf5":
+        return read_caiman(path)
     if fmt == "mat":
         return read_mat(path)
     if fmt == "npz":
