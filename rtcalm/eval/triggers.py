@@ -116,7 +116,7 @@ def parse_event(document: dict) -> EventSpec:
     if type(name) is not str or not RULE_NAME_PATTERN.fullmatch(name):
         raise RulesError(f"event name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
     where = f"event {name!r}"
-    neurons = "each" if table.get("neurons") == "each" else neurons_field(table, where)
+    neurons = "each" if table.get("neurons", "each") == "each" else neurons_field(table, where)
     if neurons == "predictable":
         raise RulesError(f"{where}: neurons must be 'each', 'all' or a list of indices (events use no running mask)")
     reduce = choice_field(table, "reduce", where, ("mean", "max", "count_above"), default="mean")
