@@ -115,7 +115,13 @@ def test_prometheus_scrapes_the_daemon_with_the_shipped_config(harness, tmp_path
         wait_for(lambda: prometheus.scalar('up{job="rtcalm"}') == 1.0, what="a successful scrape of the daemon")
         frames = make_synthetic(n_neurons=32, n_frames=90, seed=4).dff
         sender = harness.sender("scraped")
-        for frame in frames:  # lockstep at the daemon's pace: about 3 s of 1 s scrapes
+        harness.send_lockstep(sender, frames[:1])
+        rules = tmp_path / "rules.toml"  # a trigger rule that crosses often on these frames
+        rules.write_text('format = "rtcalm-rules"\nversion = 1\narmed = true\n[[rule]]\nname = "peak"\n'
+                         'kind = "activity"\nreduce = "max"\nunits = "dff"\nrefractory_ms = 0\nmax_rate_hz = 0\n'
+                         f"threshold = {float(np.median(np.nanmax(frames, axis=1)))}\n")
+        harness.control.load_rules("scraped", str(rules))
+        for frame in frames[1:]:  # lockstep at the daemon's pace: about 3 s of 1 s scrapes
             sender.send(frame)
             harness.prediction("scraped")
             time.sleep(0.02)
@@ -139,6 +145,13 @@ def test_prometheus_scrapes_the_daemon_with_the_shipped_config(harness, tmp_path
         # The rate over the streaming window is what a dashboard shows: frames per second while streaming.
         rate = prometheus.scalar("max_over_time(rate(rtcalm_predictions_published_total[3s])[30s:1s])")
         assert rate is not None and rate > 1.0, rate
+        fired = daemon_counts[("rtcalm_triggers_fired_total", (("rule", "peak"), ("session", "scraped")))]
+        peak = np.nanmax(frames, axis=1)[1:]  # the rule's value from the first frame after the load
+        above = peak > float(np.median(np.nanmax(frames, axis=1)))
+        crossings = int(above[0]) + int(np.sum(above[1:] & ~above[:-1]))
+        assert fired == crossings >= 2
+        assert prometheus.scalar('rtcalm_triggers_fired_total{session="scraped",rule="peak"}') == fired
+        assert prometheus.scalar('rtcalm_trigger_latency_seconds_count{rule="peak"}') == fired
         model_info = prometheus.query("rtcalm_model_info")
         assert [series["metric"]["backend"] for series in model_info] == ["torch-cpu"]
     finally:
