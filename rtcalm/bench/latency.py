@@ -29,6 +29,26 @@ A warm-up of ``warmup_frames`` (numba and the backend's first calls, the subscri
 daemon) precedes the measured frames and is excluded. The frames come from the synthetic generator; at
 most ``MAX_UNIQUE_FRAMES`` distinct ones are generated and then cycled (the cost of a step does not
 depend on the values).
+
+With ``rules`` (``--rules FILE``, docs/triggers.md), the file is checked here first (a bad file is one
+line, before the daemon starts), then loaded into the bench's session through the control socket
+(``start``, ``load_rules``, ``arm`` all) before the first frame. The same SUB socket that receives the
+predictions is subscribed to the session's ``!trigger`` topic too, so a trigger and its frame's
+prediction are received by the same loop, their arrival timestamps taken by the same two calls, in the
+order the daemon sent them (trigger first). Reported under ``triggers``, over the measured frames:
+
+    rig_to_trigger            send of frame s -> arrival of a trigger for s, every trigger message
+    per frame that fired (and whose prediction arrived), with the frame's last trigger:
+    rig_to_last_trigger       send of s -> arrival of s's last trigger
+    rig_to_prediction         send of s -> arrival of s's own prediction, the same frames
+    trigger_minus_prediction  the two arrivals' difference (negative: the trigger came first)
+    fire_to_received          the daemon's t_fire_ns -> arrival here (wall clocks, like daemon_to_subscriber)
+    rules_stage               the daemon's "rules" stage (stage_ns), every measured prediction
+
+The stage waterfall is unchanged: ``daemon_other`` then includes the rules stage. Two more targets:
+the trigger path adds at most ``TRIGGER_TARGETS["added_p50_ms"]`` to the median (p50 of
+rig_to_last_trigger minus p50 of rig_to_prediction, the same frames), and with ``TRIGGER_TARGETS["rules"]`` or more rules at 4096 neurons the
+closed-loop p99 stays under one frame period.
 """
 
 from __future__ import annotations
@@ -42,9 +62,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rtcalm.client import ControlClient, Prediction, PredictionSubscriber, RigSender
+from rtcalm.client import ControlClient, DaemonError, Prediction, PredictionSubscriber, RigSender
+from rtcalm.daemon.metrics import RULES_STAGE
 from rtcalm.daemon.process import TRANSPORTS, DaemonProcess
 from rtcalm.errors import RtcalmError
+from rtcalm.protocol import Trigger
 
 SESSION = "bench"
 MAX_UNIQUE_FRAMES = 1800
@@ -52,6 +74,8 @@ REFERENCE_FRAMES = 600  # paced steps / round trips of each reference (20 s at 3
 # The closed-loop targets (issue 16), checked by check_targets for the runs they apply to.
 TARGETS_512_AT_30HZ = {"p99_ms": 2.5, "p99_goal_ms": 2.0, "non_model_p50_ms": 0.3, "model_over_bare_step": 1.2}
 TARGETS_4096_AT_30HZ = {"p99_ms": 10.0}
+# The trigger targets: the trigger path's added median, and the rule count the 4096-neuron p99 target is for.
+TRIGGER_TARGETS = {"added_p50_ms": 0.1, "rules": 16, "neurons": 4096}
 WATERFALL = ("rig_to_daemon", "validate", "stats", "model", "daemon_other", "daemon_to_subscriber")
 
 
@@ -71,13 +95,15 @@ def pace(start: float, index: int, period: float) -> None:
 
 def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: int = 1800, model: str = "default",
                           warmup_frames: int = 60, seed: int = 0, transport: str = "tcp", references: bool = True,
-                          progress=None) -> dict:
+                          rules: str | Path | None = None, progress=None) -> dict:
+    """``rules``: a trigger rules file to load into the session, armed (the module docstring)."""
     from rtcalm.sim import make_synthetic
 
     if neurons < 1 or frames < 1 or warmup_frames < 1 or not rate_hz > 0:
         raise RtcalmError("neurons, frames and warmup frames must be positive and the rate above 0")
     if transport not in TRANSPORTS:
         raise RtcalmError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    rule_specs = None if rules is None else check_rules_file(rules, neurons)
     gc.collect()
     gc.freeze()  # a full collection over torch's and numba's objects here would show up as latency
     unique = make_synthetic(n_neurons=neurons, n_frames=max(2, min(frames + warmup_frames, MAX_UNIQUE_FRAMES)),
@@ -88,12 +114,17 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
     # (seq, arrival perf_counter, arrival wall ns, stage_ns, t_recv_ns, t_pub_ns): not the forecasts
     # themselves, which at 4096 neurons for 10 minutes would be 9 GB.
     received: list[tuple] = []
+    # (seq, arrival perf_counter, arrival wall ns, rule, t_fire_ns) per trigger message (with rules only)
+    triggers: list[tuple] = []
 
     with DaemonProcess(model=model, transport=transport) as daemon:
         control = ControlClient(daemon.endpoints["control"], timeout_ms=30000)
-        subscriber = PredictionSubscriber(daemon.endpoints["publish"], sessions=SESSION, hwm=100000)
+        subscriber = PredictionSubscriber(daemon.endpoints["publish"], sessions=SESSION, hwm=100000,
+                                          triggers=rule_specs is not None)
         sender = RigSender(daemon.endpoints["ingest"], session=SESSION, hwm=100000)
         served = control.status()["model"]
+        if rule_specs is not None:
+            load_rules(control, rules, neurons)
         time.sleep(0.2)  # let the subscription reach the daemon before the first prediction
         stop = threading.Event()
 
@@ -120,6 +151,8 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
                                      message.t_pub_ns))
                     if message.seq == total - 1:
                         break
+                elif isinstance(message, Trigger):
+                    triggers.append((message.seq, now, now_wall, message.rule, message.t_fire_ns))
                 if deadline is None and not thread.is_alive():
                     deadline = now + 5.0  # everything is sent: give the daemon 5 s to answer the rest
                 if deadline is not None and now > deadline:
@@ -127,7 +160,7 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
                 if progress is not None and now - last_report > 5.0:
                     last_report = now
                     progress(f"{len(received)} predictions, last seq {received[-1][0] if received else '-'} "
-                             f"of {total - 1}")
+                             f"of {total - 1}" + ("" if rule_specs is None else f", {len(triggers)} triggers"))
         finally:
             stop.set()
             thread.join()
@@ -152,6 +185,9 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
               "unanswered_frames": int((~answered).sum()), "batched_frames": int(frames - len(own)),
               "stages": _stages(own, send_perf, send_wall, stage_summary), "model": served["version"],
               "backend": served["backend"], "warmup_frames": warmup_frames}
+    if rule_specs is not None:
+        result["triggers"] = trigger_latency(triggers, own, send_perf, warmup_frames,
+                                             rules_file=str(rules), rule_names=[spec.name for spec in rule_specs])
     if references:
         if progress is not None:
             progress(f"references: the bare step on {served['backend']} and the raw {transport} round trip, "
@@ -161,6 +197,68 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
         result["ratios"] = _ratios(result)
     result["targets"] = check_targets(result)
     return result
+
+
+def check_rules_file(path, neurons: int) -> list:
+    """The rules of ``path`` if the bench's session of ``neurons`` can load them: RtcalmError (one line)
+    otherwise, before any daemon starts. The model's horizon is checked by the daemon on loading."""
+    from rtcalm.triggers.rules import RulesError, check_for_session, read_rules_file
+
+    try:
+        specs = read_rules_file(path)
+    except RulesError as error:  # it names the file
+        raise RulesError(f"--rules {error}") from None
+    where = f"--rules {str(path)!r}"
+    if not specs:
+        raise RulesError(f"{where}: the file has no rules; the trigger path needs at least one")
+    decoded = [spec.name for spec in specs if spec.kind == "decoded"]
+    if decoded:
+        raise RulesError(f"{where}: rule {decoded[0]!r} is a decoded rule, and the bench loads no decoding head")
+    try:
+        check_for_session(specs, n_neurons=neurons, horizon=1 << 30, heads={})
+    except RulesError as error:
+        raise RulesError(f"{where}: {error} (--neurons {neurons})") from None
+    return specs
+
+
+def load_rules(control: ControlClient, path, neurons: int) -> None:
+    """Start the bench's session at ``neurons``, load the rules file into it and arm every rule."""
+    try:
+        control.start_session(SESSION, neurons)
+        control.load_rules(SESSION, str(Path(path).resolve()))
+        control.arm(SESSION)
+    except DaemonError as error:
+        raise RtcalmError(f"--rules {str(path)!r}: the daemon refused it ({error.code}: {error.message})") from None
+
+
+def trigger_latency(triggers: list[tuple], own: list[tuple], send_perf, warmup_frames: int, *, rules_file: str,
+                    rule_names: list[str]) -> dict:
+    """The trigger path against the prediction path, over the measured frames (the module docstring).
+    ``triggers``: (seq, arrival perf_counter, arrival wall ns, rule, t_fire_ns) per trigger message;
+    ``own``: the measured predictions' rows as ``run_latency_benchmark`` keeps them. The comparisons are
+    per frame, on the frames that fired and whose prediction arrived, each with its last trigger (when
+    several rules fire on a frame, every one of its triggers has arrived by then)."""
+    measured = [row for row in triggers if row[0] >= warmup_frames]
+    prediction_arrival = {row[0]: row[1] for row in own}
+    last_trigger: dict[int, float] = {}
+    for seq, arrival, *_ in measured:
+        last_trigger[seq] = max(arrival, last_trigger.get(seq, arrival))
+    frames = np.array(sorted(seq for seq in last_trigger if seq in prediction_arrival), dtype=np.int64)
+    trigger_at = np.array([last_trigger[seq] for seq in frames], dtype=np.float64)
+    prediction_at = np.array([prediction_arrival[seq] for seq in frames], dtype=np.float64)
+    by_rule = {name: 0 for name in rule_names}
+    for row in measured:
+        by_rule[row[3]] = by_rule.get(row[3], 0) + 1
+    rules_stage = [row[3][RULES_STAGE] for row in own if RULES_STAGE in row[3]]
+    return {"rules_file": rules_file, "rules": len(rule_names), "count": len(measured),
+            "frames_fired": len(last_trigger), "frames_without_prediction": len(last_trigger) - int(frames.size),
+            "by_rule": by_rule,
+            "rig_to_trigger": percentiles_ms([(row[1] - send_perf[row[0]]) * 1e9 for row in measured]),
+            "rig_to_last_trigger": percentiles_ms((trigger_at - send_perf[frames]) * 1e9),
+            "rig_to_prediction": percentiles_ms((prediction_at - send_perf[frames]) * 1e9),
+            "trigger_minus_prediction": percentiles_ms((trigger_at - prediction_at) * 1e9),
+            "fire_to_received": percentiles_ms([row[2] - row[4] for row in measured]),
+            "rules_stage": {**percentiles_ms(rules_stage), "frames": len(rules_stage)}}
 
 
 def _stages(own: list[tuple], send_perf, send_wall, stage_summary: dict) -> dict:
@@ -299,6 +397,31 @@ def _ratios(result: dict) -> dict:
 
 def check_targets(result: dict) -> dict:
     """The targets that apply to this run, each with the measured value and whether it is met."""
+    targets = _closed_loop_targets(result)
+    if "triggers" in result:
+        targets.update(_trigger_targets(result))
+    return targets
+
+
+def _trigger_targets(result: dict) -> dict:
+    """With trigger rules: the trigger path's added median; at 4096 neurons with 16 rules or more, the
+    closed-loop p99 under one frame period."""
+    triggers = result["triggers"]
+    trigger_p50 = triggers["rig_to_last_trigger"]["p50_ms"]
+    prediction_p50 = triggers["rig_to_prediction"]["p50_ms"]
+    added = None if trigger_p50 is None or prediction_p50 is None else trigger_p50 - prediction_p50
+    limit = TRIGGER_TARGETS["added_p50_ms"]
+    targets = {"trigger_path_adds_to_p50": {"limit_ms": limit, "value_ms": added,
+                                            "met": added is not None and added <= limit}}
+    if result["neurons"] == TRIGGER_TARGETS["neurons"] and triggers["rules"] >= TRIGGER_TARGETS["rules"]:
+        period_ms, p99 = 1e3 / result["rate_hz"], result["p99_ms"]
+        targets[f"p99_under_frame_period_{TRIGGER_TARGETS['rules']}_rules_{TRIGGER_TARGETS['neurons']}"] = {
+            "limit_ms": period_ms, "value_ms": p99, "met": p99 is not None and p99 < period_ms}
+    return targets
+
+
+def _closed_loop_targets(result: dict) -> dict:
+    """The closed loop's own targets (every run)."""
     period_ms = 1e3 / result["rate_hz"]
     p99 = result["p99_ms"]
     targets = {"no_lost_frames": {"limit": 0, "value": result["lost_frames"], "met": result["lost_frames"] == 0},
@@ -345,6 +468,20 @@ def format_report(result: dict) -> str:
                          f"   ({what}, paced at {result['rate_hz']:g} Hz)")
     for name, value in result.get("ratios", {}).items():
         lines.append(f"  {name:<34} {'-' if value is None else f'{value:.2f}'}")
+    if "triggers" in result:
+        triggers = result["triggers"]
+        lines.append(f"  trigger rules: {triggers['rules']} from {triggers['rules_file']}, {triggers['count']} "
+                     f"triggers on {triggers['frames_fired']} of {result['frames']} frames "
+                     f"({triggers['frames_without_prediction']} without their prediction)")
+        lines.append(f"  {'trigger path':<36} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>8}")
+        for name, label in (("rig_to_trigger", "rig send -> trigger (every trigger)"),
+                            ("rig_to_last_trigger", "rig send -> frame's last trigger"),
+                            ("rig_to_prediction", "rig send -> prediction (same frames)"),
+                            ("trigger_minus_prediction", "last trigger minus prediction"),
+                            ("fire_to_received", "daemon fire -> trigger received"),
+                            ("rules_stage", "rules stage (daemon, all frames)")):
+            row = triggers[name]
+            lines.append(f"  {label:<36} {ms(row['p50_ms'])} {ms(row['p99_ms'])} {ms(row['p999_ms'])}")
     lines.append("  targets:")
     for name, target in result["targets"].items():
         value = target.get("value_ms", target.get("value"))
