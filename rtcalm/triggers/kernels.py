@@ -54,11 +54,64 @@ def _reduce(x, mode, idx, lo, hi, predictable, reduce, level):
 
 
 @njit(**_JIT)
+def _reduce_window(future, first, last, mode, idx, lo, hi, predictable, reduce, level, sign, total, count, extreme,
+                   above):
+    """The forecast rule's value: ``reduce`` over the neuron set of each forecast frame ``first..last``,
+    then the most extreme of those in the rule's direction. Neurons are the outer loop, so each neuron's
+    forecast row is read once, contiguously; ``total`` .. ``above`` are per-frame scratch (horizon,)."""
+    for step in range(first, last + 1):
+        total[step] = 0.0
+        count[step] = 0
+        extreme[step] = np.nan
+        above[step] = 0
+    n = hi - lo if mode == INDICES else future.shape[0]
+    for j in range(n):
+        if mode == INDICES:
+            i = idx[lo + j]
+        else:
+            i = j
+            if mode == PREDICTABLE and predictable[i] == 0:
+                continue
+        row = future[i]
+        # one branch-free inner loop per reduction (the hot part at thousands of neurons)
+        if reduce == MEAN:
+            for step in range(first, last + 1):
+                v = row[step]
+                valid = v == v
+                total[step] += v if valid else 0.0
+                count[step] += valid
+        elif reduce == MAX:
+            for step in range(first, last + 1):
+                v = row[step]
+                if v > extreme[step] or (v == v and extreme[step] != extreme[step]):
+                    extreme[step] = v
+        else:
+            for step in range(first, last + 1):
+                v = row[step]
+                count[step] += v == v
+                above[step] += v > level
+    best = np.nan
+    for step in range(first, last + 1):
+        if reduce == MAX:
+            v = extreme[step]  # NaN when no neuron had a value
+        elif count[step] == 0:
+            continue
+        elif reduce == MEAN:
+            v = total[step] / count[step]
+        else:
+            v = float(above[step])
+        if v == v and (best != best or sign * (v - best) > 0.0):
+            best = v
+    return best
+
+
+@njit(**_JIT)
 def rule_values(kind, use_z, mode, idx, offsets, reduce, level, first, last, sign, forecasts_valid,
-                dff, z, forecast_dff, forecast_z, predictable, values):
+                dff, z, forecast_dff, forecast_z, predictable, values, total, count, extreme, above):
     """Write every activity and forecast rule's value into ``values`` (decoded rules are left as they
     are: their values come from the heads' outputs). ``forecasts_valid``: False while the model's
-    receptive field is not full (forecast values are then NaN)."""
+    receptive field is not full (forecast values are then NaN). ``total`` .. ``above``: scratch of the
+    forecast's horizon."""
     for r in range(kind.shape[0]):
         k = kind[r]
         if k == DECODED:
@@ -67,17 +120,12 @@ def rule_values(kind, use_z, mode, idx, offsets, reduce, level, first, last, sig
         if k == ACTIVITY:
             current = z if use_z[r] else dff
             values[r] = _reduce(current, mode[r], idx, lo, hi, predictable, reduce[r], level[r])
-            continue
-        if not forecasts_valid:
+        elif not forecasts_valid:
             values[r] = np.nan
-            continue
-        future = forecast_z if use_z[r] else forecast_dff
-        best = np.nan
-        for step in range(first[r], last[r] + 1):
-            v = _reduce(future[:, step], mode[r], idx, lo, hi, predictable, reduce[r], level[r])
-            if v == v and (best != best or sign[r] * (v - best) > 0.0):
-                best = v
-        values[r] = best
+        else:
+            future = forecast_z if use_z[r] else forecast_dff
+            values[r] = _reduce_window(future, first[r], last[r], mode[r], idx, lo, hi, predictable, reduce[r],
+                                       level[r], sign[r], total, count, extreme, above)
 
 
 @njit(**_JIT)

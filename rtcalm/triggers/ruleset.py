@@ -81,6 +81,9 @@ class RuleSet:
         self.outcome = np.zeros(n, dtype=np.int8)
         self.events = np.zeros(n, dtype=np.int64)
         self.held = np.zeros(n, dtype=np.bool_)
+        # per-forecast-frame scratch of the kernels (horizon,)
+        self._total, self._extreme = np.zeros(horizon), np.zeros(horizon)
+        self._count, self._above = np.zeros(horizon, dtype=np.int64), np.zeros(horizon, dtype=np.int64)
         self.clock = 0  # frames consumed since load
         self.hold = 0  # frames left before forecast and decoded rules may evaluate
         self._seen = 0  # the stream's frame count at the previous evaluation
@@ -108,7 +111,7 @@ class RuleSet:
                 self.values[r] = output[class_index] if class_index >= 0 else output
         kernels.rule_values(self.kind, self.use_z, self.mode, self.idx, self.offsets, self.reduce, self.level,
                             self.first, self.last, self.sign, self.hold == 0, dff, z, forecast_dff, forecast_z,
-                            predictable, self.values)
+                            predictable, self.values, self._total, self._count, self._extreme, self._above)
         return self._gate(elapsed)
 
     def gate_values(self, *, stream_frames: int, values: np.ndarray) -> int:
