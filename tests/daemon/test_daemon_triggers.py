@@ -262,3 +262,22 @@ def test_an_unopenable_serial_port_stops_the_daemon_at_start(checkpoint):
                     engine=load_engine(str(checkpoint), backend="torch"))
     with pytest.raises(RtcalmError, match="does-not-exist-rtcalm"):
         daemon.start()
+
+
+def test_an_empty_rules_file_clears_and_a_hot_swap_holds_forecast_rules(rig, tmp_path, second_checkpoint):
+    harness, sender = rig
+    harness.control.load_rules("rig1", write_rules(tmp_path, SOON, SPIKE))
+    receptive_field = harness.daemon.pipeline.engine.receptive_field
+    for _ in range(receptive_field + 1):
+        answer(harness, sender, quiet())
+    assert not {r["name"]: r for r in harness.control.rules("rig1")["rules"]}["soon"]["held"]
+    harness.control.load_model(str(second_checkpoint))
+    answer(harness, sender, quiet())  # the swap is installed between frames
+    listed = {r["name"]: r for r in harness.control.rules("rig1")["rules"]}
+    assert listed["soon"]["held"] and not listed["spike"]["held"] and listed["soon"]["armed"]
+    assert [t.rule for t in answer(harness, sender, spike())[0]] == ["spike"]
+    reply = harness.control.load_rules("rig1", write_rules(tmp_path, name="empty.toml"))
+    assert reply == {"cmd": "load_rules", "ok": True, "session": "rig1", "rules": [], "replaced": 2}
+    assert harness.control.rules("rig1")["rules"] == [] and harness.session_status("rig1")["rules"] == 0
+    answer(harness, sender, quiet())
+    assert answer(harness, sender, spike())[0] == []
