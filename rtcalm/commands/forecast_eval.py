@@ -1,10 +1,13 @@
-"""``rtcalm forecast-eval FILE... [--model default|PATH] [--context FRAMES] [--horizons 1,5,15,30] [--json]``.
+"""``rtcalm forecast-eval FILE... [--model default|PATH] [--context FRAMES] [--horizons 1,5,15,30]
+[--intervals 0.8,0.95] [--json]``.
 
 The protocol (targets, normalisation, metrics, baselines) is in :mod:`rtcalm.eval.forecast`. The
 ``pooled_ar`` baseline is the one fitted on the model's own training data, stored in the checkpoint's
 metadata (``metadata["pooled_ar"]``) by the trainer; a checkpoint without it reports no ``pooled_ar`` row.
 The learned baselines ``mlp`` (per-neuron MLP) and ``poco`` (POCO-style population FiLM) are the shipped
 ones in ``rtcalm/models/baselines/`` (rtcalm.model.baselines), fitted on the default model's training mice.
+``--intervals`` adds online conformal forecast intervals for the model and copy-last, scored as
+:mod:`rtcalm.eval.intervals` describes (docs/intervals.md).
 """
 
 from __future__ import annotations
@@ -26,6 +29,17 @@ def parse_horizons(text: str) -> list[int]:
     return sorted(set(horizons))
 
 
+def parse_levels(text: str) -> list[float]:
+    """``0.8,0.95`` -> [0.8, 0.95]: interval levels, each strictly between 0 and 1."""
+    try:
+        levels = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"interval levels must be comma-separated numbers, got {text!r}") from None
+    if not levels or not all(0.0 < level < 1.0 for level in levels):
+        raise argparse.ArgumentTypeError(f"interval levels must be numbers strictly between 0 and 1, got {text!r}")
+    return sorted(set(levels))
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "forecast-eval", help="score a model's forecasts against baselines on recordings",
@@ -37,6 +51,9 @@ def register(subparsers) -> None:
     parser.add_argument("--context", type=positive_int, default=None,
                         help="context frames up to and including t (default: the model's receptive field)")
     parser.add_argument("--horizons", type=parse_horizons, default=[1, 5, 15, 30], help="e.g. 1,5,15,30")
+    parser.add_argument("--intervals", type=parse_levels, default=None, metavar="LEVELS",
+                        help="also score online conformal forecast intervals at these levels, e.g. 0.8,0.95: "
+                             "coverage and interval score after 300 burn-in frames, model and copy-last")
     add_json_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -73,6 +90,22 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_intervals_table(intervals: dict, horizons: list[int]) -> str:
+    """One row per level and horizon: coverage, interval score of the model and of copy-last, their ratio."""
+    levels = [str(level) for level in intervals["levels"]]
+    lines = [f"online conformal intervals, scored after {intervals['burn_in_frames']} burn-in frames; "
+             "interval score in ΔF/F, lower is better",
+             f"{'level':>6s} {'horizon':>8s} {'coverage':>9s} {'model':>9s} {'copy_last':>10s} {'ratio':>6s} "
+             f"{'copy_last coverage':>19s}"]
+    for level in levels:
+        rows = [(str(h), intervals[level]["per_horizon"][str(h)]) for h in horizons] + [("all", intervals[level])]
+        for h, cell in rows:
+            lines.append(f"{level:>6s} {h:>8s} {cell['coverage']:9.3f} {cell['interval_score']:9.4f} "
+                         f"{cell['copy_last_interval_score']:10.4f} {cell['interval_score_ratio']:6.3f} "
+                         f"{cell['copy_last_coverage']:19.3f}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from rtcalm.data import load_recording
     from rtcalm.data.resample import resample_recording
@@ -88,5 +121,16 @@ def run(args: argparse.Namespace) -> int:
         recordings.append(resample_recording(recording, model.config.rate_hz))
     context = args.context or model.config.receptive_field_frames
     result = evaluate(recordings, forecasters, args.horizons, context)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if args.intervals:
+        from rtcalm.eval.intervals import evaluate_intervals
+
+        result["intervals"] = evaluate_intervals(recordings, forecasters["model"], args.intervals, args.horizons,
+                                                 context)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+        if args.intervals:
+            print()
+            print(format_intervals_table(result["intervals"], args.horizons))
     return 0

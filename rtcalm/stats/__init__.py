@@ -11,11 +11,16 @@
     snap = stats.snapshot()                     # NeuronStats: mean, std, skewness, kurtosis, ...
     split = select_predictable(snap.skewness, snap.kurtosis, method="knee")
 
-See docs/statistics.md for the definitions, the knee method and the numbers on the real data.
+    intervals = OnlineIntervals(n_neurons, horizon=30)   # conformal forecast bands, calibrated online
+    intervals.update(truth_z, forecast_z)       # per frame, z units; then bounds_into / half_widths_into
+
+See docs/statistics.md for the definitions, the knee method and the numbers on the real data, and
+docs/intervals.md for the forecast intervals.
 """
 
 from rtcalm.stats.dff import OnlineDff
 from rtcalm.stats.errors import StatsError
+from rtcalm.stats.intervals import OnlineIntervals
 from rtcalm.stats.moments import NeuronStats, StreamingStats, stats_of_epochs, stats_of_recording
 from rtcalm.stats.selection import (
     POYO_CAP,
@@ -39,6 +44,7 @@ __all__ = [
     "KneeResult",
     "NeuronStats",
     "OnlineDff",
+    "OnlineIntervals",
     "Selection",
     "StatsError",
     "StreamingStats",

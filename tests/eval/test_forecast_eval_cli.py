@@ -84,3 +84,29 @@ def test_bad_arguments(checkpoint, recording_file, tmp_path):
 def test_trial_structured_file_is_refused(checkpoint, grating_files):
     result = _cli(grating_files[0], "--model", checkpoint, "--horizons", "1,5")
     assert result.returncode == 2 and "trial-structured" in result.stderr
+
+
+def test_intervals_in_the_json_and_the_table(checkpoint, recording_file):
+    result = _cli(recording_file, "--model", checkpoint, "--horizons", "1,10", "--intervals", "0.8,0.95", "--json")
+    assert result.returncode == 0, result.stderr
+    intervals = json.loads(result.stdout)["intervals"]
+    assert intervals["levels"] == [0.8, 0.95] and intervals["burn_in_frames"] == 300
+    for level in ("0.8", "0.95"):
+        entry = intervals[level]
+        assert {"coverage", "interval_score", "copy_last_interval_score"} <= set(entry)
+        assert set(entry["per_horizon"]) == {"1", "10"}
+        assert 0.0 <= entry["coverage"] <= 1.0 and entry["interval_score"] > 0 and entry["copy_last_interval_score"] > 0
+    table = _cli(recording_file, "--model", checkpoint, "--horizons", "1,10", "--intervals", "0.9")
+    assert table.returncode == 0, table.stderr
+    assert "online conformal intervals" in table.stdout and "copy_last" in table.stdout
+    assert len([line for line in table.stdout.splitlines() if line.split()[:1] == ["0.9"]]) == 3  # h=1, 10, all
+
+
+@pytest.mark.parametrize("levels, message", [("1.5", "strictly between 0 and 1"), ("0", "strictly between 0 and 1"),
+                                             ("abc", "comma-separated numbers"), ("", "strictly between 0 and 1"),
+                                             ("0.8,1", "strictly between 0 and 1"), ("nan", "strictly between")])
+def test_bad_interval_levels(checkpoint, recording_file, levels, message):
+    result = _cli(recording_file, "--model", checkpoint, "--intervals", levels)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0]
