@@ -324,10 +324,24 @@ class Prediction:
     stream_frame: int
     folded: int
     stage_ns: dict = field(default_factory=dict)
+    # Forecast intervals, when the daemon runs them (quality.interval_levels): the coverage levels and,
+    # per level, each neuron's half-width at each horizon in ΔF/F, (levels, neurons, horizon); NaN where
+    # a neuron has no band yet. Empty / None otherwise.
+    interval_levels: tuple = ()
+    interval_half_width: np.ndarray | None = None
 
     @property
     def n_neurons(self) -> int:
         return int(self.forecast.shape[0])
+
+    def interval(self, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper), each (neurons, horizon) ΔF/F: the band at coverage ``level`` around the forecast.
+        ValueError if the daemon did not send that level."""
+        if level not in self.interval_levels:
+            raise ValueError(f"no {level} interval in this prediction (levels: {list(self.interval_levels)}; "
+                             "the daemon sends intervals with [quality] interval_levels)")
+        half = self.interval_half_width[self.interval_levels.index(level)]
+        return self.forecast - half, self.forecast + half
 
     @property
     def horizon(self) -> int:
@@ -390,22 +404,27 @@ def _parse_trigger_body(message: dict, session: str) -> Trigger:
 def build_prediction(*, session: str, seq: int, t_acq_ns: int, t_recv_ns: int, t_pub_ns: int,
                      forecast: np.ndarray, predictable: np.ndarray, decoded: dict, model_version: str,
                      rate_hz: float, stream_id: int, stream_frame: int, folded: int,
-                     stage_ns: dict) -> bytes:
-    """``forecast``: (neurons, horizon) float32; ``predictable``: (neurons,) uint8 or bool."""
+                     stage_ns: dict, interval_levels=None, interval_half_width=None) -> bytes:
+    """``forecast``: (neurons, horizon) float32; ``predictable``: (neurons,) uint8 or bool; with intervals,
+    ``interval_levels`` (floats) and ``interval_half_width`` (levels, neurons, horizon) float32."""
     n, horizon = forecast.shape
     # Packed from memoryviews of the arrays (no copy when they are already little-endian and
     # contiguous): ``tobytes()`` first would copy the forecast once more, into freshly mapped pages,
     # which costs ~1 ms for 4096 neurons x 30 steps.
     forecast = memoryview(np.ascontiguousarray(forecast, dtype=FLOAT32_LE))
     predictable = memoryview(np.ascontiguousarray(predictable, dtype=UINT8))
-    return pack({
+    message = {
         "v": PROTOCOL_VERSION, "type": "prediction", "session": session, "seq": seq,
         "t_acq_ns": t_acq_ns, "t_recv_ns": t_recv_ns, "t_pub_ns": t_pub_ns,
         "n": n, "horizon": horizon, "rate_hz": rate_hz,
         "forecast": forecast, "predictable": predictable,
         "decoded": decoded, "model_version": model_version,
         "stream_id": stream_id, "stream_frame": stream_frame, "folded": folded, "stage_ns": stage_ns,
-    })
+    }
+    if interval_levels is not None:
+        message["interval_levels"] = [float(level) for level in interval_levels]
+        message["interval_half_width"] = memoryview(np.ascontiguousarray(interval_half_width, dtype=FLOAT32_LE))
+    return pack(message)
 
 
 def build_error(code: str, message: str, *, session: str = "", seq: int | None = None,
@@ -452,12 +471,22 @@ def parse_published(parts: list[bytes]) -> Prediction | ErrorMessage | Trigger:
     stage_ns = message.get("stage_ns", {})
     if not isinstance(stage_ns, dict):
         raise ProtocolError("bad_field", "field 'stage_ns' must be a map")
+    levels = message.get("interval_levels")
+    half_width = None
+    if levels is not None:
+        if (not isinstance(levels, list) or not levels or len(levels) > 8
+                or not all(type(level) is float and 0.0 < level < 1.0 for level in levels)):
+            raise ProtocolError("bad_field", "field 'interval_levels' must be an array of 1-8 floats in (0, 1)")
+        half_width = _vector_field(message, "interval_half_width", n, FLOAT32_LE,
+                                   per_neuron=horizon * len(levels)).reshape(len(levels), n, horizon)
+    elif "interval_half_width" in message:
+        raise ProtocolError("bad_field", "field 'interval_half_width' needs 'interval_levels'")
     return Prediction(session=session, seq=seq, t_acq_ns=_int_field(message, "t_acq_ns"),
                       t_recv_ns=_int_field(message, "t_recv_ns"), t_pub_ns=_int_field(message, "t_pub_ns"),
                       forecast=forecast, predictable=predictable, decoded=decoded, model_version=model_version,
                       rate_hz=rate_hz, stream_id=_int_field(message, "stream_id"),
                       stream_frame=_int_field(message, "stream_frame"), folded=_int_field(message, "folded"),
-                      stage_ns=stage_ns)
+                      stage_ns=stage_ns, interval_levels=tuple(levels or ()), interval_half_width=half_width)
 
 
 def _parse_error_body(message: dict) -> ErrorMessage:

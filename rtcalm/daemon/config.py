@@ -143,6 +143,20 @@ class SessionsSection:
 
 
 @dataclass(frozen=True)
+class QualitySection:
+    """Live forecast quality (docs/daemon.md#forecast-quality): every frame's truth scored against the
+    forecasts made for it, per session."""
+
+    # Skill against copy-last at these horizons (frames ahead): rtcalm_forecast_skill{session, horizon}.
+    skill_horizons: tuple = (1, 5, 15, 30)
+    # Forecast intervals at these coverage levels in every prediction (docs/intervals.md), and their
+    # rolling coverage in rtcalm_forecast_interval_coverage; empty: off (the message is as without them).
+    interval_levels: tuple = ()
+    # The window of the rolling skill and coverage: forgetting time constant, in frames (1 min at 30 Hz).
+    window_frames: float = 1800.0
+
+
+@dataclass(frozen=True)
 class TriggersSection:
     """Outputs of the trigger rules (docs/triggers.md). Triggers always go out on the publish socket; a
     serial port adds a hardware line: one byte per fired rule (the rule's serial_byte), 8N1."""
@@ -183,6 +197,7 @@ class DaemonConfig:
     sessions: SessionsSection = field(default_factory=SessionsSection)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     triggers: TriggersSection = field(default_factory=TriggersSection)
+    quality: QualitySection = field(default_factory=QualitySection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -222,11 +237,12 @@ _RANGES = {
     ("limits", "ingest_hwm"): (1, 10**7),
     ("limits", "publish_hwm"): (1, 10**7),
     ("triggers", "serial_baudrate"): (50, 4_000_000),
+    ("quality", "window_frames"): (1.0, 1e9),
 }
 _CHOICES = {("stats", "predictable_method"): ("knee", "poyo-cap"), ("model", "backend"): BACKENDS}
 _SECTION_CLASSES = {"sockets": SocketsConfig, "security": SecurityConfig, "metrics": MetricsConfig, "model": ModelSection,
                     "stats": StatsSection, "dff": DffSection, "sessions": SessionsSection, "limits": LimitsConfig,
-                    "triggers": TriggersSection}
+                    "triggers": TriggersSection, "quality": QualitySection}
 
 
 # Keys that may be left unset (None; in a file: absent). Set, they are non-empty strings.
@@ -234,8 +250,29 @@ _OPTIONAL_STRINGS = {("model", "artifact"), ("security", "server_secret_key"), (
                      ("triggers", "serial_port")}
 
 
+def _check_list(where: str, value, item_type: type, low, high, most: int) -> tuple:
+    """A list of distinct, increasing ``item_type`` values within [low, high] (an open bound for floats)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    ok = isinstance(value, list) and len(value) <= most and all(
+        type(v) is item_type or (item_type is float and type(v) is int) for v in value)
+    if ok:
+        value = [item_type(v) for v in value]
+        inside = (lambda v: low <= v <= high) if item_type is int else (lambda v: low < v < high)
+        ok = all(inside(v) for v in value) and all(a < b for a, b in zip(value, value[1:]))
+    if not ok:
+        kind = f"integers from {low} to {high}" if item_type is int else f"numbers strictly between {low} and {high}"
+        raise ConfigError(f"{where} must be a list of at most {most} increasing {kind}, got {value!r}")
+    return tuple(value)
+
+
+_LISTS = {("quality", "skill_horizons"): (int, 1, 1000, 8), ("quality", "interval_levels"): (float, 0.0, 1.0, 4)}
+
+
 def _check_value(section: str, key: str, value, default, source: str):
     where = f"{source}: [{section}] {key}"
+    if (section, key) in _LISTS:
+        return _check_list(where, value, *_LISTS[(section, key)])
     if (section, key) in _OPTIONAL_STRINGS:
         if value is not None and (type(value) is not str or not value):
             raise ConfigError(f"{where} must be a non-empty string (or left out), got {value!r}")

@@ -106,6 +106,15 @@ class DaemonMetrics:
         self.rules_armed = Gauge("rtcalm_session_rules_armed", "Armed trigger rules of a session", ["session"],
                                  registry=registry)
 
+        self.forecast_skill = Gauge(
+            "rtcalm_forecast_skill", "Forecast skill against copy-last over the recent window ([quality] "
+            "window_frames): 1 - MSE(model) / MSE(copy-last) in the daemon's z units; below 0 is worse than "
+            "copy-last", ["session", "horizon"], registry=registry)
+        self.interval_coverage = Gauge(
+            "rtcalm_forecast_interval_coverage", "Fraction of the forecast intervals issued that held the truth, "
+            "over the recent window (only with [quality] interval_levels)", ["session", "level", "horizon"],
+            registry=registry)
+
         self.sessions = Gauge("rtcalm_sessions", "Sessions being served", registry=registry)
         self.neurons = Gauge("rtcalm_session_neurons", "Neurons per frame of a session", ["session"],
                              registry=registry)
@@ -146,6 +155,22 @@ class DaemonMetrics:
                 gauge.remove(session)
             except KeyError:
                 pass
+        for gauge in (self.forecast_skill, self.interval_coverage):  # every series of the session
+            for labels in [key for key in list(gauge._metrics) if key[0] == session]:
+                gauge.remove(*labels)
+
+    def set_quality(self, session: str, quality) -> None:
+        """The session's skill and coverage gauges from its SessionQuality (housekeeping, not per frame);
+        NaN until a horizon has been scored."""
+        if quality.skill is not None:
+            for horizon, value in zip(quality.skill.horizons, quality.skill.skill, strict=True):
+                self.forecast_skill.labels(session=session, horizon=str(horizon)).set(value)
+        if quality.intervals is not None and quality.skill is not None:
+            coverage = quality.intervals.coverage
+            for j, level in enumerate(quality.intervals.levels):
+                for horizon in quality.skill.horizons:  # the same few horizons as the skill
+                    self.interval_coverage.labels(session=session, level=f"{level:g}",
+                                                  horizon=str(horizon)).set(coverage[j, horizon - 1])
 
     def forget_rules(self, rules: RuleMetrics) -> None:
         """Remove a replaced or dropped rule set's series (a rule name may not come back)."""

@@ -40,7 +40,8 @@ from rtcalm.daemon.config import DaemonConfig
 from rtcalm.daemon.engine import WarmedStream
 from rtcalm.daemon.heads import LoadedHead, SessionHeads, read_head
 from rtcalm.daemon.metrics import RULES_STAGE, DaemonMetrics, RuleMetrics, StageTimes
-from rtcalm.daemon.session import DUPLICATE, GAP, OUT_OF_ORDER, Session
+from rtcalm.daemon.quality import observe_frames
+from rtcalm.daemon.session import DUPLICATE, GAP, OUT_OF_ORDER, Session, new_quality
 from rtcalm.daemon.wire import FrameDecoder, PredictionEncoder
 from rtcalm.engine import StepEngine
 from rtcalm.errors import RtcalmError
@@ -74,6 +75,7 @@ class Pipeline:
                                    max_abs_fluorescence=self.limits.max_abs_fluorescence)
         self.predictions = PredictionEncoder()
         self._next_stream_id = 1
+        self._interval_levels = list(config.quality.interval_levels)  # as the prediction message carries them
         self._observe_acquisition = config.metrics.rig_clock_is_local
 
     # --- the hot path ------------------------------------------------------------------------------
@@ -140,11 +142,15 @@ class Pipeline:
 
         # 6. publish
         t_pub_ns = wall_ns()
+        intervals = session.quality.intervals
         payload = self.predictions.encode(
             session=session_id, seq=frame.seq, t_acq_ns=frame.t_acq_ns, t_recv_ns=t_recv_ns, t_pub_ns=t_pub_ns,
             forecast=session.forecast, predictable=session.predictable, decoded=decoded,
             model_version=self.engine.version, rate_hz=self.engine.rate_hz, stream_id=session.stream_id,
-            stream_frame=session.stream_frames - 1, folded=folded, stage_ns=stage_ns)
+            stream_frame=session.stream_frames - 1, folded=folded, stage_ns=stage_ns,
+            interval_levels=None if intervals is None else self._interval_levels,
+            interval_half_width=None if intervals is None else session.quality.half_widths_into_message(
+                session.scale.std))
         # The payload is the encoder's reused buffer, so ZeroMQ must copy it (copy=True); a zero-copy send
         # would need a buffer per message in flight, and pyzmq's zero-copy hands every sent buffer back
         # through a garbage-collection thread that takes the GIL.
@@ -515,6 +521,9 @@ class Pipeline:
                     session.frames_at_mask = session.stream_frames
                     continue
                 self.metrics.predictable_ratio.labels(session=session.id).set(fraction)
+            if session.stream_frames - session.frames_at_quality >= stats.predictable_refresh_frames:
+                session.frames_at_quality = session.stream_frames
+                self.metrics.set_quality(session.id, session.quality)
 
     def install_engine(self, engine: StepEngine, warmed: dict[int, WarmedStream]) -> None:
         """Switch every session to ``engine`` (between batches: nothing is pending). A session warmed by
@@ -535,6 +544,7 @@ class Pipeline:
                 state = engine.new_stream(session.n_neurons)
                 engine.fold(session.history_tail(engine.receptive_field), state)
             session.model_state = state
+            session.quality = new_quality(session.n_neurons, engine.horizon, self.config)  # the new model's own
             if session.forecast.shape[1] != engine.horizon:
                 session.forecast = np.empty((session.n_neurons, engine.horizon), dtype=np.float32)
         # A head reads the hidden state of the backbone it was fitted on; another model's hidden state means
@@ -570,15 +580,19 @@ def step_session(engine: StepEngine, session: Session) -> tuple[np.ndarray, dict
     one frame at a time (the engines step frame by frame anyway: only the hidden readout is extra)."""
     frames = session.take_pending()
     if not session.heads:
-        return engine.step(frames, session.model_state), {}
+        forecast = engine.step(frames, session.model_state)
+        observe_frames(session.quality, frames, forecast)
+        return forecast, {}
     fold_frames(engine, session, frames[:-1])
     forecast = engine.step(frames[-1:], session.model_state)
+    observe_frames(session.quality, frames[-1:], forecast)
     return forecast, session.heads.decode(engine.hidden(session.model_state))
 
 
 def fold_frames(engine: StepEngine, session: Session, frames: np.ndarray) -> None:
     """Consume ``frames`` without a prediction; with heads, each frame's hidden state still enters
-    their pools."""
+    their pools, and each frame is scored against the forecasts made for it (forecast quality)."""
+    observe_frames(session.quality, frames, None)
     if not session.heads:
         engine.fold(frames, session.model_state)
         return

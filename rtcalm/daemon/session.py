@@ -24,6 +24,7 @@ import numpy as np
 from rtcalm.daemon import kernels
 from rtcalm.daemon.config import DaemonConfig
 from rtcalm.daemon.heads import SessionHeads
+from rtcalm.daemon.quality import SessionQuality
 from rtcalm.engine import StepEngine
 from rtcalm.protocol import Frame, topic_for
 from rtcalm.stats.dff import OnlineDff
@@ -59,6 +60,12 @@ def new_stats(n_neurons: int, config: DaemonConfig) -> StreamingStats:
     return StreamingStats(n_neurons, time_constant_frames=tau if tau > 0 else None)
 
 
+def new_quality(n_neurons: int, horizon: int, config: DaemonConfig) -> SessionQuality:
+    quality = config.quality
+    return SessionQuality(n_neurons, horizon, skill_horizons=quality.skill_horizons,
+                          interval_levels=quality.interval_levels, window_frames=quality.window_frames)
+
+
 PENDING_ROWS = 64
 
 # Sequence classes of an arriving frame relative to the last one processed.
@@ -89,6 +96,8 @@ class Session:
         # Trigger rules (load_rules); a fresh stream of the same neuron count takes them over, held
         # until the model's receptive field is full again (rtcalm.triggers.ruleset).
         self.rules: RuleSet | None = None
+        self.quality = new_quality(n_neurons, engine.horizon, config)
+        self.frames_at_quality = 0  # stream frames when the quality gauges were last set
         self.last_seq: int | None = None
         self.stream_frames = 0  # frames consumed by stats and model, including filled-in missing ones
         # time.monotonic() of the stream's start or its latest accepted frame (sessions.idle_timeout_s)

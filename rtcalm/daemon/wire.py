@@ -113,7 +113,8 @@ class PredictionEncoder:
 
     def encode(self, *, session: str, seq: int, t_acq_ns: int, t_recv_ns: int, t_pub_ns: int, forecast: np.ndarray,
                predictable: np.ndarray, decoded: dict, model_version: str, rate_hz: float, stream_id: int,
-               stream_frame: int, folded: int, stage_ns: dict) -> bytearray:
+               stream_frame: int, folded: int, stage_ns: dict, interval_levels=None,
+               interval_half_width=None) -> bytearray:
         n, horizon = forecast.shape
         # the same map, key order and vectors as rtcalm.protocol.build_prediction
         message = {
@@ -125,5 +126,8 @@ class PredictionEncoder:
             "decoded": decoded, "model_version": model_version,
             "stream_id": stream_id, "stream_frame": stream_frame, "folded": folded, "stage_ns": stage_ns,
         }
+        if interval_levels is not None:  # only with [quality] interval_levels: otherwise the bytes are as before
+            message["interval_levels"] = interval_levels
+            message["interval_half_width"] = memoryview(interval_half_width).cast("B")
         self._encoder.encode_into(message, self._buffer)  # resizes the buffer to the message
         return self._buffer

@@ -78,7 +78,7 @@ class OnlineIntervals:
 
     def __init__(self, n_neurons: int, horizon: int, levels: Sequence[float] = DEFAULT_LEVELS, *,
                  scale_time_constant_frames: float = SCALE_TIME_CONSTANT_FRAMES, min_errors: int = MIN_ERRORS,
-                 learning_rate: float = LEARNING_RATE):
+                 learning_rate: float = LEARNING_RATE, coverage_time_constant_frames: float = 1800.0):
         self.n_neurons = _positive_int(n_neurons, "n_neurons")
         self.horizon = _positive_int(horizon, "horizon")
         self.levels = _levels(levels)
@@ -86,6 +86,8 @@ class OnlineIntervals:
         if not (isinstance(learning_rate, int | float) and math.isfinite(learning_rate) and learning_rate > 0):
             raise StatsError(f"learning_rate must be a positive number, got {learning_rate!r}")
         self.scale_decay = decay_for(scale_time_constant_frames)
+        # the rolling coverage a monitor reads (Prometheus): forgetting over this many scored frames
+        self.coverage_decay = decay_for(coverage_time_constant_frames)
         n, h, n_levels = self.n_neurons, self.horizon, len(self.levels)
         self._start_multiplier = np.array([gaussian_multiplier(level) for level in self.levels])
         self._alpha = np.array([1.0 - level for level in self.levels])
@@ -105,6 +107,9 @@ class OnlineIntervals:
         self._scale = np.empty((n, h), np.float32)  # error_sum / error_weight, NaN below min_errors
         self._multiplier = np.empty((n_levels, h), np.float64)
         self._normalised_errors = np.empty(n, np.float32)  # kernel scratch
+        # decayed sums of the fraction of issued bands that held, and of the frames that scored any
+        self._covered_sum = np.empty((n_levels, h), np.float64)
+        self._covered_weight = np.empty(h, np.float64)
         self._frame_shape = (n,)
         self._forecast_shape = (n, h)
         self.reset()
@@ -118,6 +123,8 @@ class OnlineIntervals:
         self._error_weight[:] = 0.0
         self._scale[:] = np.nan
         self._multiplier[:] = self._start_multiplier[:, None]
+        self._covered_sum[:] = 0.0
+        self._covered_weight[:] = 0.0
         self.frames_seen = 0
 
     # --- the per-frame path ----------------------------------------------------------------------
@@ -132,7 +139,8 @@ class OnlineIntervals:
         self._check_forecast(forecast_z)
         _update(truth_z, forecast_z, self._ring_forecast, self._ring_scale, self._ring_multiplier,
                 self._error_sum, self._error_weight, self._scale, self._multiplier, self._normalised_errors,
-                self._alpha, self._step, self.scale_decay, self._min_weight, self.frames_seen)
+                self._alpha, self._step, self.scale_decay, self._min_weight, self.frames_seen, self._covered_sum,
+                self._covered_weight, self.coverage_decay)
         self.frames_seen += 1
 
     def bounds_into(self, forecast_z: np.ndarray, level: float, lower_out: np.ndarray, upper_out: np.ndarray) -> None:
@@ -162,6 +170,13 @@ class OnlineIntervals:
         return self._multiplier.copy()
 
     @property
+    def coverage(self) -> np.ndarray:
+        """The rolling coverage, (levels, H): the fraction of issued bands that held the truth, over the
+        scored frames with forgetting (``coverage_time_constant_frames``); NaN before any band was scored."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self._covered_weight > 0, self._covered_sum / self._covered_weight, np.nan)
+
+    @property
     def error_scales(self) -> np.ndarray:
         """A copy of the per-neuron error scales, (N, H) z units, NaN below ``min_errors`` errors."""
         return self._scale.copy()
@@ -170,7 +185,7 @@ class OnlineIntervals:
     def state_arrays(self) -> tuple[np.ndarray, ...]:
         """Every array of the state (for tests that check nothing is reallocated)."""
         return (self._ring_forecast, self._ring_scale, self._ring_multiplier, self._error_sum, self._error_weight,
-                self._scale, self._multiplier, self._normalised_errors)
+                self._scale, self._multiplier, self._normalised_errors, self._covered_sum, self._covered_weight)
 
     # --- checks ----------------------------------------------------------------------------------
     def _check_forecast(self, forecast_z) -> None:
@@ -190,7 +205,8 @@ class OnlineIntervals:
 
 @njit(**_JIT)
 def _update(truth, forecast, ring_forecast, ring_scale, ring_multiplier, error_sum, error_weight, scale,
-            multiplier, normalised_errors, alpha, step, decay, min_weight, frame):
+            multiplier, normalised_errors, alpha, step, decay, min_weight, frame, covered_sum, covered_weight,
+            coverage_decay):
     horizon = ring_forecast.shape[0]
     n_neurons = truth.shape[0]
     n_levels = multiplier.shape[0]
@@ -217,6 +233,7 @@ def _update(truth, forecast, ring_forecast, ring_scale, ring_multiplier, error_s
             error_weight[k, n] = decay32 * error_weight[k, n] + np.float32(1.0) if valid else error_weight[k, n]
         # 2. Quantile tracking of the shared multiplier, on the fraction of issued bands missed.
         if scored > 0:
+            covered_weight[k] = coverage_decay * covered_weight[k] + 1.0
             for j in range(n_levels):
                 issued_multiplier = np.float32(ring_multiplier[slot, k, j])
                 misses = 0
@@ -224,6 +241,7 @@ def _update(truth, forecast, ring_forecast, ring_scale, ring_multiplier, error_s
                     misses += normalised_errors[n] > issued_multiplier
                 q = multiplier[j, k] + step[j] * (misses / scored - alpha[j])
                 multiplier[j, k] = q if q > 0.0 else 0.0
+                covered_sum[j, k] = coverage_decay * covered_sum[j, k] + 1.0 - misses / scored
         # 3. This frame's forecast for frame + 1 + k, filed with the band it is issued with now. Its slot
         # is `slot` for the last horizon (just consumed) and otherwise one already scored.
         target_slot = (frame + 1 + k) % horizon

@@ -163,3 +163,23 @@ def test_predictions_are_byte_for_byte_the_reference_message(shape, decoded):
     assert bytes(encoder.encode(**smaller)) == protocol.build_prediction(**smaller)
     parsed = protocol.parse_published([protocol.topic_for("rig.1:a"), first])
     assert np.array_equal(parsed.forecast, forecast, equal_nan=True) and parsed.seq == 2**40
+
+
+@pytest.mark.parametrize("levels", [[0.8], [0.8, 0.95]])
+def test_predictions_with_intervals_are_the_reference_message(levels):
+    rng = np.random.default_rng(len(levels))
+    n, horizon = 5, 4
+    half_width = rng.random((len(levels), n, horizon)).astype(np.float32)
+    half_width[0, 0, :] = np.nan  # a neuron without a band yet
+    fields = dict(session="rig1", seq=9, t_acq_ns=1, t_recv_ns=2, t_pub_ns=3,
+                  forecast=rng.standard_normal((n, horizon)).astype(np.float32),
+                  predictable=np.ones(n, np.uint8), decoded={}, model_version="m", rate_hz=30.0, stream_id=1,
+                  stream_frame=8, folded=0, stage_ns={"validate": 1}, interval_levels=levels,
+                  interval_half_width=half_width)
+    encoded = bytes(PredictionEncoder().encode(**fields))
+    assert encoded == protocol.build_prediction(**fields)
+    parsed = protocol.parse_published([protocol.topic_for("rig1"), encoded])
+    assert parsed.interval_levels == tuple(levels)
+    np.testing.assert_array_equal(parsed.interval_half_width, half_width)
+    lower, upper = parsed.interval(levels[-1])
+    np.testing.assert_allclose(upper - parsed.forecast, half_width[-1], rtol=1e-5, atol=1e-6)
