@@ -498,6 +498,8 @@ class Pipeline:
             session.add_frame(session.missing_dff())
             forecast, decoded = step_session(self.engine, session)
             session.scale.denormalise_into(forecast, session.forecast)
+            if session.quality.intervals is not None:
+                session.quality.half_widths_into_message(session.scale.std)
             if kind == "dff":  # the rule kernels, whose first call would otherwise load them mid-experiment
                 rules = RuleSet(_warm_up_rules(self.engine.horizon), n_neurons=n_probe, horizon=self.engine.horizon,
                                 rate_hz=self.engine.rate_hz, receptive_field=0, heads={})
