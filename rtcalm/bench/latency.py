@@ -95,8 +95,9 @@ def pace(start: float, index: int, period: float) -> None:
 
 def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: int = 1800, model: str = "default",
                           warmup_frames: int = 60, seed: int = 0, transport: str = "tcp", references: bool = True,
-                          rules: str | Path | None = None, progress=None) -> dict:
-    """``rules``: a trigger rules file to load into the session, armed (the module docstring)."""
+                          rules: str | Path | None = None, config: str | Path | None = None, progress=None) -> dict:
+    """``rules``: a trigger rules file to load into the session, armed (the module docstring); ``config``: a
+    daemon config file for the daemon under test (e.g. configs/bench_intervals.toml: forecast intervals on)."""
     from rtcalm.sim import make_synthetic
 
     if neurons < 1 or frames < 1 or warmup_frames < 1 or not rate_hz > 0:
@@ -117,7 +118,7 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
     # (seq, arrival perf_counter, arrival wall ns, rule, t_fire_ns) per trigger message (with rules only)
     triggers: list[tuple] = []
 
-    with DaemonProcess(model=model, transport=transport) as daemon:
+    with DaemonProcess(model=model, transport=transport, config=None if config is None else str(config)) as daemon:
         control = ControlClient(daemon.endpoints["control"], timeout_ms=30000)
         subscriber = PredictionSubscriber(daemon.endpoints["publish"], sessions=SESSION, hwm=100000,
                                           triggers=rule_specs is not None)

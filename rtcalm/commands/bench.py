@@ -98,6 +98,9 @@ def _register_latency(benchmarks) -> None:
     parser.add_argument("--rules", metavar="FILE", default=None,
                         help="a trigger rules file (docs/triggers.md; e.g. configs/bench_rules.toml) to load into "
                              "the bench's session, all rules armed, and time the trigger path too")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="a daemon config file for the daemon under test (its socket addresses are the bench's), "
+                             "e.g. configs/bench_intervals.toml to time forecast intervals")
     add_json_argument(parser)
     parser.set_defaults(handler=_run_latency)
 
@@ -111,8 +114,13 @@ def _run_latency(args: argparse.Namespace) -> int:
         raise RtcalmError("--neurons and --frames must be positive and --rate in (0, 10000]")
     if args.rules is not None and not args.rules.strip():
         raise RtcalmError("--rules needs a rules file's path")
+    if args.config is not None:
+        from rtcalm.daemon.config import load_config
+
+        load_config(args.config)  # a bad file fails here, in one line, not in the daemon's log
     result = run_latency_benchmark(neurons=args.neurons, rate_hz=args.rate, frames=args.frames, model=args.model,
                                    transport=args.transport, references=not args.no_references, rules=args.rules,
+                                   config=args.config,
                                    progress=lambda line: print(f"rtcalm bench latency: {line}", file=sys.stderr))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0

@@ -235,3 +235,21 @@ def test_bench_latency_stops_with_one_line_when_the_daemon_refuses_the_rules(tmp
     lines = [line for line in done.stderr.splitlines() if line.startswith("rtcalm: error:")]
     assert len(lines) == 1 and "the daemon refused it" in lines[0] and "horizon" in lines[0], done.stderr
     assert "predictions" not in done.stderr and not done.stdout  # nothing streamed, nothing reported
+
+
+@pytest.mark.parametrize("text, expected", [(None, "config file not found"),
+                                            ("[quality]\ninterval_levels = [0.95, 0.8]\n", "interval_levels must be")])
+def test_a_bad_daemon_config_is_one_line_and_exit_2_before_any_daemon(tmp_path, capsys, no_daemon, text, expected):
+    path = tmp_path / "daemon.toml"
+    if text is not None:
+        path.write_text(text)
+    assert main(["bench", "latency", "--frames", "5", "--no-references", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+
+
+def test_the_shipped_intervals_config_turns_intervals_on():
+    from rtcalm.daemon.config import load_config
+
+    assert load_config(Path(__file__).resolve().parents[2] / "configs" / "bench_intervals.toml").quality.interval_levels \
+        == (0.8, 0.95)
