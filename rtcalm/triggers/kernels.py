@@ -20,6 +20,21 @@ MEAN, MAX, COUNT_ABOVE = 0, 1, 2
 QUIET, FIRED, REFRACTORY, RATE_LIMIT = 0, 1, 2, 3
 
 
+@njit(inline="always", **_JIT)
+def _set_size(mode, lo, hi, n_neurons):
+    return hi - lo if mode == INDICES else n_neurons
+
+
+@njit(inline="always", **_JIT)
+def _neuron_at(j, mode, idx, lo, predictable):
+    """The j-th neuron of a rule's set, or -1 where the predictable mask leaves it out."""
+    if mode == INDICES:
+        return idx[lo + j]
+    if mode == PREDICTABLE and predictable[j] == 0:
+        return -1
+    return j
+
+
 @njit(**_JIT)
 def _reduce(x, mode, idx, lo, hi, predictable, reduce, level):
     """``reduce`` over the neuron set of the 1-D ``x`` (NaN skipped; NaN when nothing is valid)."""
@@ -27,14 +42,10 @@ def _reduce(x, mode, idx, lo, hi, predictable, reduce, level):
     count = 0
     extreme = np.nan
     above = 0
-    n = hi - lo if mode == INDICES else x.shape[0]
-    for j in range(n):
-        if mode == INDICES:
-            i = idx[lo + j]
-        else:
-            i = j
-            if mode == PREDICTABLE and predictable[i] == 0:
-                continue
+    for j in range(_set_size(mode, lo, hi, x.shape[0])):
+        i = _neuron_at(j, mode, idx, lo, predictable)
+        if i < 0:
+            continue
         v = x[i]
         if v != v:
             continue
@@ -64,14 +75,10 @@ def _reduce_window(future, first, last, mode, idx, lo, hi, predictable, reduce, 
         count[step] = 0
         extreme[step] = np.nan
         above[step] = 0
-    n = hi - lo if mode == INDICES else future.shape[0]
-    for j in range(n):
-        if mode == INDICES:
-            i = idx[lo + j]
-        else:
-            i = j
-            if mode == PREDICTABLE and predictable[i] == 0:
-                continue
+    for j in range(_set_size(mode, lo, hi, future.shape[0])):
+        i = _neuron_at(j, mode, idx, lo, predictable)
+        if i < 0:
+            continue
         row = future[i]
         # one branch-free inner loop per reduction (the hot part at thousands of neurons)
         if reduce == MEAN:
