@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rtcalm.eval.report import code_state, write_or_check
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RESULT = REPOSITORY / "docs" / "results" / "trigger_compare.json"
@@ -50,9 +51,7 @@ def run() -> dict:
             result = compare(engine, recordings, event, forecast_frames=window)
             runs.append({"event_file": f"configs/events/{name}.toml", **result})
             print(f"{name} forecast {window}: {json.dumps(result['compare'])}", file=sys.stderr)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True,
-                            text=True).stdout.strip()
-    return {"command": COMMAND, "commit": commit, "machine": f"{platform.machine()}, {platform.node()}",
+    return {"command": COMMAND, "commit": code_state(REPOSITORY), "machine": f"{platform.machine()}, {platform.node()}",
             "model": engine.version, "backend": engine.backend, "rate_hz": engine.rate_hz,
             "files": [str(Path(r.meta.source).relative_to(data)) for r in recordings],
             "mice": sorted({r.meta.mouse for r in recordings}), "seconds": round(time.time() - started, 1),
@@ -154,13 +153,6 @@ def figure(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def replace_block(text: str, block: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC}: no trigger-experiment block ({BEGIN} ... {END})")
-    head, rest = text.split(BEGIN, 1)
-    return head + block + rest.split(END, 1)[1]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("run", "render"))
@@ -172,15 +164,10 @@ def main(argv=None) -> int:
         print(f"wrote {RESULT}")
         return 0
     result = json.loads(RESULT.read_text())
-    current = DOC.read_text()
-    updated = replace_block(current, render(result))
-    if args.check:
-        if updated != current:
-            print(f"{DOC} differs from what {RESULT.name} renders: run python tools/trigger_experiment.py render",
-                  file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(updated)
+    status = write_or_check(DOC, BEGIN, END, render(result), check=args.check,
+                            command="python tools/trigger_experiment.py render")
+    if args.check or status:
+        return status
     figure(result, FIGURE)
     print(f"wrote the block in {DOC} and {FIGURE}")
     return 0
