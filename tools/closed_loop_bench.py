@@ -42,6 +42,33 @@ def summary(result: dict) -> dict:
     return small(result)
 
 
+def quality_cost(neurons: int = 512, horizon: int = 30, frames: int = 3000) -> dict:
+    """What forecast quality adds to a frame, timed alone in this process: SessionQuality.observe (skill,
+    and with intervals their update) plus, with intervals, the message's half-widths; p50 / p99 in ms."""
+    import numpy as np
+
+    from rtcalm.daemon.quality import SessionQuality
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((frames, neurons)).astype(np.float32)
+    forecast = rng.standard_normal((neurons, horizon)).astype(np.float32)
+    std = np.ones(neurons, np.float32)
+    out = {}
+    for name, levels in (("skill only (the default)", ()), ("skill and intervals 0.8, 0.95", (0.8, 0.95))):
+        quality = SessionQuality(neurons, horizon, skill_horizons=(1, 5, 15, 30), interval_levels=levels,
+                                 window_frames=1800.0)
+        times = np.empty(frames)
+        for t in range(frames):
+            start = time.perf_counter_ns()
+            quality.observe(truth[t], forecast)
+            if levels:
+                quality.half_widths_into_message(std)
+            times[t] = time.perf_counter_ns() - start
+        times = times[frames // 10:] / 1e6  # after the kernels are loaded
+        out[name] = {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
+    return out
+
+
 def run() -> dict:
     from rtcalm.bench.latency import run_latency_benchmark
 
@@ -50,7 +77,7 @@ def run() -> dict:
     for name, arguments in RUNS.items():
         print(f"closed_loop_bench: {name}", file=sys.stderr)
         runs[name] = summary(run_latency_benchmark(frames=FRAMES, references=False, **arguments))
-    return {"command": "python tools/closed_loop_bench.py run", "commit": code_state(REPOSITORY),
+    return {"quality_cost_512": quality_cost(),"command": "python tools/closed_loop_bench.py run", "commit": code_state(REPOSITORY),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}",
             "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - started), "frames": FRAMES, "runs": runs}
 
@@ -98,10 +125,17 @@ def render(result: dict) -> str:
     base, intervals = runs["512"], runs["512, intervals 0.8 and 0.95"]
     added = intervals["stages"]["receive_to_publish"]["p50_ms"] - base["stages"]["receive_to_publish"]["p50_ms"]
     model_added = intervals["stages"]["model"]["p50_ms"] - base["stages"]["model"]["p50_ms"]
-    lines += ["", f"Forecast intervals at 512 neurons: receive→publish p50 {added:+.3f} ms and model stage p50 "
-              f"{model_added:+.3f} ms against the run without them (two runs one after the other, so the "
-              f"difference carries their run-to-run noise); the limit is 0.05 ms p50: "
-              f"{'met' if added <= 0.05 else 'not met'} on receive→publish.", "", END]
+    cost = result["quality_cost_512"]
+    with_intervals = cost["skill and intervals 0.8, 0.95"]["p50_ms"]
+    lines += ["", "Forecast quality per frame at 512 neurons and 30 steps, timed alone in the same process "
+              "(SessionQuality.observe, and with intervals the message's half-widths):", "",
+              "| tracking | p50 | p99 |", "|---|---|---|"]
+    lines += [f"| {name} | {times['p50_ms']:.3f} | {times['p99_ms']:.3f} |" for name, times in cost.items()]
+    lines += ["", f"Intervals add {with_intervals:.3f} ms p50 per frame timed alone (the limit is 0.05 ms: "
+              f"{'met' if with_intervals <= 0.05 else 'not met'}). Through the daemon, the run with them has "
+              f"receive→publish p50 {added:+.3f} ms and model stage p50 {model_added:+.3f} ms against the run "
+              "without them: two runs one after the other, so that difference also carries their run-to-run "
+              "noise.", "", END]
     return "\n".join(lines)
 
 

@@ -46,8 +46,7 @@ class SessionQuality:
     def half_widths_into_message(self, std: np.ndarray) -> np.ndarray:
         """The current half-widths in ΔF/F (z half-width times the neuron's std), in the reused buffer."""
         for j, level in enumerate(self.intervals.levels):
-            self.intervals.half_widths_into(level, self.half_widths[j])
-        np.multiply(self.half_widths, std[None, :, None], out=self.half_widths)
+            self.intervals.half_widths_into(level, self.half_widths[j], std)
         return self.half_widths
 
 

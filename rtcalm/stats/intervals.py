@@ -111,6 +111,7 @@ class OnlineIntervals:
         self._covered_sum = np.empty((n_levels, h), np.float64)
         self._covered_weight = np.empty(h, np.float64)
         self._frame_shape = (n,)
+        self._unit_std = np.ones(n, np.float32)  # half-widths in z units
         self._forecast_shape = (n, h)
         self.reset()
 
@@ -151,11 +152,16 @@ class OnlineIntervals:
         self._check_out(upper_out, "upper_out")
         _bounds(forecast_z, self._scale, self._multiplier, self.level_index(level), lower_out, upper_out)
 
-    def half_widths_into(self, level: float, out: np.ndarray) -> None:
+    def half_widths_into(self, level: float, out: np.ndarray, std: np.ndarray | None = None) -> None:
         """The current half-widths, (N, H) float32, in z units (what a client draws around the forecast:
-        multiply by the neuron's std for ΔF/F; the mean does not enter a width). NaN = no band yet."""
+        multiply by the neuron's std for ΔF/F; the mean does not enter a width), or, given each neuron's
+        ``std`` ((N,) float32), in ΔF/F in the same pass. NaN = no band yet."""
         self._check_out(out, "out")
-        _half_widths(self._scale, self._multiplier, self.level_index(level), out)
+        if std is None:
+            std = self._unit_std
+        elif type(std) is not np.ndarray or std.dtype != np.float32 or std.shape != self._frame_shape:
+            raise StatsError(f"std must be a float32 array of shape {self._frame_shape}, got {_describe(std)}")
+        _half_widths(self._scale, self._multiplier, self.level_index(level), std, out)
 
     # --- inspection ------------------------------------------------------------------------------
     def level_index(self, level: float) -> int:
@@ -267,12 +273,13 @@ def _bounds(forecast, scale, multiplier, level, lower, upper):
 
 
 @njit(**_JIT)
-def _half_widths(scale, multiplier, level, out):
+def _half_widths(scale, multiplier, level, std, out):
     n_neurons, horizon = out.shape
     row = multiplier[level]
     for n in range(n_neurons):
+        s = std[n]
         for k in range(horizon):
-            out[n, k] = np.float32(row[k]) * scale[n, k]
+            out[n, k] = np.float32(row[k]) * scale[n, k] * s
 
 
 # --- argument checks ---------------------------------------------------------------------------------

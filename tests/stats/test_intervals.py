@@ -222,3 +222,17 @@ def test_bad_frames_change_nothing():
         intervals.half_widths_into(0.9, out)
     with pytest.raises(StatsError, match="upper_out"):
         intervals.bounds_into(good_forecast, 0.8, out, np.empty((4, 3), np.float64))
+
+
+def test_half_widths_in_dff_are_the_z_half_widths_times_the_std():
+    rng = np.random.default_rng(3)
+    intervals = OnlineIntervals(6, 4, levels=(0.8,))
+    for _ in range(40):
+        intervals.update(rng.standard_normal(6).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32))
+    std = rng.random(6).astype(np.float32) + 0.5
+    in_z, in_dff = np.empty((6, 4), np.float32), np.empty((6, 4), np.float32)
+    intervals.half_widths_into(0.8, in_z)
+    intervals.half_widths_into(0.8, in_dff, std)
+    np.testing.assert_allclose(in_dff, in_z * std[:, None], rtol=1e-6)
+    with pytest.raises(StatsError, match="std must be a float32 array of shape"):
+        intervals.half_widths_into(0.8, in_dff, std.astype(np.float64))
