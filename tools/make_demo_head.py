@@ -38,7 +38,7 @@ from rtcalm.demo_heads import DEMO_HEADS_DIR  # noqa: E402
 from rtcalm.demo_sources import HEAD_FIT_FRAMES, SIMULATED_RIG, STIMULUS_FRAMES, TRIAL_FRAMES, simulated_rig  # noqa: E402
 from rtcalm.engine.base import model_version, weights_sha256  # noqa: E402
 from rtcalm.model.checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_model  # noqa: E402
-from rtcalm.model.heads import HeadConfig, fit_head  # noqa: E402
+from rtcalm.model.heads import HeadConfig, fit_head, save_head  # noqa: E402
 
 WARMUP_FRAMES = 64
 POOL_FRAMES = float(STIMULUS_FRAMES)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     head = fit_head(features, labels, config)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = head.save(args.out, "direction")
+    path = save_head(head, args.out, "direction")
     provenance = {
         "head": path.name,
         "model_version": version,

@@ -408,18 +408,22 @@ class TimeResolvedDecoder:
 
     def fit_head(self, train: np.ndarray, components: int, bins: int, penalty: float | None) -> _HeadPredictor:
         """The head the daemon runs (:func:`rtcalm.model.heads.fit_time_resolved_head`), fitted on the
-        training trials with the chosen hyperparameters: what this decoder scores on the test trials."""
+        training trials with the chosen hyperparameters: what this decoder scores on the test trials.
+        Per-frame features of width 1 are the raw frames (a ``raw`` head), wider ones hidden states."""
         from rtcalm.model.heads import TimeResolvedConfig, fit_time_resolved_head
 
         trials, frames, neurons, width = self.per_frame.shape
         classification = self.metric == "accuracy"
+        raw = width == 1
         config = TimeResolvedConfig(
             name="task", kind="classification" if classification else "regression", n_neurons=neurons,
-            d_model=width, window_frames=frames, n_bins=bins, components=components,
-            classes=[float(c) for c in range(int(self.targets.max()) + 1)] if classification else [])
+            d_model=width, window_frames=frames, n_bins=bins, components=0 if raw else components,
+            classes=[float(c) for c in range(int(self.targets.max()) + 1)] if classification else [],
+            features="raw" if raw else "backbone")
         targets = self.targets[train].astype(np.float64)
-        head = fit_time_resolved_head(self.per_frame[train], targets, config, **({} if classification else
-                                                                                  {"alpha": penalty}))
+        windows = self.per_frame[train]
+        head = fit_time_resolved_head(config, targets, alpha=None if classification else penalty,
+                                      **({"z": windows[..., 0]} if raw else {"hidden": windows}))
         return _HeadPredictor(head, classification)
 
 
@@ -430,8 +434,12 @@ class _HeadPredictor:
     def predict(self, per_frame: np.ndarray) -> np.ndarray:
         import torch
 
+        per_frame = torch.from_numpy(np.ascontiguousarray(per_frame, dtype=np.float32))
         with torch.inference_mode():
-            logits = self.head(torch.from_numpy(np.ascontiguousarray(per_frame, dtype=np.float32))).numpy()
+            if self.head.config.uses_raw:
+                logits = self.head.window_logits(per_frame[..., 0], None).numpy()
+            else:
+                logits = self.head.window_logits(None, per_frame).numpy()
         return logits.argmax(axis=1) if self.classification else logits[:, 0]
 
 
