@@ -243,6 +243,15 @@ def _concatenated_views(views: list[Recording]) -> Recording:
                      trial_time_s=first.trial_time_s)
 
 
+def stream_of(recording: Recording, rate_hz: float) -> np.ndarray:
+    """The frames a rig would stream of ``recording`` at the model's rate (as :func:`calibration` streams
+    them): (frames, N) float32."""
+    from rtcalm.data.resample import resample_recording
+
+    resampled = resample_recording(recording, rate_hz)
+    return np.ascontiguousarray(resampled.dff.reshape(-1, recording.n_neurons), np.float32)
+
+
 # --- the daemon's per-frame path over the calibration stream -------------------------------------------------
 
 @dataclass

@@ -190,3 +190,40 @@ def decode_frames(engine, frames: np.ndarray, head_paths: Sequence[str], config=
         stream.push(frame)
         decoded.append(stream.decoded)
     return decoded
+
+
+class StreamedCalibrations:
+    """Each recording's calibration and streamed windows, computed once (the latest ``max_cached`` files)
+    and shared by every fold seed and every ``--timecourse`` point."""
+
+    def __init__(self, engine, task: str, config=None, response_end_s: float = 2.0, max_cached: int = 8):
+        self.engine, self.task, self.config = engine, task, config
+        self.response_end_s, self.max_cached = response_end_s, max_cached
+        self._cache: dict[str, tuple[Calibration, Windows]] = {}
+
+    def __call__(self, recording) -> tuple[Calibration, Windows]:
+        from rtcalm.eval.calibration import calibration, stream_windows
+
+        key = recording.meta.source or str(id(recording))
+        if key not in self._cache:
+            while len(self._cache) >= self.max_cached:
+                self._cache.pop(next(iter(self._cache)))
+            cal = calibration([recording], self.task, self.engine.rate_hz, response_end_s=self.response_end_s)
+            self._cache[key] = (cal, stream_windows(self.engine, cal, self.config))
+        return self._cache[key]
+
+
+def served_decoder(streamed: StreamedCalibrations, features: str = "auto", seed: int = 0,
+                   available_s: float | None = None):
+    """decode-eval's ``served`` row as a fold decoder (:data:`rtcalm.eval.decode.FoldDecoderFactory`):
+    what ``rtcalm fit-head --features FEATURES`` serves, chosen and fitted inside each outer fold;
+    ``available_s``: from the frames up to that long after the onset only (``--timecourse``)."""
+
+    def factory(recording, data) -> ServedDecoder:
+        cal, windows = streamed(recording)
+        if not np.array_equal(cal.data.targets, data.targets):
+            raise AssertionError("the calibration's targets differ from decode-eval's")
+        frames = None if available_s is None else cal.window_frames_until(available_s)
+        return ServedDecoder(cal, windows, features, seed, window_frames=frames)
+
+    return factory
