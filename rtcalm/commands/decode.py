@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         why_unscored = "the head has no provenance naming its task"
     if table is not None and cal is None:
         raise RtcalmError(f"--labels {args.labels!r}: {why_unscored}")
+    from rtcalm.commands.fit_head import file_digest
+
+    digest = file_digest(args.file)
+    in_sample = any(item.get("sha256") == digest for item in provenance.get("inputs") or [])
     frames = cal.stream if cal is not None else stream_of(recording, engine.rate_hz)
     decoded = decode_frames(engine, frames, [path], config)
     name = head_config.get("name")
@@ -122,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"file": str(args.file), "head": str(path), "model_version": engine.version,
                           "rate_hz": engine.rate_hz, "frames": len(decoded), "decoded": decoded, "trials": trials,
-                          "score": result_score, "unscored_because": why_unscored if cal is None else None}))
+                          "score": result_score, "in_sample": in_sample,
+                          "unscored_because": why_unscored if cal is None else None}))
         return 0
     print(f"decode: {args.file}: {len(decoded)} frames at {engine.rate_hz:g} Hz through the daemon's path, head "
           f"{name!r} ({path}), model {engine.version}")
@@ -137,4 +142,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{row['trial']:5d} {row['decoded_frame']:7d} {row['label']:9.4g} {row['decoded']:9.4g}")
     print(f"{result_score['metric']} over {result_score['trials']} trials: {result_score['value']:.3f} (each trial's "
           f"decoded value at the last frame of its {cal.window_frames}-frame response window)")
+    if in_sample:
+        print("note: the head was fitted on this file, so this score is in-sample; fit-head's cross-validated score "
+              "is the honest one")
     return 0

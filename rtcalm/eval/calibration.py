@@ -193,9 +193,9 @@ def _trial_view(recording: Recording, trials: TrialTable, response_end_s: float,
         starts = np.floor(onset * rate + 0.5).astype(np.int64)
     frames = frames_before(response_end_s, rate)
     late = starts + frames > recording.n_frames
-    if (starts < 0).any() or late.any():
-        raise CalibrationError(f"{source}: the response window of {int(late.sum() + (starts < 0).sum())} trial(s) "
-                               "falls outside the recording")
+    if late.any():
+        raise CalibrationError(f"{source}: the response window of {int(late.sum())} trial(s) (the first from "
+                               f"{starts[late][0] / rate:.2f} s) runs past the end of the recording")
     index = starts[:, None] + np.arange(frames)[None, :]
     labels = {name: values[index] for name, values in recording.continuous_labels.items()}
     columns = {name: np.asarray(trials[name]) for name in trials.names}

@@ -132,10 +132,17 @@ class ServedDecoder:
         best, best_score = self.candidates[0], -np.inf
         for candidate in self.candidates:
             x = binned[candidate.features, candidate.components, candidate.bins][train]
+            if np.ptp(x, axis=0).max() <= 1e-5 * (1.0 + np.abs(x).max()):
+                continue  # nothing varies across trials beyond float32 rounding (a backbone blind to its input)
             predictions = np.empty(targets.shape[0], dtype=np.float64)
-            for inner_train, validation in splits:
-                model = make_estimator(estimator, candidate.penalty).fit(x[inner_train], targets[inner_train])
-                predictions[validation] = model.predict(x[validation])
+            finite = True
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                for inner_train, validation in splits:
+                    model = make_estimator(estimator, candidate.penalty).fit(x[inner_train], targets[inner_train])
+                    finite &= bool(np.isfinite(getattr(model, "coef_", 0.0)).all())
+                    predictions[validation] = model.predict(x[validation])
+            if not (finite and np.isfinite(predictions).all()):
+                continue  # a degenerate fit (features that do not vary within the classes): not a candidate
             candidate_score = score(predictions, targets, self.metric)
             if candidate_score > best_score + 1e-12:
                 best, best_score = candidate, candidate_score

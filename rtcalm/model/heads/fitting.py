@@ -122,6 +122,8 @@ def fit_time_resolved_head(config: TimeResolvedConfig, targets: np.ndarray, *, z
 
 
 def _set_readout(head, weight: np.ndarray, bias: np.ndarray) -> None:
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise HeadError("the fitted readout is not finite: the features do not vary across the trials")
     with torch.no_grad():
         head.readout.weight.copy_(torch.from_numpy(weight))
         head.readout.bias.copy_(torch.from_numpy(bias))
