@@ -25,6 +25,12 @@ loop, so a tight-loop reference would flatter or condemn the daemon unfairly):
   prediction back, through pyzmq and msgpack and a bare echo process on the same transport: what any
   ZeroMQ daemon in Python would pay before doing anything.
 
+With ``heads`` (``--head``), the session decodes as a closed loop would: each is a head file for the
+benchmark's neuron count and model, or a kind (``raw``, ``backbone``, ``both``) for which a head of that
+kind is made with random weights (the cost of a frame does not depend on them) in the shape
+``rtcalm fit-head`` writes for a 2 s window at the model's rate: 8 time bins, 2 principal components,
+8 classes. Their per-frame work is inside the ``model`` stage.
+
 A warm-up of ``warmup_frames`` (numba and the backend's first calls, the subscription reaching the
 daemon) precedes the measured frames and is excluded. The frames come from the synthetic generator; at
 most ``MAX_UNIQUE_FRAMES`` distinct ones are generated and then cycled (the cost of a step does not
@@ -69,9 +75,34 @@ def pace(start: float, index: int, period: float) -> None:
         time.sleep(delay)
 
 
+HEAD_KINDS = ("raw", "backbone", "both")
+
+
+def benchmark_head(kind: str, directory, *, neurons: int, model: str) -> Path:
+    """A head of ``kind`` with random weights, shaped as fit-head writes one for a 2 s window (8 bins, 2
+    components, 8 classes), for ``neurons`` and ``model``'s width: its per-frame cost is a fitted head's."""
+    import torch
+
+    from rtcalm.model.checkpoint import read_checkpoint_config, resolve_model
+    from rtcalm.model.heads import TimeResolvedConfig, TimeResolvedHead, save_head
+
+    config, _ = read_checkpoint_config(resolve_model(model))
+    torch.manual_seed(0)
+    head = TimeResolvedHead(TimeResolvedConfig(
+        f"bench_{kind}", "classification", neurons, config.d_model, window_frames=int(round(2 * config.rate_hz)),
+        n_bins=8, components=0 if kind == "raw" else 2, classes=[45.0 * k for k in range(8)], features=kind))
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.normal_(0.0, 0.01)
+        for buffer in (getattr(head, "projection", None), getattr(head, "projection_mean", None)):
+            if buffer is not None:
+                buffer.normal_(0.0, 0.1)
+    return save_head(head, directory)
+
+
 def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: int = 1800, model: str = "default",
                           warmup_frames: int = 60, seed: int = 0, transport: str = "tcp", references: bool = True,
-                          progress=None) -> dict:
+                          progress=None, heads=()) -> dict:
     from rtcalm.sim import make_synthetic
 
     if neurons < 1 or frames < 1 or warmup_frames < 1 or not rate_hz > 0:
@@ -89,11 +120,19 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
     # themselves, which at 4096 neurons for 10 minutes would be 9 GB.
     received: list[tuple] = []
 
-    with DaemonProcess(model=model, transport=transport) as daemon:
+    head_dir = tempfile.TemporaryDirectory(prefix="rtcalm-bench-heads-")
+    head_paths = [str(benchmark_head(h, Path(head_dir.name) / h, neurons=neurons, model=model)) if h in HEAD_KINDS
+                  else str(Path(h).resolve()) for h in heads]
+    with DaemonProcess(model=model, transport=transport) as daemon, head_dir:
         control = ControlClient(daemon.endpoints["control"], timeout_ms=30000)
         subscriber = PredictionSubscriber(daemon.endpoints["publish"], sessions=SESSION, hwm=100000)
         sender = RigSender(daemon.endpoints["ingest"], session=SESSION, hwm=100000)
         served = control.status()["model"]
+        loaded_heads = []
+        if head_paths:
+            control.start_session(SESSION, neurons)
+            for path in head_paths:
+                loaded_heads = control.load_head(SESSION, path)["heads"]
         time.sleep(0.2)  # let the subscription reach the daemon before the first prediction
         stop = threading.Event()
 
@@ -151,7 +190,8 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
               **percentiles_ms(latency_ns), "lost_frames": int(total - accepted),
               "unanswered_frames": int((~answered).sum()), "batched_frames": int(frames - len(own)),
               "stages": _stages(own, send_perf, send_wall, stage_summary), "model": served["version"],
-              "backend": served["backend"], "warmup_frames": warmup_frames}
+              "backend": served["backend"], "warmup_frames": warmup_frames,
+              "heads": [{key: head[key] for key in head if key not in ("path", "pooled_frames")} for head in loaded_heads]}
     if references:
         if progress is not None:
             progress(f"references: the bare step on {served['backend']} and the raw {transport} round trip, "
@@ -331,6 +371,8 @@ def format_report(result: dict) -> str:
     lines = [f"closed-loop latency, rig send -> prediction received: {result['neurons']} neurons at "
              f"{result['rate_hz']:g} Hz over {result['transport']}, {result['frames']} frames (after "
              f"{result['warmup_frames']} warm-up), model {result['model']} on {result['backend']}",
+             f"  decoding heads: " + (", ".join(f"{h['name']} ({h.get('features', 'ema')})" for h in result.get("heads", []))
+                                     or "none"),
              f"  p50 {ms(result['p50_ms'])} ms   p99 {ms(result['p99_ms'])} ms   p99.9 {ms(result['p999_ms'])} ms",
              f"  lost frames {result['lost_frames']}, unanswered {result['unanswered_frames']}, "
              f"folded into a batch {result['batched_frames']}",

@@ -92,6 +92,9 @@ def _register_latency(benchmarks) -> None:
                         help="loopback TCP (default) or IPC (Unix domain sockets)")
     parser.add_argument("--no-references", action="store_true",
                         help="skip the bare-step and raw-transport references (about 45 s at 30 Hz)")
+    parser.add_argument("--head", action="append", default=[], metavar="PATH|KIND",
+                        help="decode with this head (a fit-head .json for --neurons and --model), or a head of KIND "
+                             "raw, backbone or both with random weights in fit-head's 2 s shape; repeat for several")
     add_json_argument(parser)
     parser.set_defaults(handler=_run_latency)
 
@@ -104,7 +107,8 @@ def _run_latency(args: argparse.Namespace) -> int:
     if args.neurons < 1 or args.frames < 1 or not 0 < args.rate <= 10000:
         raise RtcalmError("--neurons and --frames must be positive and --rate in (0, 10000]")
     result = run_latency_benchmark(neurons=args.neurons, rate_hz=args.rate, frames=args.frames, model=args.model,
-                                   transport=args.transport, references=not args.no_references, progress=lambda line: print(f"rtcalm bench latency: {line}", file=sys.stderr))
+                                   transport=args.transport, references=not args.no_references, heads=args.head,
+                                   progress=lambda line: print(f"rtcalm bench latency: {line}", file=sys.stderr))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
