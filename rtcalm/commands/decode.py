@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="the model (default: the one the head's provenance names, else 'default')")
     parser.add_argument("--backend", default="auto", help="where the model runs (as rtcalm serve --backend)")
     parser.add_argument("--config", metavar="FILE", help="the daemon's TOML config (its [stats]; default: defaults)")
+    parser.add_argument("--trial-order", choices=("shuffled", "recorded"),
+                        help="trial-structured files: the order the epochs are streamed in (default: the head's, "
+                             "as fit-head streamed them; shuffled for a head without provenance)")
     add_json_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -78,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
         raise RtcalmError(str(error)) from None
     head_config = json.loads(path.read_text()).get("config") or {}
     model = args.model or (provenance.get("model") or {}).get("spec") or "default"
+    if args.trial_order is None:
+        args.trial_order = provenance.get("trial_order") if provenance.get("trial_order") in ("shuffled", "recorded") \
+            else "shuffled"
     config = load_config(args.config) if args.config else DaemonConfig()
     recording = load_recording(args.file)
     table = read_label_table(args.labels, recording) if args.labels else None
@@ -95,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if task:
         try:
             cal = calibration([recording], task, engine.rate_hz, response_end_s=float(provenance.get("window_s", 2.0)),
-                              labels=None if table is None else [table], regression=provenance.get("metric") == "r2")
+                              labels=None if table is None else [table], regression=provenance.get("metric") == "r2",
+                              trial_order=args.trial_order)
         except CalibrationError as error:
             why_unscored = str(error)
     else:
@@ -106,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     digest = file_digest(args.file)
     in_sample = any(item.get("sha256") == digest for item in provenance.get("inputs") or [])
-    frames = cal.stream if cal is not None else stream_of(recording, engine.rate_hz)
+    frames = cal.stream if cal is not None else stream_of(recording, engine.rate_hz, args.trial_order)
     decoded = decode_frames(engine, frames, [path], config)
     name = head_config.get("name")
 
@@ -125,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         result_score = {"metric": metric, "value": score(values[known], labels[known], metric), "trials": int(known.sum())}
     if args.json:
         print(json.dumps({"file": str(args.file), "head": str(path), "model_version": engine.version,
-                          "rate_hz": engine.rate_hz, "frames": len(decoded), "decoded": decoded, "trials": trials,
+                          "rate_hz": engine.rate_hz, "frames": len(decoded), "trial_order": args.trial_order
+                          if recording.is_trial_structured else "recorded", "decoded": decoded, "trials": trials,
                           "score": result_score, "in_sample": in_sample,
                           "unscored_because": why_unscored if cal is None else None}))
         return 0

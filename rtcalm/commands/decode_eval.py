@@ -41,6 +41,10 @@ def register(subparsers) -> None:
                              "per fold (16 training trials a step): the 'model_finetuned' row")
     parser.add_argument("--backend", default="auto",
                         help="where the model runs for the 'served' row (the daemon's path; as rtcalm serve --backend)")
+    parser.add_argument("--trial-order", choices=("shuffled", "recorded"), default="shuffled",
+                        help="the order the served row streams each file's trial epochs in (default: a fixed random "
+                             "order, so the model's memory of the previous trial cannot carry a repeating stimulus "
+                             "sequence; rtcalm.eval.calibration)")
     parser.add_argument("--timecourse", action="store_true",
                         help="each decoder's score from the frames available 0.25, 0.5, 1 and 2 s after the onset")
     add_json_argument(parser)
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, backend=args.backend)
     recordings = [load_recording(path) for path in args.files]
     frames = BackboneFrames(model)  # one forward pass per file, shared by the model's decoders
-    streamed = StreamedCalibrations(engine, args.task)  # one pass through the daemon's path per file
+    streamed = StreamedCalibrations(engine, args.task, trial_order=args.trial_order)  # one pass per file
 
     def decoders(available_s=None) -> dict:
         view = frames if available_s is None else frames.until(available_s)
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(recordings, args.task, frames.pooled_features, folds=args.folds, seed=args.seed,
                       fold_decoders=extra)
     result["model_version"] = engine.version
+    result["trial_order"] = args.trial_order
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -103,6 +108,7 @@ def _print_timecourse(args: argparse.Namespace, results: list[dict], names: list
         return result[name] if name in result else result["baselines"][name]
 
     document = {"task": args.task, "metric": results[0]["metric"], "folds": args.folds, "seed": args.seed,
+                "trial_order": args.trial_order,
                 "available_s": list(TIMECOURSE_S),
                 "decoders": {name: [value(r, name) for r in results] for name in names},
                 "standard_errors": {name: [r["standard_errors"][name] for r in results] for name in names},

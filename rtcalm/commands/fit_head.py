@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def register(subparsers) -> None:
                         help="the serving daemon's TOML config (its [stats] normalise the frames; default: defaults)")
     parser.add_argument("--window-s", type=positive_seconds, default=2.0, metavar="S",
                         help="the response window after each onset that the head reads (default 2)")
+    parser.add_argument("--trial-order", choices=("shuffled", "recorded"), default="shuffled",
+                        help="trial-structured files: stream the epochs in a fixed random order (default), so the "
+                             "model's memory of the previous trial cannot carry a repeating stimulus sequence, or "
+                             "as recorded")
     parser.add_argument("--folds", type=positive_int, default=5, help="outer CV folds for the reported score")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignments")
     add_json_argument(parser)
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from rtcalm.data import load_recording, read_label_table
     from rtcalm.engine import load_engine
     from rtcalm.errors import RtcalmError
-    from rtcalm.eval.calibration import calibration, stream_windows
+    from rtcalm.eval.calibration import calibration, order_predictability, stream_windows
     from rtcalm.eval.decode import BASELINES, evaluate_recording
     from rtcalm.eval.served import ServedDecoder, fit_served_head
     from rtcalm.model.heads import save_head
@@ -110,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         tables = [read_label_table(table, recording) for table, recording in zip(args.labels, recordings, strict=True)]
     engine = load_engine(args.model, backend=args.backend)
     cal = calibration(recordings, args.task, engine.rate_hz, response_end_s=args.window_s, labels=tables,
-                      regression=args.regression)
+                      regression=args.regression, trial_order=args.trial_order)
+    predictable = order_predictability(cal.target_values()) if cal.trial_order == "recorded" else None
 
     start = time.perf_counter()
     windows = stream_windows(engine, cal, config)
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                    for path, table in zip(args.files, args.labels or [None] * len(args.files), strict=True)],
         "model": {"spec": args.model, "version": engine.version, "backend": engine.backend, "rate_hz": engine.rate_hz},
         "task": args.task, "metric": metric, "trials": int(len(cal.onsets)), "window_s": args.window_s,
+        "trial_order": cal.trial_order, "label_order_predictability": predictable,
         "window_frames": cal.window_frames, "class_names": cal.class_names,
         "stats": {"warmup_frames": config.stats.warmup_frames, "time_constant_frames": config.stats.time_constant_frames},
         "features_requested": args.features,
@@ -141,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
                             "selected": scores["selected"].get("served", [])},
     }
     path = save_head(head, out, name, provenance=provenance)
+    if cal.classification and predictable is not None and predictable >= max(0.5, 1.5 / len(cal.classes)):
+        print(f"rtcalm fit-head: warning: the previous trial's label predicts the next one in {predictable:.0%} of "
+              "trials (a fixed stimulus order): a head that reads the backbone, which remembers the previous trial, "
+              "can score by decoding the previous stimulus. Randomise the stimulus order of calibration blocks.",
+              file=sys.stderr)
     if args.json:
         print(json.dumps({"head": str(path), **provenance}, indent=2))
         return 0

@@ -9,8 +9,12 @@ Inputs:
 
 - a **trial-structured** recording (epochs cut around stimulus onsets, e.g. the Park et al. grating
   files): each epoch is resampled to the model's rate (polyphase, :func:`rtcalm.data.resample.resample_recording`,
-  as decode-eval's model rows are) and the epochs are streamed one after another, in trial order, as
-  one continuous stream;
+  as decode-eval's model rows are) and the epochs are streamed one after another as one continuous
+  stream, by default in a fixed random order (``trial_order="shuffled"``, seed 0). In the recorded order
+  a stimulus sequence that repeats (the grating files cycle 0, 45, ..., 315 degrees) lets whatever
+  remembers the previous trial, the backbone's hidden state above all, "decode" the current stimulus
+  from the previous one's response; shuffled, only the current trial's response tells it
+  (docs/results.md measures the difference). ``trial_order="recorded"`` streams them as recorded;
 - a **contiguous** recording with a trial table (its own, or a label table, :func:`rtcalm.data.read_label_table`):
   the recording is streamed as it is (resampled to the model's rate if it was made at another), each
   trial starting at its onset.
@@ -57,6 +61,7 @@ class Calibration:
     onsets: np.ndarray  # (trials,) the stream frame of each trial's first response-window frame
     window_frames: int  # response-window frames at the model's rate
     rate_hz: float  # the model's rate
+    trial_order: str = "recorded"  # how trial epochs were streamed ("shuffled": a fixed random order)
     sources: list[str] = field(default_factory=list)
     class_names: list[str] | None = None  # a text label column's names, by class
 
@@ -84,8 +89,12 @@ def frames_before(seconds: float, rate_hz: float) -> int:
     return max(1, math.ceil(seconds * rate_hz - 1e-9))
 
 
+TRIAL_ORDERS = ("shuffled", "recorded")
+
+
 def calibration(recordings: Sequence[Recording], task: str, rate_hz: float, *, response_end_s: float = 2.0,
-                labels: Sequence[TrialTable | None] | None = None, regression: bool = False) -> Calibration:
+                labels: Sequence[TrialTable | None] | None = None, regression: bool = False,
+                trial_order: str = "shuffled") -> Calibration:
     """The calibration of ``recordings`` (one session: same neurons, in the same order) for ``task`` at the
     model's rate ``rate_hz``; ``labels``: a trial table per recording to use instead of its own (a label
     table, for contiguous recordings). CalibrationError for anything that does not fit."""
@@ -93,8 +102,11 @@ def calibration(recordings: Sequence[Recording], task: str, rate_hz: float, *, r
         raise CalibrationError("no recordings")
     if not response_end_s > 0:
         raise CalibrationError(f"the response window must be positive, got {response_end_s} s")
+    if trial_order not in TRIAL_ORDERS:
+        raise CalibrationError(f"trial order must be one of {', '.join(TRIAL_ORDERS)}, got {trial_order!r}")
     labels = list(labels) if labels is not None else [None] * len(recordings)
-    pieces = [_piece(rec, table, task, rate_hz, response_end_s, regression) for rec, table in zip(recordings, labels, strict=True)]
+    pieces = [_piece(rec, table, task, rate_hz, response_end_s, regression, trial_order)
+              for rec, table in zip(recordings, labels, strict=True)]
     first = pieces[0]
     for piece in pieces[1:]:
         if piece.view.n_neurons != first.view.n_neurons:
@@ -127,7 +139,7 @@ def calibration(recordings: Sequence[Recording], task: str, rate_hz: float, *, r
                        stream=np.concatenate([p.stream for p in pieces]),
                        onsets=np.concatenate([p.onsets + o for p, o in zip(pieces, offsets, strict=True)]),
                        window_frames=first.window, rate_hz=float(rate_hz),
-                       sources=[p.source for p in pieces], class_names=class_names)
+                       trial_order=trial_order if recordings[0].is_trial_structured else "recorded", sources=[p.source for p in pieces], class_names=class_names)
 
 
 @dataclass
@@ -142,7 +154,7 @@ class _Piece:
 
 
 def _piece(recording: Recording, table: TrialTable | None, task: str, rate_hz: float, response_end_s: float,
-           regression: bool) -> _Piece:
+           regression: bool, trial_order: str = "recorded") -> _Piece:
     from rtcalm.data.resample import resample_recording
 
     source = recording.meta.source or "the recording"
@@ -161,8 +173,11 @@ def _piece(recording: Recording, table: TrialTable | None, task: str, rate_hz: f
             raise CalibrationError(f"{source}: the epochs hold {resampled.trial_time_s[-1]:.2f} s after the onset, "
                                    f"less than the {response_end_s:g} s response window")
         per_epoch = resampled.dff.shape[1]
-        stream = resampled.dff.reshape(-1, recording.n_neurons)
-        onsets = np.arange(recording.n_trials) * per_epoch + first
+        order = epoch_order(recording.n_trials, trial_order)  # the epochs in streaming order
+        stream = resampled.dff[order].reshape(-1, recording.n_neurons)
+        position = np.empty_like(order)
+        position[order] = np.arange(order.shape[0])  # where each trial is in the stream
+        onsets = position * per_epoch + first
     else:
         trials = table if table is not None else recording.trials
         if trials is None or len(trials) == 0:
@@ -178,6 +193,14 @@ def _piece(recording: Recording, table: TrialTable | None, task: str, rate_hz: f
                                    f"{onset_s[~keep][0]:.2f} s) runs past the end of the recording")
     values, classification = _task_values(view, task, response_end_s, regression, source)
     return _Piece(source, view, values, classification, np.ascontiguousarray(stream, np.float32), onsets, window)
+
+
+def epoch_order(n_trials: int, trial_order: str) -> np.ndarray:
+    """The order a trial-structured recording's epochs are streamed in: as recorded, or a fixed random
+    permutation (seed 0, the same for fit-head, decode and decode-eval)."""
+    if trial_order == "recorded":
+        return np.arange(n_trials)
+    return np.random.default_rng(0).permutation(n_trials)
 
 
 def _trial_view(recording: Recording, trials: TrialTable, response_end_s: float, source: str):
@@ -203,6 +226,20 @@ def _trial_view(recording: Recording, trials: TrialTable, response_end_s: float,
     view = Recording(dff=recording.dff[index], rate_hz=rate, neuron_ids=recording.neuron_ids, meta=recording.meta,
                      continuous_labels=labels, trials=TrialTable(columns), trial_time_s=np.arange(frames) / rate)
     return view, starts / rate
+
+
+def order_predictability(values: np.ndarray) -> float:
+    """The fraction of trials whose label the previous trial's label predicts (its most frequent
+    successor): 1.0 for a stimulus sequence that cycles in a fixed order, about 1 / classes for a random
+    one."""
+    values = np.asarray(values)
+    if values.shape[0] < 3:
+        return 0.0
+    hits = 0
+    for previous in np.unique(values[:-1]):
+        following = values[1:][values[:-1] == previous]
+        hits += int(np.unique(following, return_counts=True)[1].max())
+    return hits / (values.shape[0] - 1)
 
 
 def _task_values(view: Recording, task: str, response_end_s: float, regression: bool, source: str):
@@ -243,13 +280,14 @@ def _concatenated_views(views: list[Recording]) -> Recording:
                      trial_time_s=first.trial_time_s)
 
 
-def stream_of(recording: Recording, rate_hz: float) -> np.ndarray:
+def stream_of(recording: Recording, rate_hz: float, trial_order: str = "shuffled") -> np.ndarray:
     """The frames a rig would stream of ``recording`` at the model's rate (as :func:`calibration` streams
-    them): (frames, N) float32."""
+    them, trial epochs in ``trial_order``): (frames, N) float32."""
     from rtcalm.data.resample import resample_recording
 
     resampled = resample_recording(recording, rate_hz)
-    return np.ascontiguousarray(resampled.dff.reshape(-1, recording.n_neurons), np.float32)
+    dff = resampled.dff[epoch_order(recording.n_trials, trial_order)] if recording.is_trial_structured else resampled.dff
+    return np.ascontiguousarray(dff.reshape(-1, recording.n_neurons), np.float32)
 
 
 # --- the daemon's per-frame path over the calibration stream -------------------------------------------------

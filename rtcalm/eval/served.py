@@ -32,6 +32,7 @@ from rtcalm.eval.linear import BIN_COUNTS, penalties
 
 BACKBONE_COMPONENTS = (1, 2)  # decode-eval's PROJECTION_COMPONENTS: more decode worse at ~100 trials
 FEATURE_CHOICES = ("auto", "raw", "backbone", "both")
+INNER_REPEATS = 1  # inner fold assignments averaged per candidate
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ class ServedDecoder:
     records each call's choice (with its inner-CV score)."""
 
     def __init__(self, cal: Calibration, windows: Windows, features: str = "auto", seed: int = 0,
-                 window_frames: int | None = None):
-        self.cal, self.features, self.seed = cal, features, seed
+                 window_frames: int | None = None, repeats: int = INNER_REPEATS):
+        self.cal, self.features, self.seed, self.repeats = cal, features, seed, repeats
         self.windows = windows if window_frames is None else windows.until(window_frames)
         self.window_frames = self.windows.z.shape[1]
         self.targets = cal.data.targets
@@ -120,30 +121,40 @@ class ServedDecoder:
                 binned[kind, components, bins] = time_binned(per_frame, bins)
         return binned
 
-    def choose(self, train: np.ndarray) -> tuple[Candidate, float, tuple | None]:
-        """(the candidate, its inner-CV score, the principal axes used) on the trials ``train``."""
+    def scores(self, train: np.ndarray, projection) -> dict[Candidate, float]:
+        """Every usable candidate's inner-CV score on the trials ``train``: the pooled score over the
+        validation folds, averaged over ``repeats`` inner fold assignments (seeds ``seed``, ``seed + 1``...)."""
         from rtcalm.eval.linear import inner_splits, make_estimator, score
 
-        projection = self._projection(train)
         binned = self._binned(train, projection)
         targets = self.targets[train]
         estimator = "lda" if self.metric == "accuracy" else "ridge"
-        splits = inner_splits(targets, self.metric, seed=self.seed)
-        best, best_score = self.candidates[0], -np.inf
+        assignments = [inner_splits(targets, self.metric, seed=self.seed + r) for r in range(self.repeats)]
+        found = {}
         for candidate in self.candidates:
             x = binned[candidate.features, candidate.components, candidate.bins][train]
             if np.ptp(x, axis=0).max() <= 1e-5 * (1.0 + np.abs(x).max()):
                 continue  # nothing varies across trials beyond float32 rounding (a backbone blind to its input)
-            predictions = np.empty(targets.shape[0], dtype=np.float64)
-            finite = True
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                for inner_train, validation in splits:
-                    model = make_estimator(estimator, candidate.penalty).fit(x[inner_train], targets[inner_train])
-                    finite &= bool(np.isfinite(getattr(model, "coef_", 0.0)).all())
-                    predictions[validation] = model.predict(x[validation])
-            if not (finite and np.isfinite(predictions).all()):
-                continue  # a degenerate fit (features that do not vary within the classes): not a candidate
-            candidate_score = score(predictions, targets, self.metric)
+            total, finite = 0.0, True
+            for splits in assignments:
+                predictions = np.empty(targets.shape[0], dtype=np.float64)
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    for inner_train, validation in splits:
+                        model = make_estimator(estimator, candidate.penalty).fit(x[inner_train], targets[inner_train])
+                        finite &= bool(np.isfinite(getattr(model, "coef_", 0.0)).all())
+                        predictions[validation] = model.predict(x[validation])
+                finite &= bool(np.isfinite(predictions).all())
+                total += score(predictions, targets, self.metric)
+            if finite:  # else a degenerate fit (features that do not vary within the classes): not a candidate
+                found[candidate] = total / self.repeats
+        return found
+
+    def choose(self, train: np.ndarray) -> tuple[Candidate, float, tuple | None]:
+        """(the candidate with the best inner-CV score, that score, the principal axes used) on the trials
+        ``train``; ties go to the earlier (simpler) candidate."""
+        projection = self._projection(train)
+        best, best_score = self.candidates[0], -np.inf
+        for candidate, candidate_score in self.scores(train, projection).items():
             if candidate_score > best_score + 1e-12:
                 best, best_score = candidate, candidate_score
         return best, float(best_score), projection
@@ -203,8 +214,9 @@ class StreamedCalibrations:
     """Each recording's calibration and streamed windows, computed once (the latest ``max_cached`` files)
     and shared by every fold seed and every ``--timecourse`` point."""
 
-    def __init__(self, engine, task: str, config=None, response_end_s: float = 2.0, max_cached: int = 8):
-        self.engine, self.task, self.config = engine, task, config
+    def __init__(self, engine, task: str, config=None, response_end_s: float = 2.0, max_cached: int = 8,
+                 trial_order: str = "shuffled"):
+        self.engine, self.task, self.config, self.trial_order = engine, task, config, trial_order
         self.response_end_s, self.max_cached = response_end_s, max_cached
         self._cache: dict[str, tuple[Calibration, Windows]] = {}
 
@@ -215,7 +227,8 @@ class StreamedCalibrations:
         if key not in self._cache:
             while len(self._cache) >= self.max_cached:
                 self._cache.pop(next(iter(self._cache)))
-            cal = calibration([recording], self.task, self.engine.rate_hz, response_end_s=self.response_end_s)
+            cal = calibration([recording], self.task, self.engine.rate_hz, response_end_s=self.response_end_s,
+                              trial_order=self.trial_order)
             self._cache[key] = (cal, stream_windows(self.engine, cal, self.config))
         return self._cache[key]
 

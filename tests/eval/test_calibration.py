@@ -20,14 +20,30 @@ from .test_forecast_eval_cli import SMALL
 
 def test_trial_epochs_are_streamed_one_after_another_at_the_model_rate():
     first, second = trial_recording(trials=8, seed=0), trial_recording(trials=12, seed=1)
-    cal = calibration([first, second], "direction", 30.0)
-    assert cal.stream.shape == (20 * 90, 6) and cal.window_frames == 60
+    cal = calibration([first, second], "direction", 30.0, trial_order="recorded")
+    assert cal.stream.shape == (20 * 90, 6) and cal.window_frames == 60 and cal.trial_order == "recorded"
     assert np.array_equal(cal.onsets, np.arange(20) * 90 + 30)  # 1 s before each onset at 30 Hz
-    assert np.array_equal(cal.stream, np.concatenate([stream_of(first, 30.0), stream_of(second, 30.0)]))
+    assert np.array_equal(cal.stream, np.concatenate([stream_of(first, 30.0, "recorded"),
+                                                      stream_of(second, 30.0, "recorded")]))
     assert cal.classes == [0.0, 90.0, 180.0, 270.0] and cal.recording.n_trials == 20
     values = np.concatenate([first.trials["direction_deg"], second.trials["direction_deg"]])
     assert np.array_equal(cal.target_values(), values)
     assert cal.window_frames_until(0.25) == 8 and cal.window_frames_until(5.0) == 60
+    # by default each file's epochs are streamed in a fixed random order: every trial's window is still its own
+    shuffled = calibration([first, second], "direction", 30.0)
+    assert shuffled.trial_order == "shuffled" and sorted(shuffled.onsets.tolist()) == cal.onsets.tolist()
+    assert not np.array_equal(shuffled.onsets, cal.onsets)
+    for trial in range(20):
+        assert np.array_equal(shuffled.stream[shuffled.onsets[trial]:shuffled.onsets[trial] + 60],
+                              cal.stream[cal.onsets[trial]:cal.onsets[trial] + 60])
+    assert np.array_equal(shuffled.stream, np.concatenate([stream_of(first, 30.0), stream_of(second, 30.0)]))
+
+
+def test_order_predictability_tells_a_repeating_stimulus_sequence_from_a_random_one():
+    from rtcalm.eval.calibration import order_predictability
+
+    assert order_predictability(np.tile(np.arange(8) * 45.0, 16)) == 1.0
+    assert order_predictability(np.random.default_rng(0).integers(0, 8, 128)) < 0.35
 
 
 def test_a_contiguous_recording_with_onsets_between_frames():
@@ -50,7 +66,7 @@ def test_a_contiguous_recording_with_onsets_between_frames():
 def test_the_windows_are_what_the_daemon_hands_its_heads():
     torch.manual_seed(0)
     engine = TorchEngine(Calm(SMALL).eval(), "small@0")
-    cal = calibration([trial_recording(trials=8)], "direction", 30.0)
+    cal = calibration([trial_recording(trials=8)], "direction", 30.0, trial_order="recorded")
     config = DaemonConfig()
     windows = stream_windows(engine, cal, config)
     assert windows.z.shape == (8, 60, 6) and windows.hidden.shape == (8, 60, 6, SMALL.d_model)
