@@ -6,7 +6,9 @@
 ``run`` calls ``rtcalm decode-eval`` (unchanged protocol: 5-fold stratified CV over each mouse's 128
 trials, response 0-2 s, every choice by inner CV on the outer training trials) on the six grating files
 in ``$RTCALM_REAL_DATA`` (default ../shared/data/real): direction for fold seeds 0, 1, 2; running speed
-and pupil for seed 0; ``--timecourse`` for direction, seed 0. Each full decode-eval document goes to
+and pupil for seed 0; ``--timecourse`` for direction, seed 0; and direction, seed 0, with and without
+``--timecourse``, with the epochs streamed in their recorded (cyclic-stimulus) order
+(``--trial-order recorded``), the control for what the backbone's memory of the previous trial carries. Each full decode-eval document goes to
 ``--out``; the scores, standard errors and the served row's per-fold choices go to
 docs/results/decoding_served.json (with the commands, the commit and the compute time), from which
 ``render`` writes the served block of docs/results.md and docs/figures/decoding_timecourse.png.
@@ -90,18 +92,23 @@ def run(args: argparse.Namespace) -> int:
     runs, commands, seconds = {}, [], 0.0
     jobs = [(f"direction_seed{s}", ("--task", "direction", "--seed", str(s))) for s in SEEDS]
     jobs += [(f"{task}_seed0", ("--task", task)) for task in ("speed", "pupil")]
+    jobs += [("direction_seed0_recorded_order", ("--task", "direction", "--trial-order", "recorded"))]
     for key, extra in jobs:
         document, command, elapsed = decode_eval(files, args.out / f"{key}.json", *extra)
         runs[key] = compact(document)
         commands.append(" ".join(command))
         seconds += elapsed
         print(f"{key}: served {document['served']:.4f} ({elapsed:.0f} s)", file=sys.stderr)
-    timecourse, command, elapsed = decode_eval(files, args.out / "timecourse.json", "--task", "direction", "--timecourse")
-    commands.append(" ".join(command))
-    seconds += elapsed
-    timecourse["per_file"] = [{k: v for k, v in row.items() if k != "file"} for row in timecourse["per_file"]]
+    courses = {}
+    for key, extra in (("timecourse", ()), ("timecourse_recorded_order", ("--trial-order", "recorded"))):
+        course, command, elapsed = decode_eval(files, args.out / f"{key}.json", "--task", "direction", "--timecourse",
+                                               *extra)
+        commands.append(" ".join(command))
+        seconds += elapsed
+        course["per_file"] = [{k: v for k, v in row.items() if k != "file"} for row in course["per_file"]]
+        courses[key] = course
     document = {"made_by": "python tools/served_experiment.py run", "commit": commit, "commands": commands,
-                "compute_minutes": round(seconds / 60, 1), "runs": runs, "timecourse": timecourse}
+                "compute_minutes": round(seconds / 60, 1), "runs": runs, **courses}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(document, indent=1) + "\n")
     print(f"wrote {RESULTS}", file=sys.stderr)

@@ -8,14 +8,14 @@ and 3; features raw, backbone or both), whose state is a ring buffer of the last
 frames' contributions to its time bins. The ``load_head`` control command reads one for a running
 session (:func:`read_head` validates it completely before anything changes); its state is allocated
 once at load (:func:`rtcalm.model.heads.open_stream`). Per frame, the pipeline gives every frame the
-model consumes to the session's heads, as (its hidden state (N, d_model), the normalised frame the
-model read (N,)):
+model consumes to the session's heads, as (its hidden state (N, d_model), its ΔF/F as the daemon
+received it (N,), NaN = missing):
 
-- a frame that gets a prediction: :meth:`SessionHeads.decode`, i.e. ``stream.step(hidden, z)`` per
+- a frame that gets a prediction: :meth:`SessionHeads.decode`, i.e. ``stream.step(hidden, dff)`` per
   head (the state takes the frame, then the linear readout), merged into one map, the prediction's
   ``decoded``;
 - a frame without its own prediction (folded into a catch-up batch, or a filled-in gap):
-  :meth:`SessionHeads.absorb`, ``stream.absorb(hidden, z)``: the same state update without the
+  :meth:`SessionHeads.absorb`, ``stream.absorb(hidden, dff)``: the same state update without the
   readout, so the state is exactly the one a frame-by-frame run would have.
 
 A fresh stream of the same neuron count keeps its heads with zeroed states; a new neuron count, or a
@@ -172,20 +172,19 @@ class SessionHeads:
         return len(self._heads)
 
     # --- per frame (the pipeline) ---
-    def absorb(self, hidden: np.ndarray, z: np.ndarray) -> None:
+    def absorb(self, hidden: np.ndarray, dff: np.ndarray) -> None:
         """A consumed frame without its own prediction: every head's state takes its hidden state
-        (N, d_model) and the normalised frame the model read (N,), exactly as ``step`` would, without the
-        readout."""
-        hidden, z = torch.from_numpy(hidden), torch.from_numpy(z)
+        (N, d_model) and its ΔF/F (N,), exactly as ``step`` would, without the readout."""
+        hidden, dff = torch.from_numpy(hidden), torch.from_numpy(dff)
         for loaded in self._heads.values():
-            loaded.stream.absorb(hidden, z)
+            loaded.stream.absorb(hidden, dff)
 
-    def decode(self, hidden: np.ndarray, z: np.ndarray) -> dict:
-        """The answered frame: ``stream.step(hidden, z)`` per head; their outputs merged (name -> value)."""
-        hidden, z = torch.from_numpy(hidden), torch.from_numpy(z)
+    def decode(self, hidden: np.ndarray, dff: np.ndarray) -> dict:
+        """The answered frame: ``stream.step(hidden, dff)`` per head; their outputs merged (name -> value)."""
+        hidden, dff = torch.from_numpy(hidden), torch.from_numpy(dff)
         decoded = {}
         for loaded in self._heads.values():
-            decoded.update(loaded.stream.step(hidden, z))
+            decoded.update(loaded.stream.step(hidden, dff))
         return decoded
 
     def reset_pools(self) -> None:

@@ -49,9 +49,9 @@ class OfflineStream:
         return loaded.describe()
 
     def frame_inputs(self) -> tuple[np.ndarray, np.ndarray]:
-        """What the session's heads were handed for the newest frame: (its hidden state (N, d_model), the
-        normalised frame the model read (N,)); buffers valid until the next push."""
-        return self.engine.hidden(self.session.model_state), self.session.newest_normalised()
+        """What the session's heads were handed for the newest frame: (its hidden state (N, d_model), its
+        ΔF/F as received (N,), NaN = missing); buffers valid until the next push."""
+        return self.engine.hidden(self.session.model_state), self.session.pending_dff[0]
 
     def push(self, dff: np.ndarray) -> int:
         """One frame of ΔF/F (N,), NaN = missing, answered as the daemon answers an in-order frame. Returns

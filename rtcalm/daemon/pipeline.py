@@ -566,23 +566,24 @@ def _warm_up_rules(horizon: int) -> list[RuleSpec]:
 def step_session(engine: StepEngine, session: Session) -> tuple[np.ndarray, dict]:
     """The session's pending frames through the model: the newest frame's forecast (normalised, an
     engine buffer) and its decoded values. Decoding heads take *every* consumed frame (its hidden state
-    and the normalised frame the model read), and an engine only exposes the latest frame's hidden
-    state, so a session with heads folds its batch one frame at a time (the engines step frame by frame
-    anyway: only the hidden readout is extra)."""
+    and its ΔF/F as received), and an engine only exposes the latest frame's hidden state, so a session
+    with heads folds its batch one frame at a time (the engines step frame by frame anyway: only the
+    hidden readout is extra)."""
     frames = session.take_pending()
     if not session.heads:
         return engine.step(frames, session.model_state), {}
     fold_frames(engine, session, frames[:-1])
     forecast = engine.step(frames[-1:], session.model_state)
-    return forecast, session.heads.decode(engine.hidden(session.model_state), frames[-1])
+    return forecast, session.heads.decode(engine.hidden(session.model_state), session.pending_dff[frames.shape[0] - 1])
 
 
 def fold_frames(engine: StepEngine, session: Session, frames: np.ndarray) -> None:
-    """Consume ``frames`` (normalised) without a prediction; with heads, each frame and its hidden state
-    still enter their states."""
+    """Consume ``frames`` (the session's pending rows from row 0, normalised) without a prediction; with
+    heads, each frame's hidden state and ΔF/F (``session.pending_dff``, row for row) still enter their
+    states."""
     if not session.heads:
         engine.fold(frames, session.model_state)
         return
     for i in range(frames.shape[0]):
         engine.fold(frames[i:i + 1], session.model_state)
-        session.heads.absorb(engine.hidden(session.model_state), frames[i])
+        session.heads.absorb(engine.hidden(session.model_state), session.pending_dff[i])

@@ -294,17 +294,17 @@ def stream_of(recording: Recording, rate_hz: float, trial_order: str = "shuffled
 
 @dataclass
 class Windows:
-    """Per trial, the response window's frames as the daemon's heads receive them: ``z`` (trials, window,
-    N) the normalised frames the model read (NaN = missing, as in the daemon), ``hidden`` (trials, window,
-    N, D) the model's hidden state after each of them."""
+    """Per trial, the response window's frames as the daemon's heads receive them: ``dff`` (trials, window,
+    N) the ΔF/F as received (NaN = missing, as in the daemon), ``hidden`` (trials, window, N, D) the
+    model's hidden state after each of them (running statistics, normalisation, the incremental step)."""
 
-    z: np.ndarray
+    dff: np.ndarray
     hidden: np.ndarray
     model_version: str
 
     def until(self, frames: int) -> Windows:
         """The first ``frames`` frames of every window (what has arrived that long after the onset)."""
-        return Windows(self.z[:, :frames], self.hidden[:, :frames], self.model_version)
+        return Windows(self.dff[:, :frames], self.hidden[:, :frames], self.model_version)
 
 
 def stream_windows(engine, cal: Calibration, config=None) -> Windows:
@@ -315,7 +315,7 @@ def stream_windows(engine, cal: Calibration, config=None) -> Windows:
     from rtcalm.daemon.offline import OfflineStream
 
     n, window = cal.n_neurons, cal.window_frames
-    z = np.empty((len(cal.onsets), window, n), np.float32)
+    dff = np.empty((len(cal.onsets), window, n), np.float32)
     hidden = np.empty((len(cal.onsets), window, n, engine.config.d_model), np.float32)
     slots: dict[int, list[tuple[int, int]]] = {}
     for trial, onset in enumerate(cal.onsets.tolist()):
@@ -325,7 +325,7 @@ def stream_windows(engine, cal: Calibration, config=None) -> Windows:
     for t, frame in enumerate(cal.stream):
         stream.push(frame)
         for trial, k in slots.get(t, ()):
-            frame_hidden, frame_z = stream.frame_inputs()
+            frame_hidden, frame_dff = stream.frame_inputs()
             hidden[trial, k] = frame_hidden
-            z[trial, k] = frame_z
-    return Windows(z, hidden, engine.version)
+            dff[trial, k] = frame_dff
+    return Windows(dff, hidden, engine.version)

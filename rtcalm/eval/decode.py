@@ -442,7 +442,7 @@ class TimeResolvedDecoder:
         targets = self.targets[train].astype(np.float64)
         windows = self.per_frame[train]
         head = fit_time_resolved_head(config, targets, alpha=None if classification else penalty,
-                                      **({"z": windows[..., 0]} if raw else {"hidden": windows}))
+                                      **({"dff": windows[..., 0]} if raw else {"hidden": windows}))
         return _HeadPredictor(head, classification)
 
 

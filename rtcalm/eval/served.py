@@ -3,7 +3,7 @@ read off the daemon's own per-frame path, fitted, and scored on held-out trials.
 
 The candidates are time-resolved heads (:class:`rtcalm.model.heads.TimeResolvedHead`) on
 
-- ``raw``: the normalised frames the model reads (what the daemon's running statistics make of the ΔF/F);
+- ``raw``: the ΔF/F frames as the daemon receives them;
 - ``backbone``: the model's hidden state, projected per neuron on its first 1 or 2 principal axes (fitted
   on the training trials, label-free);
 - ``both``: the two side by side;
@@ -33,6 +33,7 @@ from rtcalm.eval.linear import BIN_COUNTS, penalties
 BACKBONE_COMPONENTS = (1, 2)  # decode-eval's PROJECTION_COMPONENTS: more decode worse at ~100 trials
 FEATURE_CHOICES = ("auto", "raw", "backbone", "both")
 INNER_REPEATS = 1  # inner fold assignments averaged per candidate
+KIND_RULE = "best"  # how auto chooses between kinds (ServedDecoder.choose)
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,12 @@ class ServedDecoder:
     records each call's choice (with its inner-CV score)."""
 
     def __init__(self, cal: Calibration, windows: Windows, features: str = "auto", seed: int = 0,
-                 window_frames: int | None = None, repeats: int = INNER_REPEATS):
-        self.cal, self.features, self.seed, self.repeats = cal, features, seed, repeats
+                 window_frames: int | None = None, repeats: int = INNER_REPEATS, kind_rule: str = KIND_RULE):
+        if kind_rule not in ("one_se", "best"):
+            raise ValueError(f"kind_rule must be 'one_se' or 'best', got {kind_rule!r}")
+        self.cal, self.features, self.seed, self.repeats, self.kind_rule = cal, features, seed, repeats, kind_rule
         self.windows = windows if window_frames is None else windows.until(window_frames)
-        self.window_frames = self.windows.z.shape[1]
+        self.window_frames = self.windows.dff.shape[1]
         self.targets = cal.data.targets
         self.metric = cal.data.metric
         self.candidates = candidates(features, self.metric, self.window_frames, self.windows.hidden.shape[-1])
@@ -115,15 +118,16 @@ class ServedDecoder:
                 with torch.no_grad():
                     head.projection_mean.copy_(torch.from_numpy(projection[0]))
                     head.projection.copy_(torch.from_numpy(projection[1][:, :components]))
-            per_frame = window_features(head, self.windows.z if head.config.uses_raw else None,
+            per_frame = window_features(head, self.windows.dff if head.config.uses_raw else None,
                                         self.windows.hidden if head.config.uses_backbone else None)
             for bins in dict.fromkeys(c.bins for c in self.candidates if (c.features, c.components) == (kind, components)):
                 binned[kind, components, bins] = time_binned(per_frame, bins)
         return binned
 
-    def scores(self, train: np.ndarray, projection) -> dict[Candidate, float]:
-        """Every usable candidate's inner-CV score on the trials ``train``: the pooled score over the
-        validation folds, averaged over ``repeats`` inner fold assignments (seeds ``seed``, ``seed + 1``...)."""
+    def scores(self, train: np.ndarray, projection) -> dict[Candidate, tuple[float, np.ndarray]]:
+        """Every usable candidate's inner-CV score on the trials ``train`` (the pooled score over the
+        validation folds, averaged over ``repeats`` inner fold assignments, seeds ``seed``, ``seed + 1``...)
+        and its pooled validation predictions of the first assignment."""
         from rtcalm.eval.linear import inner_splits, make_estimator, score
 
         binned = self._binned(train, projection)
@@ -135,7 +139,7 @@ class ServedDecoder:
             x = binned[candidate.features, candidate.components, candidate.bins][train]
             if np.ptp(x, axis=0).max() <= 1e-5 * (1.0 + np.abs(x).max()):
                 continue  # nothing varies across trials beyond float32 rounding (a backbone blind to its input)
-            total, finite = 0.0, True
+            total, finite, first = 0.0, True, None
             for splits in assignments:
                 predictions = np.empty(targets.shape[0], dtype=np.float64)
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -145,19 +149,40 @@ class ServedDecoder:
                         predictions[validation] = model.predict(x[validation])
                 finite &= bool(np.isfinite(predictions).all())
                 total += score(predictions, targets, self.metric)
+                first = predictions if first is None else first
             if finite:  # else a degenerate fit (features that do not vary within the classes): not a candidate
-                found[candidate] = total / self.repeats
+                found[candidate] = (total / self.repeats, first)
         return found
 
     def choose(self, train: np.ndarray) -> tuple[Candidate, float, tuple | None]:
-        """(the candidate with the best inner-CV score, that score, the principal axes used) on the trials
-        ``train``; ties go to the earlier (simpler) candidate."""
+        """(the chosen candidate, its inner-CV score, the principal axes used) on the trials ``train``.
+
+        Within each kind, the candidate with the best inner-CV score (ties: the earlier, simpler one).
+        Between kinds (``features="auto"``), by ``kind_rule``: ``"one_se"``, the simplest kind (raw, then
+        backbone, then both) whose best score is within one standard error of the best kind's (the
+        standard error over the training trials of that best kind's pooled inner-CV predictions,
+        :func:`rtcalm.eval.decode.standard_error`), so a kind that reads more must beat a simpler one by
+        more than the inner CV's noise; ``"best"``, the kind with the best score."""
+        from rtcalm.eval.decode import standard_error
+
         projection = self._projection(train)
-        best, best_score = self.candidates[0], -np.inf
-        for candidate, candidate_score in self.scores(train, projection).items():
-            if candidate_score > best_score + 1e-12:
-                best, best_score = candidate, candidate_score
-        return best, float(best_score), projection
+        best_of_kind: dict[str, tuple[Candidate, float, np.ndarray]] = {}
+        for candidate, (candidate_score, predictions) in self.scores(train, projection).items():
+            held = best_of_kind.get(candidate.features)
+            if held is None or candidate_score > held[1] + 1e-12:
+                best_of_kind[candidate.features] = (candidate, candidate_score, predictions)
+        if not best_of_kind:
+            return self.candidates[0], float("-inf"), projection
+        kinds = [kind for kind in ("raw", "backbone", "both") if kind in best_of_kind]
+        top = max(kinds, key=lambda kind: best_of_kind[kind][1])  # max keeps the first of equals
+        chosen = top
+        if self.kind_rule == "one_se":
+            _, top_score, top_predictions = best_of_kind[top]
+            margin = standard_error(top_predictions, self.targets[train], self.metric)
+            margin = margin if np.isfinite(margin) else 0.0
+            chosen = next(kind for kind in kinds if best_of_kind[kind][1] >= top_score - margin - 1e-12)
+        candidate, candidate_score, _ = best_of_kind[chosen]
+        return candidate, float(candidate_score), projection
 
     def fit(self, train: np.ndarray, candidate: Candidate, projection, name: str = "task"):
         """The head of ``candidate`` fitted on the trials ``train``."""
@@ -165,7 +190,7 @@ class ServedDecoder:
 
         config = self._config(candidate, name)
         return fit_time_resolved_head(config, self.cal.target_values()[train],
-                                      z=self.windows.z[train] if config.uses_raw else None,
+                                      dff=self.windows.dff[train] if config.uses_raw else None,
                                       hidden=self.windows.hidden[train] if config.uses_backbone else None,
                                       alpha=candidate.penalty, projection=projection if candidate.components else None)
 
@@ -173,10 +198,10 @@ class ServedDecoder:
         """What the head decodes at the last frame of each test trial's window: class indices or values."""
         import torch
 
-        z = torch.from_numpy(self.windows.z[test]) if head.config.uses_raw else None
+        dff = torch.from_numpy(self.windows.dff[test]) if head.config.uses_raw else None
         hidden = torch.from_numpy(self.windows.hidden[test]) if head.config.uses_backbone else None
         with torch.inference_mode():
-            logits = head.window_logits(z, hidden).numpy()
+            logits = head.window_logits(dff, hidden).numpy()
         return logits.argmax(axis=1) if self.cal.classification else logits[:, 0].astype(np.float64)
 
     def __call__(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:

@@ -69,14 +69,13 @@ def test_the_windows_are_what_the_daemon_hands_its_heads():
     cal = calibration([trial_recording(trials=8)], "direction", 30.0, trial_order="recorded")
     config = DaemonConfig()
     windows = stream_windows(engine, cal, config)
-    assert windows.z.shape == (8, 60, 6) and windows.hidden.shape == (8, 60, 6, SMALL.d_model)
+    assert windows.dff.shape == (8, 60, 6) and windows.hidden.shape == (8, 60, 6, SMALL.d_model)
     stream = OfflineStream(engine, 6, config=config)
     for t, frame in enumerate(cal.stream[:cal.onsets[2] + 60]):
         stream.push(frame)
         trial, k = divmod(t - 30, 90)
         if 0 <= k < 60 and trial <= 2:
-            hidden, z = stream.frame_inputs()
-            assert np.array_equal(windows.z[trial, k], z, equal_nan=True)
+            hidden, dff = stream.frame_inputs()
+            assert np.array_equal(windows.dff[trial, k], dff) and np.array_equal(dff, frame)  # the ΔF/F as sent
             assert np.array_equal(windows.hidden[trial, k], hidden)
-    assert np.isfinite(windows.z).all()  # the first window starts at frame 30, right after the statistics' warm-up
-    assert windows.until(8).z.shape == (8, 8, 6)
+    assert windows.until(8).dff.shape == (8, 8, 6)

@@ -28,7 +28,7 @@ CLASSES = [0.0, 90.0, 180.0, 270.0]
 def _frames(trials=96, window=12, neurons=6, d=5, seed=0):
     """Per-frame hidden states whose *time course* carries the class: along one shared axis each neuron
     rises in the first half of the window and falls in the second with a class-specific sign. ``z``: the
-    same time course on each neuron's frames directly, with some missing values."""
+    same time course in each neuron's ΔF/F directly, with some missing values."""
     rng = np.random.default_rng(seed)
     targets = np.repeat(CLASSES, trials // 4)
     signs = rng.choice([-1.0, 1.0], size=(4, neurons))
@@ -48,8 +48,8 @@ def _config(kind="classification", features="backbone", **overrides):
     return TimeResolvedConfig(**{**values, **overrides})
 
 
-def _inputs(features, z, hidden):
-    return {"z": z if features != "backbone" else None, "hidden": hidden if features != "raw" else None}
+def _inputs(features, dff, hidden):
+    return {"dff": dff if features != "backbone" else None, "hidden": hidden if features != "raw" else None}
 
 
 def test_backbone_head_computes_the_offline_estimator_and_decodes_held_out_trials():
@@ -89,7 +89,7 @@ def test_raw_and_both_heads_are_shrinkage_lda_on_their_frame_features(features):
     assert per_frame.shape[-1] == head.config.frame_features == expected_width
     lda = ShrinkageLDA().fit(time_binned(per_frame[train], 4), np.searchsorted(CLASSES, y[train]))
     inputs = _inputs(features, torch.from_numpy(z[test]), torch.from_numpy(x[test]))
-    logits = head.window_logits(inputs["z"], inputs["hidden"]).detach().numpy()
+    logits = head.window_logits(inputs["dff"], inputs["hidden"]).detach().numpy()
     assert np.allclose(logits, lda.decision_function(time_binned(per_frame[test], 4)), rtol=1e-4, atol=1e-3)
     assert np.mean(np.asarray(CLASSES)[logits.argmax(1)] == y[test]) > 0.8
     assert ("projection" in head.state_dict()) == (features == "both")
@@ -126,13 +126,14 @@ def test_regression_head_round_trip(tmp_path, features):
     config = _config("regression", features=features, n_bins=2, **({} if features == "raw" else {"components": 5}))
     head = fit_time_resolved_head(config, speed, alpha=1.0, **_inputs(features, z, x))
     inputs = _inputs(features, torch.from_numpy(z), torch.from_numpy(x))
-    predicted = head.window_logits(inputs["z"], inputs["hidden"])[:, 0].detach().numpy()
+    predicted = head.window_logits(inputs["dff"], inputs["hidden"])[:, 0].detach().numpy()
     assert np.corrcoef(predicted, speed)[0, 1] > 0.8
     path = save_head(head, tmp_path, provenance={"made_by": "a test"})
     assert json.loads(path.read_text())["version"] == 3
     loaded = load_head(path)
     assert isinstance(loaded, TimeResolvedHead) and loaded.config == head.config
-    assert torch.allclose(loaded.window_logits(inputs["z"], inputs["hidden"]), head.window_logits(inputs["z"], inputs["hidden"]))
+    assert torch.allclose(loaded.window_logits(inputs["dff"], inputs["hidden"]),
+                          head.window_logits(inputs["dff"], inputs["hidden"]))
     stream = open_stream(loaded)
     for t in range(12):
         out = stream.step(torch.from_numpy(x[3, t]), torch.from_numpy(z[3, t]))
@@ -224,7 +225,7 @@ def test_fit_checks_shapes_and_classes():
         fit_time_resolved_head(_config(), y, hidden=x[:, :10])
     with pytest.raises(HeadError, match="among the head's classes"):
         fit_time_resolved_head(_config(), y + 1.0, hidden=x)
-    with pytest.raises(HeadError, match="a raw head is fitted on z"):
+    with pytest.raises(HeadError, match="a raw head is fitted on dff"):
         fit_time_resolved_head(_config(features="raw"), y, hidden=x)
     with pytest.raises(HeadError, match="width 5, the config's d_model is 4"):
         fit_time_resolved_head(_config(d_model=4), y, hidden=x)

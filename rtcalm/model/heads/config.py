@@ -9,9 +9,9 @@
   ========== ============================================================ ===================
   features   per neuron and frame                                         width per neuron
   ========== ============================================================ ===================
-  raw        the normalised ΔF/F the model reads (z, missing -> 0)        1
+  raw        the ΔF/F as the daemon received it (missing -> 0)            1
   backbone   the hidden state projected on ``components`` principal axes  components
-  both       z, then the projected hidden state                           1 + components
+  both       ΔF/F, then the projected hidden state                        1 + components
   ========== ============================================================ ===================
 
   A ``raw`` head has ``components == 0`` (nothing is projected).
@@ -110,7 +110,7 @@ class TimeResolvedConfig:
 
     @property
     def frame_features(self) -> int:
-        """Features per frame: N z values, then N x components projected values (the layout of
+        """Features per frame: N ΔF/F values, then N x components projected values (the layout of
         :meth:`TimeResolvedHead.frame_features`)."""
         return self.n_neurons * self.width
 

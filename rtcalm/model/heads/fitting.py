@@ -83,25 +83,25 @@ def linear_readout(features: np.ndarray, targets: np.ndarray, config, alpha: flo
     return weight, np.atleast_1d(ridge.intercept_) - weight @ mean
 
 
-def window_features(head: TimeResolvedHead, z: np.ndarray | None, hidden: np.ndarray | None) -> np.ndarray:
+def window_features(head: TimeResolvedHead, dff: np.ndarray | None, hidden: np.ndarray | None) -> np.ndarray:
     """The head's frame features of windows (trials, window, ...): float64 (trials, window, N * width)."""
     with torch.inference_mode():
-        features = head.frame_features(None if z is None else torch.from_numpy(np.ascontiguousarray(z, np.float32)),
+        features = head.frame_features(None if dff is None else torch.from_numpy(np.ascontiguousarray(dff, np.float32)),
                                        None if hidden is None else torch.from_numpy(np.ascontiguousarray(hidden, np.float32)))
     return features.numpy().astype(np.float64)
 
 
-def fit_time_resolved_head(config: TimeResolvedConfig, targets: np.ndarray, *, z: np.ndarray | None = None,
+def fit_time_resolved_head(config: TimeResolvedConfig, targets: np.ndarray, *, dff: np.ndarray | None = None,
                            hidden: np.ndarray | None = None, alpha: float | None = None,
                            projection: tuple[np.ndarray, np.ndarray] | None = None) -> TimeResolvedHead:
-    """Fit on the training trials' windows: ``z`` (trials, window_frames, N), the normalised frames the
-    model read (raw and both heads), ``hidden`` (trials, window_frames, N, D), their hidden states
+    """Fit on the training trials' windows: ``dff`` (trials, window_frames, N), the frames' ΔF/F as the
+    daemon received them (raw and both heads), ``hidden`` (trials, window_frames, N, D), their hidden states
     (backbone and both heads). ``projection``: (mean (D,), basis (D, >= components)) to use instead of the
     principal axes of ``hidden`` (e.g. those of a larger set of unlabelled frames)."""
     from rtcalm.eval.linear import principal_projection, time_binned
 
     expected = (config.window_frames, config.n_neurons)
-    for name, values, needed in (("z", z, config.uses_raw), ("hidden", hidden, config.uses_backbone)):
+    for name, values, needed in (("dff", dff, config.uses_raw), ("hidden", hidden, config.uses_backbone)):
         if needed and values is None:
             raise HeadError(f"a {config.features} head is fitted on {name}")
         if needed and values.shape[1:3] != expected:
@@ -115,7 +115,7 @@ def fit_time_resolved_head(config: TimeResolvedConfig, targets: np.ndarray, *, z
         with torch.no_grad():
             head.projection_mean.copy_(torch.from_numpy(np.asarray(mean, np.float64)))
             head.projection.copy_(torch.from_numpy(np.asarray(basis, np.float64)[:, :config.components]))
-    per_frame = window_features(head, z if config.uses_raw else None, hidden if config.uses_backbone else None)
+    per_frame = window_features(head, dff if config.uses_raw else None, hidden if config.uses_backbone else None)
     weight, bias = linear_readout(time_binned(per_frame, config.n_bins), np.asarray(targets, np.float64), config, alpha)
     _set_readout(head, weight, bias)
     return head.eval()

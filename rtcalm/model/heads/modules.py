@@ -4,9 +4,10 @@ Nothing here keeps state across frames (:mod:`.streaming`), fits (:mod:`.fitting
 (:mod:`.training`) or touches files (:mod:`.files`).
 
 - :class:`DecodingHead` (the EMA head): ``logits = W · vec(pooled) + b`` on an (N, D) pooled hidden state.
-- :class:`TimeResolvedHead`: per frame, :meth:`~TimeResolvedHead.frame_features` turns the frame the
-  model read (z, (N,)) and its hidden state ((N, D)) into the head's features (config.features: z with
-  missing values as 0, and/or the hidden state projected per neuron on ``components`` principal axes);
+- :class:`TimeResolvedHead`: per frame, :meth:`~TimeResolvedHead.frame_features` turns the frame's ΔF/F
+  as the daemon received it ((N,)) and its hidden state ((N, D)) into the head's features
+  (config.features: the ΔF/F with missing values as 0, and/or the hidden state projected per neuron on
+  ``components`` principal axes);
   :meth:`~TimeResolvedHead.forward` averages a window of them in time bins and reads the bins out
   linearly (bin-major, as :func:`rtcalm.eval.linear.time_binned`).
 """
@@ -47,13 +48,13 @@ class TimeResolvedHead(nn.Module):
         """hidden (..., N, D) -> (..., N, k)."""
         return (hidden - self.projection_mean) @ self.projection
 
-    def frame_features(self, z: torch.Tensor | None, hidden: torch.Tensor | None) -> torch.Tensor:
-        """One or many frames' features: z (..., N) normalised ΔF/F as the model read it (NaN = missing,
-        read as 0, the running mean), hidden (..., N, D) -> (..., N * width): z first, then the projected
-        hidden state neuron-major. Either input may be None when the head does not read it."""
+    def frame_features(self, dff: torch.Tensor | None, hidden: torch.Tensor | None) -> torch.Tensor:
+        """One or many frames' features: dff (..., N) the ΔF/F as received (NaN = missing, read as 0),
+        hidden (..., N, D) -> (..., N * width): the ΔF/F first, then the projected hidden state
+        neuron-major. Either input may be None when the head does not read it."""
         parts = []
         if self.config.uses_raw:
-            parts.append(torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0))
+            parts.append(torch.nan_to_num(dff, nan=0.0, posinf=0.0, neginf=0.0))
         if self.config.uses_backbone:
             parts.append(self.project(hidden).flatten(-2))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
@@ -65,6 +66,6 @@ class TimeResolvedHead(nn.Module):
         sums.index_add_(sums.dim() - 2, index, window_features)
         return self.readout((sums / self.bin_sizes[:, None]).flatten(-2))
 
-    def window_logits(self, z: torch.Tensor | None, hidden: torch.Tensor | None) -> torch.Tensor:
-        """Logits from the raw window: z (..., window, N), hidden (..., window, N, D)."""
-        return self(self.frame_features(z, hidden))
+    def window_logits(self, dff: torch.Tensor | None, hidden: torch.Tensor | None) -> torch.Tensor:
+        """Logits from a window of frames: dff (..., window, N), hidden (..., window, N, D)."""
+        return self(self.frame_features(dff, hidden))

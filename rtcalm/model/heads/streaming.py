@@ -1,9 +1,9 @@
 """A head serving a stream, frame by frame, in preallocated state: what the daemon runs per frame.
 
 :func:`open_stream` gives a head's stream; per consumed frame the daemon (rtcalm.daemon.heads) calls
-``absorb(hidden, z)`` (a frame without its own prediction) or ``step(hidden, z)`` (the answered frame:
-the same update, then the readout) with the frame's hidden state (N, D) and the normalised frame the
-model read (N,) (NaN = missing).
+``absorb(hidden, dff)`` (a frame without its own prediction) or ``step(hidden, dff)`` (the answered
+frame: the same update, then the readout) with the frame's hidden state (N, D) and its ΔF/F as the
+daemon received it (N,) (NaN = missing).
 
 - :class:`EmaStream` (:class:`DecodingHead`): the EMA pool ``pooled_t = (1 - a) pooled_{t-1} + a hidden_t``,
   ``a = 1 / pool_frames``, then the readout.
@@ -12,7 +12,7 @@ model read (N,) (NaN = missing).
   doubled ring buffer of the last ``window_frames`` frames (each written at ``slot`` and
   ``slot + window``, so the window is always the contiguous view ``[slot + 1, slot + 1 + window)``); the
   logits are the sum, over the window, of each frame's contribution to the bin it is in now. Per frame:
-  the head's frame features written into a preallocated vector (z with missing values as 0, and/or one
+  the head's frame features written into a preallocated vector (ΔF/F with missing values as 0, and/or one
   (N, D) x (D, k) projection), one (n_bins * outputs, N * width) matrix-vector product into the ring, a
   gather and a sum. Until the stream has produced ``window_frames`` frames the missing frames count as
   zero contributions. The result equals ``head(window features)`` (tests/model/test_time_resolved_head.py).
@@ -43,13 +43,13 @@ class EmaStream:
         self.frames = 0
 
     @torch.inference_mode()
-    def absorb(self, hidden: torch.Tensor, z: torch.Tensor | None = None) -> None:
+    def absorb(self, hidden: torch.Tensor, dff: torch.Tensor | None = None) -> None:
         self.pool.lerp_(hidden, self.rate)
         self.frames += 1
 
     @torch.inference_mode()
-    def step(self, hidden: torch.Tensor, z: torch.Tensor | None = None) -> dict:
-        self.absorb(hidden, z)
+    def step(self, hidden: torch.Tensor, dff: torch.Tensor | None = None) -> dict:
+        self.absorb(hidden, dff)
         return decoded(self.head.config, self.head(self.pool))
 
     def reset(self) -> None:
@@ -81,10 +81,10 @@ class RingStream:
         self.frames = 0
 
     @torch.inference_mode()
-    def absorb(self, hidden: torch.Tensor | None, z: torch.Tensor | None) -> None:
+    def absorb(self, hidden: torch.Tensor | None, dff: torch.Tensor | None) -> None:
         """Add this frame to the window, without the readout."""
         if self.raw_part is not None:
-            torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0, out=self.raw_part)
+            torch.nan_to_num(dff, nan=0.0, posinf=0.0, neginf=0.0, out=self.raw_part)
         if self.config.uses_backbone:
             torch.sub(hidden, self.head.projection_mean, out=self.centred)
             torch.matmul(self.centred, self.head.projection, out=self.projected_part)
@@ -100,9 +100,9 @@ class RingStream:
         return window[self.window_index, self.bin_of_frame].sum(dim=0) + self.bias
 
     @torch.inference_mode()
-    def step(self, hidden: torch.Tensor | None, z: torch.Tensor | None) -> dict:
+    def step(self, hidden: torch.Tensor | None, dff: torch.Tensor | None) -> dict:
         """Take this frame into the window and return the decoded value."""
-        self.absorb(hidden, z)
+        self.absorb(hidden, dff)
         return decoded(self.config, self.logits())
 
     def reset(self) -> None:
