@@ -208,7 +208,31 @@ def render_block(document: dict) -> str:
         lines.append(f"Served minus the best baseline ({best}) in mean: {served_mean - best_value:+.3f}; served >= "
                      f"best - SE on {met} of {len(rows)} mice.")
         lines.append("")
-    course = document["timecourse"]
+    recorded = runs["direction_seed0_recorded_order"]
+    course, recorded_course = document["timecourse"], document["timecourse_recorded_order"]
+    lines.append("### Trial order: what the backbone remembers of the previous trial")
+    lines.append("")
+    lines.append("The grating files' stimuli cycle in a fixed order (0, 45, ..., 315 degrees), and the served path "
+                 "streams the epochs one after another through one continuous model state. In the recorded order, "
+                 "whatever remembers the previous trial can name the current stimulus from the previous one's "
+                 "response; by default (`--trial-order shuffled`, used for every other number here) the epochs are "
+                 "streamed in a fixed random order, so only the current trial's response can tell. The same "
+                 "decode-eval with `--trial-order recorded` (the baselines and the model rows, which restart the "
+                 "model per trial, do not depend on it):")
+    lines.append("")
+    lines.append("| served, direction, seed 0 | " + " | ".join(mice) + " | mean | from the first 0.25 s |")
+    lines.append("|---|" + "---|" * (len(mice) + 2))
+    for label, run_, course_ in (("shuffled order (default)", seed0, course), ("recorded order", recorded, recorded_course)):
+        cells = [fmt(run_["per_mouse"][m]["served"]) for m in mice]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(run_['mean']['served'], run_['standard_errors']['served'])} | "
+                     f"{fmt(course_['decoders']['served'][0], course_['standard_errors']['served'][0])} |")
+    chosen = Counter(c["features"] for row in recorded["per_mouse"].values() for c in row["served_choices"])
+    lines.append("")
+    lines.append(f"Chance is {fmt(seed0['mean']['chance'])}; from the first 0.25 s every other decoder is at "
+                 f"{min(course['decoders'][n][0] for n in course['decoders'] if n != 'served'):.3f}-"
+                 f"{max(course['decoders'][n][0] for n in course['decoders'] if n != 'served'):.3f}. Kinds chosen in "
+                 "the recorded order (30 outer folds): " + ", ".join(f"{k} {v}" for k, v in chosen.most_common()) + ".")
+    lines.append("")
     lines.append("### Decoding as the trial unfolds (direction, fold seed 0, `--timecourse`)")
     lines.append("")
     lines.append("Every decoder refitted on the frames that have arrived t s after the onset (causal; the "

@@ -10,9 +10,10 @@ The candidates are time-resolved heads (:class:`rtcalm.model.heads.TimeResolvedH
 
 each with 1, 2, 4 or 8 time bins of the response window, read out by Ledoit-Wolf shrinkage LDA
 (classification) or ridge with alpha by inner CV (regression). ``features="auto"`` lets every kind
-compete; one kind restricts the choice to it. The inner CV (4 folds, stratified for classification,
-:func:`rtcalm.eval.linear.select_by_inner_cv`) sees only the trials it is given; ties go to the simpler
-candidate (raw before backbone before both, fewer components, fewer bins, then the smaller penalty).
+compete: the candidate with the best inner-CV score wins; one kind restricts the choice to it. The inner
+CV (4 folds, stratified for classification, :func:`rtcalm.eval.linear.inner_splits`; each candidate's
+score averaged over :data:`INNER_REPEATS` fold assignments) sees only the trials it is given; ties go to
+the simpler candidate (raw before backbone before both, fewer bins, then the smaller penalty).
 
 :class:`ServedDecoder` is decode-eval's ``served`` row: per outer fold, the choice and the fit on the
 training trials only, the prediction on the test trials, exactly what ``rtcalm fit-head`` would have
@@ -30,10 +31,14 @@ import numpy as np
 from rtcalm.eval.calibration import Calibration, Windows
 from rtcalm.eval.linear import BIN_COUNTS, penalties
 
-BACKBONE_COMPONENTS = (1, 2)  # decode-eval's PROJECTION_COMPONENTS: more decode worse at ~100 trials
+# One principal component per neuron (docs/results.md, issue 14: more decode worse at ~100 trials), so every
+# kind offers the inner CV the same number of candidates: the best of more candidates is the more
+# optimistic inner-CV score, which would favour a kind for having more of them.
+BACKBONE_COMPONENTS = (1,)
 FEATURE_CHOICES = ("auto", "raw", "backbone", "both")
-INNER_REPEATS = 1  # inner fold assignments averaged per candidate
-KIND_RULE = "best"  # how auto chooses between kinds (ServedDecoder.choose)
+# Inner fold assignments averaged per candidate score: with ~100 trials one assignment's score varies by
+# several points, enough to pick the wrong kind (docs/results.md compares 1 and 3).
+INNER_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,8 @@ class ServedDecoder:
     records each call's choice (with its inner-CV score)."""
 
     def __init__(self, cal: Calibration, windows: Windows, features: str = "auto", seed: int = 0,
-                 window_frames: int | None = None, repeats: int = INNER_REPEATS, kind_rule: str = KIND_RULE):
-        if kind_rule not in ("one_se", "best"):
-            raise ValueError(f"kind_rule must be 'one_se' or 'best', got {kind_rule!r}")
-        self.cal, self.features, self.seed, self.repeats, self.kind_rule = cal, features, seed, repeats, kind_rule
+                 window_frames: int | None = None, repeats: int = INNER_REPEATS):
+        self.cal, self.features, self.seed, self.repeats = cal, features, seed, repeats
         self.windows = windows if window_frames is None else windows.until(window_frames)
         self.window_frames = self.windows.dff.shape[1]
         self.targets = cal.data.targets
@@ -155,34 +158,14 @@ class ServedDecoder:
         return found
 
     def choose(self, train: np.ndarray) -> tuple[Candidate, float, tuple | None]:
-        """(the chosen candidate, its inner-CV score, the principal axes used) on the trials ``train``.
-
-        Within each kind, the candidate with the best inner-CV score (ties: the earlier, simpler one).
-        Between kinds (``features="auto"``), by ``kind_rule``: ``"one_se"``, the simplest kind (raw, then
-        backbone, then both) whose best score is within one standard error of the best kind's (the
-        standard error over the training trials of that best kind's pooled inner-CV predictions,
-        :func:`rtcalm.eval.decode.standard_error`), so a kind that reads more must beat a simpler one by
-        more than the inner CV's noise; ``"best"``, the kind with the best score."""
-        from rtcalm.eval.decode import standard_error
-
+        """(the candidate with the best inner-CV score, that score, the principal axes used) on the trials
+        ``train``; ties go to the earlier (simpler) candidate."""
         projection = self._projection(train)
-        best_of_kind: dict[str, tuple[Candidate, float, np.ndarray]] = {}
-        for candidate, (candidate_score, predictions) in self.scores(train, projection).items():
-            held = best_of_kind.get(candidate.features)
-            if held is None or candidate_score > held[1] + 1e-12:
-                best_of_kind[candidate.features] = (candidate, candidate_score, predictions)
-        if not best_of_kind:
-            return self.candidates[0], float("-inf"), projection
-        kinds = [kind for kind in ("raw", "backbone", "both") if kind in best_of_kind]
-        top = max(kinds, key=lambda kind: best_of_kind[kind][1])  # max keeps the first of equals
-        chosen = top
-        if self.kind_rule == "one_se":
-            _, top_score, top_predictions = best_of_kind[top]
-            margin = standard_error(top_predictions, self.targets[train], self.metric)
-            margin = margin if np.isfinite(margin) else 0.0
-            chosen = next(kind for kind in kinds if best_of_kind[kind][1] >= top_score - margin - 1e-12)
-        candidate, candidate_score, _ = best_of_kind[chosen]
-        return candidate, float(candidate_score), projection
+        best, best_score = self.candidates[0], -np.inf
+        for candidate, (candidate_score, _predictions) in self.scores(train, projection).items():
+            if candidate_score > best_score + 1e-12:
+                best, best_score = candidate, candidate_score
+        return best, float(best_score), projection
 
     def fit(self, train: np.ndarray, candidate: Candidate, projection, name: str = "task"):
         """The head of ``candidate`` fitted on the trials ``train``."""
