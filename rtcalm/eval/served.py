@@ -37,7 +37,7 @@ from rtcalm.eval.linear import BIN_COUNTS, penalties
 BACKBONE_COMPONENTS = (1,)
 FEATURE_CHOICES = ("auto", "raw", "backbone", "both")
 # Inner fold assignments averaged per candidate score: with ~100 trials one assignment's score varies by
-# several points, enough to pick the wrong kind (docs/results.md compares 1 and 3).
+# several points between assignments, enough to pick a kind by chance.
 INNER_REPEATS = 3
 
 
