@@ -27,8 +27,8 @@ loop, so a tight-loop reference would flatter or condemn the daemon unfairly):
 
 With ``heads`` (``--head``), the session decodes as a closed loop would: each is a head file for the
 benchmark's neuron count and model, or a kind (``raw``, ``backbone``, ``both``) for which a head of that
-kind is made with random weights (the cost of a frame does not depend on them) in the shape
-``rtcalm fit-head`` writes for a 2 s window at the model's rate: 8 time bins, 2 principal components,
+kind is made with random weights (the cost of a frame does not depend on them) in the largest shape
+``rtcalm fit-head`` writes for a 2 s window at the model's rate: 8 time bins, 1 principal component,
 8 classes. Their per-frame work is inside the ``model`` stage.
 
 A warm-up of ``warmup_frames`` (numba and the backend's first calls, the subscription reaching the
@@ -79,8 +79,8 @@ HEAD_KINDS = ("raw", "backbone", "both")
 
 
 def benchmark_head(kind: str, directory, *, neurons: int, model: str) -> Path:
-    """A head of ``kind`` with random weights, shaped as fit-head writes one for a 2 s window (8 bins, 2
-    components, 8 classes), for ``neurons`` and ``model``'s width: its per-frame cost is a fitted head's."""
+    """A head of ``kind`` with random weights, shaped as fit-head writes one for a 2 s window (8 bins, 1
+    component, 8 classes), for ``neurons`` and ``model``'s width: its per-frame cost is a fitted head's."""
     import torch
 
     from rtcalm.model.checkpoint import read_checkpoint_config, resolve_model
@@ -90,7 +90,7 @@ def benchmark_head(kind: str, directory, *, neurons: int, model: str) -> Path:
     torch.manual_seed(0)
     head = TimeResolvedHead(TimeResolvedConfig(
         f"bench_{kind}", "classification", neurons, config.d_model, window_frames=int(round(2 * config.rate_hz)),
-        n_bins=8, components=0 if kind == "raw" else 2, classes=[45.0 * k for k in range(8)], features=kind))
+        n_bins=8, components=0 if kind == "raw" else 1, classes=[45.0 * k for k in range(8)], features=kind))
     with torch.no_grad():
         for parameter in head.parameters():
             parameter.normal_(0.0, 0.01)
