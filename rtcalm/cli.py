@@ -25,12 +25,15 @@ COMMAND_MODULES = [
     "rtcalm.commands.bench",
     "rtcalm.commands.forecast_eval",
     "rtcalm.commands.decode_eval",
+    "rtcalm.commands.fit_head",
+    "rtcalm.commands.decode",
     "rtcalm.commands.trigger_eval",
     "rtcalm.commands.compile",
     "rtcalm.commands.serve",
     "rtcalm.commands.keys",
     "rtcalm.commands.replay",
     "rtcalm.commands.listen",
+    "rtcalm.commands.heads",
     "rtcalm.commands.demo",
 ]
 
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rtcalm: error: {unavailable[command]}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.command_line = ["rtcalm", *argv]  # for provenance (rtcalm fit-head)
     try:
         return int(args.handler(args) or 0)
     except RtcalmError as exc:

@@ -1,5 +1,5 @@
-"""What ``rtcalm demo`` streams, in one place, shared with tools/make_demo_head.py (which fits the demo's
-decoding head on the same simulated neurons).
+"""What ``rtcalm demo`` streams, in one place, and the calibration block its decoding head is fitted on
+(``rtcalm demo --write-calibration DIR``, then ``rtcalm fit-head``: rtcalm/demo_heads/README.md).
 
 - **The simulated rig**: :func:`rtcalm.sim.make_synthetic` with kinetics and noise matched to the real
   Allen excerpts in ../shared/data/real (GCaMP6f-like 0.4 s decay, shot noise and sparse cells such
@@ -63,6 +63,36 @@ def shown_direction(frame: int, directions) -> float | None:
     if within >= STIMULUS_FRAMES or trial >= len(directions):
         return None
     return float(directions[trial])
+
+
+CALIBRATION_RECORDING, CALIBRATION_LABELS = "calibration.rtcalm.h5", "labels.csv"
+
+
+def calibration_labels_csv(directions) -> str:
+    """The label table of the calibration block: each trial's onset frame and direction, for the trials
+    in the first HEAD_FIT_FRAMES frames."""
+    rows = [f"{k * TRIAL_FRAMES},{float(directions[k]):g}" for k in range(HEAD_FIT_FRAMES // TRIAL_FRAMES)]
+    return "frame,direction_deg\n" + "\n".join(rows) + "\n"
+
+
+def write_calibration(directory) -> tuple[Path, Path]:
+    """The demo's calibration block as a lab has one: the first HEAD_FIT_FRAMES frames of the simulated rig
+    as a contiguous recording (rtcalm's native format, no labels in it) and a label table (CSV) of its
+    trials' onsets and directions. Returns their paths."""
+    import numpy as np
+
+    from rtcalm.data import Recording, save_recording
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rig = simulated_rig()
+    meta = type(rig.meta)(**{**rig.meta.__dict__, "extra": {**rig.meta.extra, "demo_calibration_frames":
+                                                              f"0-{HEAD_FIT_FRAMES}"}})
+    block = Recording(dff=rig.dff[:HEAD_FIT_FRAMES], rate_hz=rig.rate_hz, neuron_ids=rig.neuron_ids, meta=meta)
+    recording_path = save_recording(block, directory / CALIBRATION_RECORDING)
+    labels_path = directory / CALIBRATION_LABELS
+    labels_path.write_text(calibration_labels_csv(np.asarray(rig.trials["direction_deg"], dtype=float)))
+    return recording_path, labels_path
 
 
 def default_real_recording() -> Path | None:

@@ -43,6 +43,8 @@ def run_without_heavy_modules(*argv: str) -> subprocess.CompletedProcess:
     ["replay", "--synthetic"],
     ["decode-eval", "x.nwb", "--task", "direction"],  # its module itself cannot be imported without them
     ["forecast-eval", "x.npz", "--horizons", "1,5"],
+    ["fit-head", "x.h5", "--task", "direction", "--out", "heads"],
+    ["decode", "x.h5", "--head", "heads"],
     ["bench", "latency"],
     ["compile", "--backend", "onnx"],
 ])
@@ -66,6 +68,10 @@ def test_help_and_the_client_commands_work_without_them(tmp_path):
     result = run_without_heavy_modules("keys", "generate", str(tmp_path / "keys"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "keys" / "server.key").is_file()
+    # rtcalm heads is a client command: a daemon that does not answer is a one-line failure
+    result = run_without_heavy_modules("heads", "list", "--session", "rig", "--control", "tcp://127.0.0.1:1",
+                                       "--timeout", "0.3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "no reply to 'status'" in result.stderr
     # Nothing to listen to within the timeout: a one-line failure, still no traceback.
     result = run_without_heavy_modules("listen", "--from", "tcp://127.0.0.1:1", "--timeout", "0.3", "--count", "1")
     assert result.returncode == 1 and "Traceback" not in result.stderr

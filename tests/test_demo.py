@@ -1,11 +1,11 @@
-"""``rtcalm demo``: the shipped demo head fits the shipped default model (regenerate it with
-``python tools/make_demo_head.py`` when the model changes), the scoring is what the view says it is, the
-view redraws in place, and a real run with the default model beats copy-last and decodes."""
+"""``rtcalm demo``: the shipped demo head was fitted by ``rtcalm fit-head`` on the demo's calibration block
+for the shipped default model (refit it, rtcalm/demo_heads/README.md, when the model changes), the
+scoring is what the view says it is, the view redraws in place, and a real run with the default model
+beats copy-last and decodes."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import subprocess
@@ -15,24 +15,33 @@ import numpy as np
 import pytest
 
 from rtcalm.commands import demo
-from rtcalm.demo_heads import DIRECTION_HEAD, DIRECTION_PROVENANCE
+from rtcalm.demo_heads import DIRECTION_HEAD, REFIT
 from rtcalm.demo_sources import HEAD_FIT_FRAMES, SIMULATED_RIG, STIMULUS_FRAMES, TRIAL_FRAMES, shown_direction
 
-REGENERATE = "the shipped demo head is stale: run python tools/make_demo_head.py and commit rtcalm/demo_heads/"
+REGENERATE = f"the shipped demo head is stale: run {REFIT} and commit rtcalm/demo_heads/"
 
 
-def test_the_shipped_demo_head_loads_with_the_shipped_default_model():
+def test_the_shipped_demo_head_was_fitted_by_fit_head_for_the_shipped_default_model():
+    import hashlib
+
     from rtcalm.daemon.heads import read_head
+    from rtcalm.demo_sources import calibration_labels_csv, simulated_rig
     from rtcalm.engine import load_engine
+    from rtcalm.model.heads import read_provenance
 
     engine = load_engine("default", backend="torch")
-    provenance = json.loads(DIRECTION_PROVENANCE.read_text())
-    assert provenance["model_version"] == engine.version, REGENERATE
+    provenance = read_provenance(DIRECTION_HEAD)
+    assert provenance["model"]["version"] == engine.version, REGENERATE
+    assert provenance["made_by"] == "rtcalm fit-head" and provenance["command"].startswith("rtcalm fit-head "), REGENERATE
     head = read_head(str(DIRECTION_HEAD), n_neurons=SIMULATED_RIG["n_neurons"], d_model=engine.config.d_model)
-    assert head.config.name == "direction" and head.config.pool_frames == STIMULUS_FRAMES
-    assert provenance["fitted_on_frames"] == [0, HEAD_FIT_FRAMES]  # the demo streams the frames after these
-    assert provenance["simulator"]["config"] == SIMULATED_RIG, REGENERATE
-    assert provenance["held_out_accuracy"] > 2 * provenance["chance"]
+    assert head.config.name == "direction" and head.config.window_frames == STIMULUS_FRAMES
+    # fitted on the current simulator's first HEAD_FIT_FRAMES frames (the demo streams the frames after them):
+    # the label table it read is the one the simulator's schedule gives
+    labels = calibration_labels_csv(np.asarray(simulated_rig().trials["direction_deg"], dtype=float))
+    assert provenance["inputs"][0]["labels_sha256"] == hashlib.sha256(labels.encode()).hexdigest(), REGENERATE
+    assert provenance["trials"] == HEAD_FIT_FRAMES // TRIAL_FRAMES
+    chance = provenance["cross_validated"]["baselines"]["chance"]
+    assert provenance["cross_validated"]["served"] > 2 * chance
 
 
 def test_skill_is_one_minus_the_mse_ratio_against_copy_last():

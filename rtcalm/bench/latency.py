@@ -25,6 +25,12 @@ loop, so a tight-loop reference would flatter or condemn the daemon unfairly):
   prediction back, through pyzmq and msgpack and a bare echo process on the same transport: what any
   ZeroMQ daemon in Python would pay before doing anything.
 
+With ``heads`` (``--head``), the session decodes as a closed loop would: each is a head file for the
+benchmark's neuron count and model, or a kind (``raw``, ``backbone``, ``both``) for which a head of that
+kind is made with random weights (the cost of a frame does not depend on them) in the largest shape
+``rtcalm fit-head`` writes for a 2 s window at the model's rate: 8 time bins, 1 principal component,
+8 classes. Their per-frame work is inside the ``model`` stage.
+
 A warm-up of ``warmup_frames`` (numba and the backend's first calls, the subscription reaching the
 daemon) precedes the measured frames and is excluded. The frames come from the synthetic generator; at
 most ``MAX_UNIQUE_FRAMES`` distinct ones are generated and then cycled (the cost of a step does not
@@ -93,11 +99,38 @@ def pace(start: float, index: int, period: float) -> None:
         time.sleep(delay)
 
 
+HEAD_KINDS = ("raw", "backbone", "both")
+
+
+def benchmark_head(kind: str, directory, *, neurons: int, model: str) -> Path:
+    """A head of ``kind`` with random weights, shaped as fit-head writes one for a 2 s window (8 bins, 1
+    component, 8 classes), for ``neurons`` and ``model``'s width: its per-frame cost is a fitted head's."""
+    import torch
+
+    from rtcalm.model.checkpoint import read_checkpoint_config, resolve_model
+    from rtcalm.model.heads import TimeResolvedConfig, TimeResolvedHead, save_head
+
+    config, _ = read_checkpoint_config(resolve_model(model))
+    torch.manual_seed(0)
+    head = TimeResolvedHead(TimeResolvedConfig(
+        f"bench_{kind}", "classification", neurons, config.d_model, window_frames=int(round(2 * config.rate_hz)),
+        n_bins=8, components=0 if kind == "raw" else 1, classes=[45.0 * k for k in range(8)], features=kind))
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.normal_(0.0, 0.01)
+        for buffer in (getattr(head, "projection", None), getattr(head, "projection_mean", None)):
+            if buffer is not None:
+                buffer.normal_(0.0, 0.1)
+    return save_head(head, directory)
+
+
 def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: int = 1800, model: str = "default",
                           warmup_frames: int = 60, seed: int = 0, transport: str = "tcp", references: bool = True,
-                          rules: str | Path | None = None, config: str | Path | None = None, progress=None) -> dict:
+                          rules: str | Path | None = None, config: str | Path | None = None, progress=None,
+                          heads=()) -> dict:
     """``rules``: a trigger rules file to load into the session, armed (the module docstring); ``config``: a
-    daemon config file for the daemon under test (e.g. configs/bench_intervals.toml: forecast intervals on)."""
+    daemon config file for the daemon under test (e.g. configs/bench_intervals.toml: forecast intervals on);
+    ``heads``: decoding heads to load (paths, or kinds raw / backbone / both for random ones)."""
     from rtcalm.sim import make_synthetic
 
     if neurons < 1 or frames < 1 or warmup_frames < 1 or not rate_hz > 0:
@@ -118,14 +151,23 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
     # (seq, arrival perf_counter, arrival wall ns, rule, t_fire_ns) per trigger message (with rules only)
     triggers: list[tuple] = []
 
-    with DaemonProcess(model=model, transport=transport, config=None if config is None else str(config)) as daemon:
+    head_dir = tempfile.TemporaryDirectory(prefix="rtcalm-bench-heads-")
+    head_paths = [str(benchmark_head(h, Path(head_dir.name) / h, neurons=neurons, model=model)) if h in HEAD_KINDS
+                  else str(Path(h).resolve()) for h in heads]
+    with DaemonProcess(model=model, transport=transport, config=None if config is None else str(config)) as daemon, \
+            head_dir:
         control = ControlClient(daemon.endpoints["control"], timeout_ms=30000)
         subscriber = PredictionSubscriber(daemon.endpoints["publish"], sessions=SESSION, hwm=100000,
                                           triggers=rule_specs is not None)
         sender = RigSender(daemon.endpoints["ingest"], session=SESSION, hwm=100000)
         served = control.status()["model"]
-        if rule_specs is not None:
-            load_rules(control, rules, neurons)
+        loaded_heads = []
+        if head_paths or rule_specs is not None:
+            control.start_session(SESSION, neurons)
+        for path in head_paths:
+            loaded_heads = control.load_head(SESSION, path)["heads"]
+        if rule_specs is not None:  # after the heads, which decoded rules read
+            load_rules(control, rules)
         time.sleep(0.2)  # let the subscription reach the daemon before the first prediction
         stop = threading.Event()
 
@@ -185,7 +227,8 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
               **percentiles_ms(latency_ns), "lost_frames": int(total - accepted),
               "unanswered_frames": int((~answered).sum()), "batched_frames": int(frames - len(own)),
               "stages": _stages(own, send_perf, send_wall, stage_summary), "model": served["version"],
-              "backend": served["backend"], "warmup_frames": warmup_frames}
+              "backend": served["backend"], "warmup_frames": warmup_frames,
+              "heads": [{key: head[key] for key in head if key not in ("path", "pooled_frames")} for head in loaded_heads]}
     if rule_specs is not None:
         result["triggers"] = trigger_latency(triggers, own, send_perf, warmup_frames,
                                              rules_file=str(rules), rule_names=[spec.name for spec in rule_specs])
@@ -222,10 +265,9 @@ def check_rules_file(path, neurons: int) -> list:
     return specs
 
 
-def load_rules(control: ControlClient, path, neurons: int) -> None:
-    """Start the bench's session at ``neurons``, load the rules file into it and arm every rule."""
+def load_rules(control: ControlClient, path) -> None:
+    """Load the rules file into the bench's (started) session and arm every rule."""
     try:
-        control.start_session(SESSION, neurons)
         control.load_rules(SESSION, str(Path(path).resolve()))
         control.arm(SESSION)
     except DaemonError as error:
@@ -455,6 +497,8 @@ def format_report(result: dict) -> str:
     lines = [f"closed-loop latency, rig send -> prediction received: {result['neurons']} neurons at "
              f"{result['rate_hz']:g} Hz over {result['transport']}, {result['frames']} frames (after "
              f"{result['warmup_frames']} warm-up), model {result['model']} on {result['backend']}",
+             "  decoding heads: " + (", ".join(f"{h['name']} ({h.get('features', 'ema')})" for h in result.get("heads", []))
+                                     or "none"),
              f"  p50 {ms(result['p50_ms'])} ms   p99 {ms(result['p99_ms'])} ms   p99.9 {ms(result['p999_ms'])} ms",
              f"  lost frames {result['lost_frames']}, unanswered {result['unanswered_frames']}, "
              f"folded into a batch {result['batched_frames']}",

@@ -101,6 +101,9 @@ def _register_latency(benchmarks) -> None:
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="a daemon config file for the daemon under test (its socket addresses are the bench's), "
                              "e.g. configs/bench_intervals.toml to time forecast intervals")
+    parser.add_argument("--head", action="append", default=[], metavar="PATH|KIND",
+                        help="decode with this head (a fit-head .json for --neurons and --model), or a head of KIND "
+                             "raw, backbone or both with random weights in fit-head's 2 s shape; repeat for several")
     add_json_argument(parser)
     parser.set_defaults(handler=_run_latency)
 
@@ -120,7 +123,7 @@ def _run_latency(args: argparse.Namespace) -> int:
         load_config(args.config)  # a bad file fails here, in one line, not in the daemon's log
     result = run_latency_benchmark(neurons=args.neurons, rate_hz=args.rate, frames=args.frames, model=args.model,
                                    transport=args.transport, references=not args.no_references, rules=args.rules,
-                                   config=args.config,
+                                   config=args.config, heads=args.head,
                                    progress=lambda line: print(f"rtcalm bench latency: {line}", file=sys.stderr))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0

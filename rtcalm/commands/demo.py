@@ -54,6 +54,9 @@ def register(subparsers) -> None:
                              "another count streams without the head)")
     parser.add_argument("--rate", type=float, metavar="HZ", help="frame rate of every stream (default: each one's own)")
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+    parser.add_argument("--write-calibration", metavar="DIR",
+                        help="write the simulated rig's calibration block (its first 10 minutes, a recording and a "
+                             "label table) into DIR for rtcalm fit-head, and exit (rtcalm/demo_heads/README.md)")
     parser.add_argument("--plain", action="store_true",
                         help="print a block every 5 s instead of redrawing in place (the default when stdout "
                              "is not a terminal)")
@@ -252,17 +255,18 @@ def _load_demo_head(control, view: SessionView, serving_version: str) -> None:
     """Load the shipped demo head for the simulated rig if it was fitted for this model and these neurons;
     otherwise say why not (a head reads one backbone's hidden state of one set of neurons)."""
     from rtcalm.client import DaemonError
-    from rtcalm.demo_heads import DIRECTION_HEAD, DIRECTION_PROVENANCE
+    from rtcalm.demo_heads import DIRECTION_HEAD, REFIT
 
     try:
-        provenance = json.loads(DIRECTION_PROVENANCE.read_text())
-        head_config = json.loads(DIRECTION_HEAD.read_text())["config"]
+        document = json.loads(DIRECTION_HEAD.read_text())
+        head_config, provenance = document["config"], document.get("provenance") or {}
     except (OSError, ValueError, KeyError) as exc:
-        view.head_note = f"none (the demo head is missing: {exc}; python tools/make_demo_head.py)"
+        view.head_note = f"none (the demo head is missing: {exc}; {REFIT})"
         return
-    if provenance.get("model_version") != serving_version:
-        view.head_note = (f"none (the demo head reads {provenance.get('model_version')}, the daemon serves "
-                          f"{serving_version}; refit it: python tools/make_demo_head.py [--model NAME|PATH])")
+    fitted_on = (provenance.get("model") or {}).get("version")
+    if fitted_on != serving_version:
+        view.head_note = (f"none (the demo head reads {fitted_on}, the daemon serves {serving_version}; refit it "
+                          f"for that model: {REFIT} --model NAME|PATH)")
         return
     n_neurons = view.source.dff.shape[1]
     if head_config.get("n_neurons") != n_neurons:
@@ -285,6 +289,13 @@ def run(args: argparse.Namespace) -> int:
     from rtcalm.errors import RtcalmError
     from rtcalm.model import resolve_model
 
+    if args.write_calibration:
+        from rtcalm.demo_sources import write_calibration
+
+        recording, labels = write_calibration(args.write_calibration)
+        print(f"wrote {recording} and {labels}; fit the demo head with\n  rtcalm fit-head {recording} --labels {labels} "
+              "--task direction --out rtcalm/demo_heads")
+        return 0
     if args.duration is not None and not args.duration > 0:
         raise RtcalmError(f"--duration must be a positive number of seconds, got {args.duration}")
     model_dir = resolve_model(args.model)  # a clear one-line error before anything starts

@@ -259,7 +259,7 @@ def _check_list(where: str, value, item_type: type, low, high, most: int) -> tup
     if ok:
         value = [item_type(v) for v in value]
         inside = (lambda v: low <= v <= high) if item_type is int else (lambda v: low < v < high)
-        ok = all(inside(v) for v in value) and all(a < b for a, b in zip(value, value[1:]))
+        ok = all(inside(v) for v in value) and all(a < b for a, b in zip(value, value[1:], strict=False))
     if not ok:
         kind = f"integers from {low} to {high}" if item_type is int else f"numbers strictly between {low} and {high}"
         raise ConfigError(f"{where} must be a list of at most {most} increasing {kind}, got {value!r}")

@@ -1,24 +1,26 @@
-"""Decoding heads in the daemon: per-session readouts of behaviour from the model's hidden state.
+"""Decoding heads in the daemon: per-session readouts of behaviour from the frames the model reads and
+its hidden state.
 
-A head (fitted offline) is tied to one session's neurons (``n_neurons``) and to the serving model's
-``d_model``. Two kinds (:mod:`rtcalm.model.heads`): the EMA head (:class:`~rtcalm.model.heads.DecodingHead`,
-file version 1), whose state is an EMA pool (N, d_model), and the time-resolved head
-(:class:`~rtcalm.model.heads.TimeResolvedHead`, version 2), whose state is a ring buffer of the last
-``window_frames`` frames' contributions to its time bins. The ``load_head`` control command reads one for
-a running session (:func:`read_head` validates it completely before anything changes); its state is
-allocated once at load. Per frame, the pipeline gives every frame the model consumes to the session's
-heads:
+A head (fitted offline, ``rtcalm fit-head``) is tied to one session's neurons (``n_neurons``) and, when
+it reads the backbone, to the serving model's ``d_model``. Kinds (:mod:`rtcalm.model.heads`): the EMA
+head (file version 1), whose state is an EMA pool (N, d_model), and the time-resolved head (versions 2
+and 3; features raw, backbone or both), whose state is a ring buffer of the last ``window_frames``
+frames' contributions to its time bins. The ``load_head`` control command reads one for a running
+session (:func:`read_head` validates it completely before anything changes); its state is allocated
+once at load (:func:`rtcalm.model.heads.open_stream`). Per frame, the pipeline gives every frame the
+model consumes to the session's heads, as (its hidden state (N, d_model), its ΔF/F as the daemon
+received it (N,), NaN = missing):
 
-- a frame that gets a prediction: :meth:`SessionHeads.decode`, i.e. ``head.step(hidden, state)`` per
-  head (the state takes the frame's hidden state, then the linear readout), merged into one map, the
-  prediction's ``decoded``;
+- a frame that gets a prediction: :meth:`SessionHeads.decode`, i.e. ``stream.step(hidden, dff)`` per
+  head (the state takes the frame, then the linear readout), merged into one map, the prediction's
+  ``decoded``;
 - a frame without its own prediction (folded into a catch-up batch, or a filled-in gap):
-  :meth:`SessionHeads.absorb`, ``head.absorb(hidden, state)``: the same state update without the
+  :meth:`SessionHeads.absorb`, ``stream.absorb(hidden, dff)``: the same state update without the
   readout, so the state is exactly the one a frame-by-frame run would have.
 
 A fresh stream of the same neuron count keeps its heads with zeroed states; a new neuron count, or a
-hot-swapped model (any: a head reads the hidden state of the backbone it was fitted on), drops them (the
-pipeline counts and logs it).
+hot-swapped model (any: a head reads the hidden state of the backbone it was fitted on, or was chosen
+beside it), drops them (the pipeline counts and logs it).
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtcalm.model.heads import DecodingHead, HeadError, TimeResolvedHead, load_head
+from rtcalm.model.heads import (
+    FEATURE_KINDS,
+    DecodingHead,
+    HeadError,
+    TimeResolvedHead,
+    load_head,
+    open_stream,
+)
+from rtcalm.model.heads.files import HEAD_VERSIONS, tensor_bytes
 from rtcalm.protocol import ProtocolError
 
 MAX_HEADS_PER_SESSION = 8
@@ -57,17 +67,14 @@ def read_head(path: str, *, n_neurons: int, d_model: int) -> DecodingHead | Time
     if not weights_path.is_file():
         raise ProtocolError("head_not_found", f"{str(json_path)!r}: its weights {weights_path.name!r} are missing")
     config = _head_config(json_path)
-    for key, expected, what in (("n_neurons", n_neurons, "the session has"), ("d_model", d_model,
-                                                                              "the serving model has")):
+    checks = [("n_neurons", n_neurons, "the session has")]
+    if config.get("features", "backbone") != "raw":  # a raw head reads no hidden state
+        checks.append(("d_model", d_model, "the serving model has"))
+    for key, expected, what in checks:
         if config[key] != expected:
             raise ProtocolError("head_mismatch", f"{str(json_path)!r}: head {config['name']!r} was fitted for "
                                                  f"{key} = {config[key]}, {what} {expected}")
-    n_outputs = len(config["classes"]) if config.get("kind") == "classification" else 1
-    if config.get("pooling") == "time_bins":
-        components = config["components"]
-        needed = 4 * (n_outputs * (config["n_bins"] * n_neurons * components + 1) + d_model * (components + 1))
-    else:
-        needed = 4 * n_outputs * (n_neurons * d_model + 1)
+    needed = tensor_bytes(config, n_neurons, config["d_model"])
     if weights_path.stat().st_size < needed:
         raise ProtocolError("head_invalid", f"{weights_path.name!r} is {weights_path.stat().st_size} bytes, too "
                                             f"small for the {needed} bytes of weights its config describes")
@@ -97,23 +104,28 @@ def _head_config(json_path: Path) -> dict:
         document = json.loads(text)
     except ValueError as exc:  # including UnicodeDecodeError
         raise invalid(f"not JSON ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != "rtcalm-head" or document.get("version") not in (1, 2):
-        raise invalid("not an rtcalm head (format 'rtcalm-head', version 1 or 2)")
+    if not isinstance(document, dict) or document.get("format") != "rtcalm-head" or \
+            document.get("version") not in HEAD_VERSIONS:
+        raise invalid("not an rtcalm head (format 'rtcalm-head', version 1, 2 or 3)")
     config = document.get("config")
     if not isinstance(config, dict):
         raise invalid("no 'config' map")
-    if document["version"] == 2 and config.get("pooling") != "time_bins":
-        raise invalid(f"a version 2 head needs pooling 'time_bins', got {config.get('pooling')!r}")
+    version = document["version"]
+    if version >= 2 and config.get("pooling") != "time_bins":
+        raise invalid(f"a version {version} head needs pooling 'time_bins', got {config.get('pooling')!r}")
+    if version == 3 and config.get("features") not in FEATURE_KINDS:
+        raise invalid(f"features must be one of {', '.join(FEATURE_KINDS)}, got {config.get('features')!r}")
     name = config.get("name")
     if type(name) is not str or not HEAD_NAME_PATTERN.fullmatch(name):
         raise invalid(f"head name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
     for key in ("n_neurons", "d_model"):
         if type(config.get(key)) is not int or config[key] < 1:
             raise invalid(f"{key} must be a positive integer, got {config.get(key)!r}")
-    if document["version"] == 2:
+    if version >= 2:
         for key in ("window_frames", "n_bins", "components"):
-            if type(config.get(key)) is not int or not 1 <= config[key] <= MAX_WINDOW_FRAMES:
-                raise invalid(f"{key} must be an integer from 1 to {MAX_WINDOW_FRAMES}, got {config.get(key)!r}")
+            lowest = 0 if key == "components" and config.get("features") == "raw" else 1
+            if type(config.get(key)) is not int or not lowest <= config[key] <= MAX_WINDOW_FRAMES:
+                raise invalid(f"{key} must be an integer from {lowest} to {MAX_WINDOW_FRAMES}, got {config.get(key)!r}")
     else:
         pool_frames = config.get("pool_frames")
         if type(pool_frames) not in (int, float) or not (math.isfinite(pool_frames) and pool_frames >= 1):
@@ -125,22 +137,23 @@ def _head_config(json_path: Path) -> dict:
 
 
 class LoadedHead:
-    """A head serving one session, with its streaming state (allocated once, zeroed by a fresh stream):
-    the EMA pool of a DecodingHead or the ring buffer of a TimeResolvedHead."""
+    """A head serving one session, with its stream (:func:`rtcalm.model.heads.open_stream`: state
+    allocated once, zeroed by a fresh stream): the EMA pool of a DecodingHead or the ring buffer of a
+    TimeResolvedHead."""
 
     def __init__(self, head: DecodingHead | TimeResolvedHead, path: str):
         self.head = head
         self.name = head.config.name
-        self.state = head.new_state()
+        self.stream = open_stream(head)
         self.path = path
-        self.frames = 0  # frames taken since the head was loaded or its state last zeroed
+
+    @property
+    def frames(self) -> int:
+        """Frames taken since the head was loaded or its state last zeroed."""
+        return self.stream.frames
 
     def reset(self) -> None:
-        if isinstance(self.head, TimeResolvedHead):
-            self.state.reset()
-        else:
-            self.state.zero_()
-        self.frames = 0
+        self.stream.reset()
 
     def output_names(self) -> set[str]:
         return _output_names(self.head)
@@ -148,8 +161,8 @@ class LoadedHead:
     def describe(self) -> dict:
         config = self.head.config
         if isinstance(self.head, TimeResolvedHead):
-            pooling = {"pooling": "time_bins", "window_frames": config.window_frames, "n_bins": config.n_bins,
-                       "components": config.components}
+            pooling = {"pooling": "time_bins", "features": config.features, "window_frames": config.window_frames,
+                       "n_bins": config.n_bins, "components": config.components}
         else:
             pooling = {"pool_frames": float(config.pool_frames)}
         return {"name": self.name, "kind": config.kind, **pooling, "classes": list(config.classes),
@@ -166,21 +179,19 @@ class SessionHeads:
         return len(self._heads)
 
     # --- per frame (the pipeline) ---
-    def absorb(self, hidden: np.ndarray) -> None:
+    def absorb(self, hidden: np.ndarray, dff: np.ndarray) -> None:
         """A consumed frame without its own prediction: every head's state takes its hidden state
-        (N, d_model), exactly as ``head.step`` would, without the readout."""
-        hidden = torch.from_numpy(hidden)
+        (N, d_model) and its ΔF/F (N,), exactly as ``step`` would, without the readout."""
+        hidden, dff = torch.from_numpy(hidden), torch.from_numpy(dff)
         for loaded in self._heads.values():
-            loaded.head.absorb(hidden, loaded.state)
-            loaded.frames += 1
+            loaded.stream.absorb(hidden, dff)
 
-    def decode(self, hidden: np.ndarray) -> dict:
-        """The answered frame: ``head.step`` per head; their outputs merged (name -> value)."""
-        hidden = torch.from_numpy(hidden)
+    def decode(self, hidden: np.ndarray, dff: np.ndarray) -> dict:
+        """The answered frame: ``stream.step(hidden, dff)`` per head; their outputs merged (name -> value)."""
+        hidden, dff = torch.from_numpy(hidden), torch.from_numpy(dff)
         decoded = {}
         for loaded in self._heads.values():
-            decoded.update(loaded.head.step(hidden, loaded.state))
-            loaded.frames += 1
+            decoded.update(loaded.stream.step(hidden, dff))
         return decoded
 
     def reset_pools(self) -> None:

@@ -5,7 +5,10 @@
 the model and the decoding heads, :class:`~rtcalm.triggers.ruleset.RuleSet` for the trigger rules,
 the predictable mask refreshed on the daemon's schedule), so what it computes is what a daemon would
 have computed for the same frames arriving one at a time in order. ``rtcalm trigger-eval`` is built on
-it; tests/daemon/test_triggers_live.py holds it to a real daemon fed through real sockets.
+it, and so are ``rtcalm fit-head`` (the features a head is fitted on: :meth:`OfflineStream.frame_inputs`)
+and ``rtcalm decode`` (a head loaded as the ``load_head`` command loads it: :meth:`OfflineStream.load_head`);
+tests/daemon/test_triggers_live.py and tests/daemon/test_fit_serve_live.py hold it to a real daemon fed
+through real sockets.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rtcalm.daemon.config import DaemonConfig
+from rtcalm.daemon.heads import LoadedHead, read_head
 from rtcalm.daemon.pipeline import fold_frames, step_session
 from rtcalm.daemon.session import Session
 from rtcalm.engine import StepEngine
@@ -32,6 +36,22 @@ class OfflineStream:
             self.session.rules = RuleSet(rules, n_neurons=n_neurons, horizon=engine.horizon, rate_hz=engine.rate_hz,
                                          receptive_field=engine.receptive_field, heads=self.session.heads.classes())
         self.decoded: dict = {}
+
+    def load_head(self, path: str) -> dict:
+        """Add the head at ``path`` (its .json) as the daemon's ``load_head`` command does: the same checks
+        (ProtocolError for a head that does not fit), a fresh stream state. Returns its description."""
+        head = read_head(path, n_neurons=self.session.n_neurons, d_model=self.engine.config.d_model)
+        self.session.heads.check_room(head)
+        loaded = LoadedHead(head, path)
+        self.session.heads.install(loaded)
+        if self.session.rules is not None:
+            self.session.rules.bind_heads(self.session.heads.classes())
+        return loaded.describe()
+
+    def frame_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """What the session's heads were handed for the newest frame: (its hidden state (N, d_model), its
+        ΔF/F as received (N,), NaN = missing); buffers valid until the next push."""
+        return self.engine.hidden(self.session.model_state), self.session.pending_dff[0]
 
     def push(self, dff: np.ndarray) -> int:
         """One frame of ΔF/F (N,), NaN = missing, answered as the daemon answers an in-order frame. Returns

@@ -48,7 +48,7 @@ from rtcalm.errors import RtcalmError
 from rtcalm.model.heads import DecodingHead, HeadConfig
 from rtcalm.protocol import Frame, ProtocolError, Trigger
 from rtcalm.triggers import kernels as rule_kernels
-from rtcalm.triggers.rules import RuleSpec, RulesError, read_rules_file
+from rtcalm.triggers.rules import RulesError, RuleSpec, read_rules_file
 from rtcalm.triggers.ruleset import RuleSet
 
 log = logging.getLogger("rtcalm.daemon")
@@ -577,9 +577,10 @@ def _warm_up_rules(horizon: int) -> list[RuleSpec]:
 # --- stepping a session's model and heads: the daemon's and the offline replay's (rtcalm.daemon.offline) ---
 def step_session(engine: StepEngine, session: Session) -> tuple[np.ndarray, dict]:
     """The session's pending frames through the model: the newest frame's forecast (normalised, an
-    engine buffer) and its decoded values. Decoding heads pool the hidden state of *every* consumed
-    frame, and an engine only exposes the latest frame's, so a session with heads folds its batch
-    one frame at a time (the engines step frame by frame anyway: only the hidden readout is extra)."""
+    engine buffer) and its decoded values. Decoding heads take *every* consumed frame (its hidden state
+    and its ΔF/F as received), and an engine only exposes the latest frame's hidden state, so a session
+    with heads folds its batch one frame at a time (the engines step frame by frame anyway: only the
+    hidden readout is extra)."""
     frames = session.take_pending()
     if not session.heads:
         forecast = engine.step(frames, session.model_state)
@@ -588,16 +589,17 @@ def step_session(engine: StepEngine, session: Session) -> tuple[np.ndarray, dict
     fold_frames(engine, session, frames[:-1])
     forecast = engine.step(frames[-1:], session.model_state)
     observe_frames(session.quality, frames[-1:], forecast)
-    return forecast, session.heads.decode(engine.hidden(session.model_state))
+    return forecast, session.heads.decode(engine.hidden(session.model_state), session.pending_dff[frames.shape[0] - 1])
 
 
 def fold_frames(engine: StepEngine, session: Session, frames: np.ndarray) -> None:
-    """Consume ``frames`` without a prediction; with heads, each frame's hidden state still enters
-    their pools, and each frame is scored against the forecasts made for it (forecast quality)."""
+    """Consume ``frames`` (the session's pending rows from row 0, normalised) without a prediction; with
+    heads, each frame's hidden state and ΔF/F (``session.pending_dff``, row for row) still enter their
+    states, and each frame is scored against the forecasts made for it (forecast quality)."""
     observe_frames(session.quality, frames, None)
     if not session.heads:
         engine.fold(frames, session.model_state)
         return
     for i in range(frames.shape[0]):
         engine.fold(frames[i:i + 1], session.model_state)
-        session.heads.absorb(engine.hidden(session.model_state))
+        session.heads.absorb(engine.hidden(session.model_state), session.pending_dff[i])

@@ -107,6 +107,8 @@ class Session:
         # When a batch outgrows this buffer the rows so far are folded into the model and it starts over
         # (folding in pieces gives the same state: step_many equals single steps).
         self.pending = np.empty((PENDING_ROWS, n_neurons), np.float32)
+        # The same frames' ΔF/F as received (NaN = missing), row for row: what raw decoding heads read.
+        self.pending_dff = np.empty((PENDING_ROWS, n_neurons), np.float32)
         self.n_pending = 0
         self.missing_frame = np.full(n_neurons, np.nan, dtype=np.float32)
         self.forecast = np.empty((n_neurons, engine.horizon), dtype=np.float32)
@@ -160,6 +162,7 @@ class Session:
         self.scale.update(self.stats)
         row = self.pending[self.n_pending]
         self.scale.normalise_into(frame, row)
+        self.pending_dff[self.n_pending] = frame
         self.history[self.stream_frames % self.history.shape[0]] = row
         self.n_pending += 1
         self.stream_frames += 1
@@ -168,6 +171,8 @@ class Session:
         return self.n_pending == self.pending.shape[0]
 
     def take_pending(self) -> np.ndarray:
+        """The pending normalised rows (from row 0); their ΔF/F rows are ``pending_dff[:len(rows)]`` until
+        the next frame is added."""
         rows = self.pending[:self.n_pending]
         self.n_pending = 0
         return rows

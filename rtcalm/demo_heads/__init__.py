@@ -1,12 +1,15 @@
-"""The decoding head that ``rtcalm demo`` loads for its simulated rig (made by tools/make_demo_head.py).
+"""The decoding head that ``rtcalm demo`` loads for its simulated rig, fitted by ``rtcalm fit-head`` on the
+rig's calibration block (README.md here has the two commands).
 
-Data files, not code: ``direction.json`` / ``direction.safetensors`` (the head, in the format of
-:mod:`rtcalm.model.heads`) and ``direction.provenance.json`` (what it was fitted on, the model it reads,
-its held-out accuracy). See README.md here.
+Data files, not code: ``direction.json`` (the head's config and its provenance: the calibration files and
+their SHA-256, the model version, the inner-CV choice, the cross-validated accuracy, the command) and
+``direction.safetensors`` (its tensors), in the format of :mod:`rtcalm.model.heads`.
 """
 
 from pathlib import Path
 
 DEMO_HEADS_DIR = Path(__file__).resolve().parent
 DIRECTION_HEAD = DEMO_HEADS_DIR / "direction.json"
-DIRECTION_PROVENANCE = DEMO_HEADS_DIR / "direction.provenance.json"
+REFIT = ("rtcalm demo --write-calibration runs/demo-calibration && rtcalm fit-head "
+         "runs/demo-calibration/calibration.rtcalm.h5 --labels runs/demo-calibration/labels.csv --task direction "
+         "--out rtcalm/demo_heads")

@@ -73,7 +73,11 @@ class TaskData:
     response_frames: np.ndarray  # bool (frames_per_trial,)
 
 
-def task_data(recording: Recording, task: str, response_end_s: float = 2.0) -> TaskData:
+def task_data(recording: Recording, task: str, response_end_s: float = 2.0,
+              available_s: float | None = None) -> TaskData:
+    """The targets over the response window ``0 <= t < response_end_s``; the decoders read the frames
+    with ``0 <= t < available_s`` (default: the response window), the frames that have arrived
+    ``available_s`` after the onset (``--timecourse``)."""
     if task not in TASKS:
         raise DecodingError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     source = recording.meta.source
@@ -97,7 +101,17 @@ def task_data(recording: Recording, task: str, response_end_s: float = 2.0) -> T
             raise DecodingError(f"{source}: task {task!r} needs a {label!r} label; this file has "
                                 f"{recording.label_names or 'no labels'}")
         targets = recording.continuous_labels[label][:, response].mean(axis=1).astype(np.float64)
-    return TaskData(targets=targets, metric=TASKS[task], response_frames=response)
+    return TaskData(targets=targets, metric=TASKS[task], response_frames=available_frames(recording, response_end_s,
+                                                                                       available_s))
+
+
+def available_frames(recording: Recording, response_end_s: float, available_s: float | None) -> np.ndarray:
+    """bool (frames_per_trial,): the response window's frames acquired before ``available_s`` after onset."""
+    end = response_end_s if available_s is None else min(available_s, response_end_s)
+    frames = (recording.trial_time_s >= 0) & (recording.trial_time_s < end)
+    if not frames.any():
+        raise DecodingError(f"{recording.meta.source}: no frames in 0..{end:g} s after the onset")
+    return frames
 
 
 def mean_response_features(recording: Recording, response_frames: np.ndarray) -> np.ndarray:
@@ -209,10 +223,13 @@ BASELINES = {"accuracy": ("lda_binned", "logistic_binned", "linear_mean_response
 
 
 def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | None, folds: int = 5,
-                       seed: int = 0, fold_decoders: dict[str, FoldDecoderFactory] | None = None) -> dict:
+                       seed: int = 0, fold_decoders: dict[str, FoldDecoderFactory] | None = None,
+                       data: TaskData | None = None, available_s: float | None = None) -> dict:
     """Scores of every decoder on one recording. ``fold_decoders``: further decoders by name that fit
-    per fold themselves (e.g. :func:`finetuned_decoder`), scored on the same folds."""
-    data = task_data(recording, task)
+    per fold themselves (e.g. :func:`finetuned_decoder`), scored on the same folds. ``data``: the
+    targets, when not a :data:`TASKS` column of the recording (``rtcalm fit-head``'s label tables);
+    ``available_s``: decode from the frames up to that long after the onset (:func:`task_data`)."""
+    data = task_data(recording, task, available_s=available_s) if data is None else data
     splits = fold_indices(data.targets, data.metric, folds, seed)
     mean_responses = mean_response_features(recording, data.response_frames)
     decoders: dict[str, Callable] = {
@@ -243,12 +260,14 @@ def evaluate_recording(recording: Recording, task: str, feature_fn: FeatureFn | 
 
 
 def evaluate(recordings: Sequence[Recording], task: str, feature_fn: FeatureFn | None, folds: int = 5,
-             seed: int = 0, fold_decoders: dict[str, FoldDecoderFactory] | None = None) -> dict:
+             seed: int = 0, fold_decoders: dict[str, FoldDecoderFactory] | None = None,
+             available_s: float | None = None) -> dict:
     """The ``--json`` document of ``rtcalm decode-eval``: means over files of the per-file scores, and
     their standard errors (``standard_errors``, by decoder name)."""
     if task not in TASKS:
         raise DecodingError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
-    per_file = [evaluate_recording(rec, task, feature_fn, folds, seed, fold_decoders) for rec in recordings]
+    per_file = [evaluate_recording(rec, task, feature_fn, folds, seed, fold_decoders, available_s=available_s)
+                for rec in recordings]
 
     def mean(name):
         return float(np.mean([f[name] for f in per_file]))
@@ -408,18 +427,22 @@ class TimeResolvedDecoder:
 
     def fit_head(self, train: np.ndarray, components: int, bins: int, penalty: float | None) -> _HeadPredictor:
         """The head the daemon runs (:func:`rtcalm.model.heads.fit_time_resolved_head`), fitted on the
-        training trials with the chosen hyperparameters: what this decoder scores on the test trials."""
+        training trials with the chosen hyperparameters: what this decoder scores on the test trials.
+        Per-frame features of width 1 are the raw frames (a ``raw`` head), wider ones hidden states."""
         from rtcalm.model.heads import TimeResolvedConfig, fit_time_resolved_head
 
         trials, frames, neurons, width = self.per_frame.shape
         classification = self.metric == "accuracy"
+        raw = width == 1
         config = TimeResolvedConfig(
             name="task", kind="classification" if classification else "regression", n_neurons=neurons,
-            d_model=width, window_frames=frames, n_bins=bins, components=components,
-            classes=[float(c) for c in range(int(self.targets.max()) + 1)] if classification else [])
+            d_model=width, window_frames=frames, n_bins=bins, components=0 if raw else components,
+            classes=[float(c) for c in range(int(self.targets.max()) + 1)] if classification else [],
+            features="raw" if raw else "backbone")
         targets = self.targets[train].astype(np.float64)
-        head = fit_time_resolved_head(self.per_frame[train], targets, config, **({} if classification else
-                                                                                  {"alpha": penalty}))
+        windows = self.per_frame[train]
+        head = fit_time_resolved_head(config, targets, alpha=None if classification else penalty,
+                                      **({"dff": windows[..., 0]} if raw else {"hidden": windows}))
         return _HeadPredictor(head, classification)
 
 
@@ -430,8 +453,12 @@ class _HeadPredictor:
     def predict(self, per_frame: np.ndarray) -> np.ndarray:
         import torch
 
+        per_frame = torch.from_numpy(np.ascontiguousarray(per_frame, dtype=np.float32))
         with torch.inference_mode():
-            logits = self.head(torch.from_numpy(np.ascontiguousarray(per_frame, dtype=np.float32))).numpy()
+            if self.head.config.uses_raw:
+                logits = self.head.window_logits(per_frame[..., 0], None).numpy()
+            else:
+                logits = self.head.window_logits(None, per_frame).numpy()
         return logits.argmax(axis=1) if self.classification else logits[:, 0]
 
 
@@ -441,9 +468,17 @@ class BackboneFrames:
     ΔF/F the backbone reads, hidden (trials, frames, N, D): its per-frame hidden states), both over the
     response window at the model's rate (:func:`model_inputs`, :func:`response_hidden`)."""
 
-    def __init__(self, model, response_end_s: float = 2.0, max_cached: int = 8):
+    def __init__(self, model, response_end_s: float = 2.0, max_cached: int = 8, available_s: float | None = None):
         self.model, self.response_end_s, self.max_cached = model, response_end_s, max_cached
+        self.available_s = available_s
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def until(self, available_s: float) -> BackboneFrames:
+        """The same frames (one cache) cut to those up to ``available_s`` after the onset: the model runs
+        causally, so a frame's hidden state does not depend on the frames after it."""
+        view = BackboneFrames(self.model, self.response_end_s, self.max_cached, available_s)
+        view._cache = self._cache
+        return view
 
     def __call__(self, recording: Recording) -> tuple[np.ndarray, np.ndarray]:
         key = recording.meta.source
@@ -452,7 +487,11 @@ class BackboneFrames:
                 self._cache.pop(next(iter(self._cache)))
             z, response = model_inputs(self.model, recording, self.response_end_s)
             self._cache[key] = (z[:, response, :, None], response_hidden(self.model, z, response))
-        return self._cache[key]
+        raw, hidden = self._cache[key]
+        if self.available_s is None:
+            return raw, hidden
+        frames = min(raw.shape[1], max(1, int(np.ceil(self.available_s * self.model.config.rate_hz - 1e-9))))
+        return raw[:, :frames], hidden[:, :frames]
 
     def pooled_features(self, recording: Recording) -> np.ndarray:
         """The ``model`` decoder's features (:func:`model_features`) from the cached hidden states."""

@@ -47,8 +47,14 @@ from rtcalm.data.recording import Recording
 from rtcalm.engine import StepEngine
 from rtcalm.errors import RtcalmError
 from rtcalm.triggers import kernels
-from rtcalm.triggers.rules import (RULE_NAME_PATTERN, RuleSpec, RulesError, choice_field, neurons_field,
-                                   number_field)
+from rtcalm.triggers.rules import (
+    RULE_NAME_PATTERN,
+    RulesError,
+    RuleSpec,
+    choice_field,
+    neurons_field,
+    number_field,
+)
 from rtcalm.triggers.ruleset import RuleSet
 
 EVENT_FORMAT = "rtcalm-event"
@@ -313,7 +319,7 @@ def compare(engine: StepEngine, recordings: list[Recording], event: EventSpec, *
                 for c in range(n_channels):
                     tally.add(fired[g][c], onsets[c], window, burn_in_frames(engine, config))
         sweep["reactive" if kind == "activity" else "forecast"] = [
-            {"threshold": float(threshold), **tally.summary(engine.rate_hz)} for threshold, tally in zip(grid, tallies)]
+            {"threshold": float(threshold), **tally.summary(engine.rate_hz)} for threshold, tally in zip(grid, tallies, strict=True)]
     return {"compare": {name: _at_levels(points, levels) for name, points in sweep.items()},
             "event": event.describe(), "files": len(recordings), "forecast_frames": list(forecast_frames),
             "curves": sweep}

@@ -1,5 +1,5 @@
 """Decoding heads in the daemon, over the real sockets: load_head / unload_head, the published ``decoded``
-against an offline reference (the same model over the same frames, ``head.step`` on each frame's hidden
+against an offline reference (the same model over the same frames, each head's stream stepped on each frame's hidden
 state in order), every rejection leaving the loaded heads serving, and what resets, neuron-count changes
 and hot swaps do to heads."""
 
@@ -20,7 +20,9 @@ from rtcalm.model.heads import (
     TimeResolvedHead,
     fit_head,
     load_head,
+    open_stream,
 )
+from rtcalm.model.heads import save_head as write_head
 from rtcalm.sim import make_synthetic
 
 N = 12
@@ -42,21 +44,22 @@ def save_head(directory, *, name="direction", kind="classification", n_neurons=N
     with torch.no_grad():
         head.readout.weight.normal_(0.0, 0.3)
         head.readout.bias.normal_(0.0, 0.1)
-    return head.save(directory)
+    return write_head(head, directory)
 
 
 def save_time_resolved_head(directory, *, name="direction", n_neurons=N, d_model=D, window_frames=8, n_bins=3,
-                            components=2, seed=0):
-    """A time-resolved head (file version 2) with fixed random projection and readout."""
+                            components=2, seed=0, features="backbone"):
+    """A time-resolved head (file version 3) with fixed random projection and readout."""
     torch.manual_seed(seed)
     head = TimeResolvedHead(TimeResolvedConfig(name, "classification", n_neurons, d_model, window_frames, n_bins,
-                                               components, DIRECTIONS))
+                                               0 if features == "raw" else components, DIRECTIONS, features=features))
     with torch.no_grad():
-        head.projection.normal_(0.0, 0.3)
-        head.projection_mean.normal_(0.0, 0.1)
+        if features != "raw":
+            head.projection.normal_(0.0, 0.3)
+            head.projection_mean.normal_(0.0, 0.1)
         head.readout.weight.normal_(0.0, 0.05)
         head.readout.bias.normal_(0.0, 0.1)
-    return head.save(directory)
+    return write_head(head, directory)
 
 
 def fit_speed_head(directory, seed=0):
@@ -64,12 +67,13 @@ def fit_speed_head(directory, seed=0):
     rng = np.random.default_rng(seed)
     features = rng.normal(size=(40, N, D)).astype(np.float32)
     targets = 2.0 * features[:, 0, 0] - features[:, 3, 5] + 0.1 * rng.normal(size=40)
-    return fit_head(features, targets, HeadConfig("speed", "regression", N, D, pool_frames=3.0)).save(directory)
+    return write_head(fit_head(features, targets, HeadConfig("speed", "regression", N, D, pool_frames=3.0)), directory)
 
 
 class DecodingReference:
     """The offline reference plus heads: every frame (NaN rows: filled-in gaps) goes through the model,
-    and its hidden state through ``head.step`` of each head (either kind), in load order."""
+    and its hidden state and the frame itself (its ΔF/F) through ``stream.step`` of each head (any kind),
+    in load order."""
 
     def __init__(self, model, n_neurons: int = N):
         self.model = model
@@ -78,13 +82,13 @@ class DecodingReference:
 
     def load(self, json_path) -> None:
         head = load_head(json_path)
-        self.heads[head.config.name] = (head, head.new_state())
+        self.heads[head.config.name] = (head, open_stream(head))
 
     def step(self, frame: np.ndarray) -> dict:
         self.stream.step(frame)
         decoded = {}
-        for head, pool in self.heads.values():
-            decoded.update(head.step(self.stream.hidden, pool))
+        for _head, stream in self.heads.values():
+            decoded.update(stream.step(self.stream.hidden, torch.from_numpy(np.asarray(frame, np.float32))))
         return decoded
 
     def run(self, frames) -> list[dict]:
@@ -93,8 +97,8 @@ class DecodingReference:
     def restart(self) -> None:
         """A fresh stream: new statistics and model state, heads kept with zeroed states."""
         self.stream = OfflineReference(self.model, self.stream.z.shape[0], make_config())
-        for head, state in self.heads.values():
-            state.reset() if isinstance(head, TimeResolvedHead) else state.zero_()
+        for _head, stream in self.heads.values():
+            stream.reset()
 
 
 def assert_decoded(got: dict, expected: dict, where="") -> None:
@@ -196,10 +200,10 @@ def test_rejected_loads_leave_the_loaded_heads_serving(harness, model, frames, t
     other_format.write_text('{"format": "rtcalm-checkpoint", "version": 1, "config": {}}')
     other_format.with_suffix(".safetensors").write_bytes(b"")
     nan_weights = tmp_path / "nan"
-    head = DecodingHead.load(save_head(nan_weights))
+    head = load_head(save_head(nan_weights), expected=DecodingHead)
     with torch.no_grad():
         head.readout.weight[0, 0] = float("nan")
-    head.save(nan_weights)
+    write_head(head, nan_weights)
     cases = [
         ("keep", save_head(tmp_path / "wide", n_neurons=N + 1), "head_mismatch", "n_neurons"),
         ("keep", save_head(tmp_path / "narrow", d_model=D // 2), "head_mismatch", "d_model"),
@@ -397,3 +401,56 @@ def test_time_resolved_head_decodes_every_frame_like_the_offline_head(harness, m
         assert (info.value.code, words in info.value.message) == (code, True), (path, info.value)
     (p,) = harness.send_lockstep(sender, frames[125:126], seqs=[15])  # the loaded heads kept decoding
     assert_decoded(p.decoded, reference.step(frames[125]))
+
+
+def test_raw_and_both_heads_read_the_normalised_frames_in_lockstep_and_in_folded_bursts(harness, model, frames,
+                                                                                       tmp_path):
+    """Version-3 heads on the ΔF/F frames as received (raw) and on those and the hidden state (both):
+    every frame of a lockstep run and of a folded burst with a gap equals the offline run. A raw head
+    reads no hidden state, so it loads whatever the model's width; a both head does not."""
+    raw = save_time_resolved_head(tmp_path / "raw", name="raw", features="raw", window_frames=6, n_bins=2,
+                                  d_model=D // 2, seed=4)
+    both = save_time_resolved_head(tmp_path / "both", name="both", features="both", window_frames=9, n_bins=4, seed=5)
+    harness.control.start_session("rawboth", N)
+    described = harness.control.load_head("rawboth", str(raw))["head"]
+    assert (described["features"], described["components"]) == ("raw", 0)
+    harness.control.load_head("rawboth", str(both))
+    reference = DecodingReference(model)
+    reference.load(raw)
+    reference.load(both)
+    sender = harness.sender("rawboth")
+    predictions = harness.send_lockstep(sender, frames[:40])
+    expected = reference.run(frames[:40])
+    for p, want in zip(predictions, expected, strict=True):
+        assert_decoded(p.decoded, want, f"seq {p.seq}")
+    assert len({round(p.decoded["raw_probabilities"][0], 5) for p in predictions[6:]}) > 10  # it moves
+
+    pipeline = harness.daemon.pipeline
+    gate = threading.Event()
+    original = pipeline.process
+
+    def held(batch):
+        gate.wait(30)
+        original(batch)
+
+    seqs = [*range(40, 80), *range(83, 120)]  # 80-82 missing: NaN frames enter the raw ring buffer as zeros
+    pipeline.process = held
+    try:
+        for seq in seqs:
+            sender.send(frames[seq], seq=seq)
+        gate.set()
+        burst = []
+        while not burst or burst[-1].seq != seqs[-1]:
+            burst.append(harness.prediction("rawboth"))
+    finally:
+        del pipeline.process
+    assert max(p.folded for p in burst) > 9
+    missing = np.full(N, np.nan, np.float32)
+    expected = reference.run([frames[s] if s in seqs else missing for s in range(40, 120)])
+    for p in burst:
+        assert_decoded(p.decoded, expected[p.seq - 40], f"seq {p.seq} (folded {p.folded})")
+
+    narrow_both = save_time_resolved_head(tmp_path / "narrow-both", name="both", features="both", d_model=D // 2)
+    with pytest.raises(DaemonError) as info:
+        harness.control.load_head("rawboth", str(narrow_both))
+    assert info.value.code == "head_mismatch" and "d_model" in info.value.message

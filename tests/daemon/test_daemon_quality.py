@@ -29,7 +29,7 @@ def test_predictions_carry_the_intervals_the_offline_path_computes(checkpoint, f
         sender = harness.sender("q")
         harness.control.start_session("q", N)
         banded, offline_skills = 0, []
-        for t, frame in enumerate(frames):
+        for frame in frames:
             sender.send(frame)
             prediction = harness.prediction("q")
             offline.push(frame)

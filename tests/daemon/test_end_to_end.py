@@ -132,6 +132,27 @@ def test_bench_latency_json(checkpoint):
     assert report["targets"]["no_lost_frames"]["met"]
 
 
+def test_bench_latency_with_decoding_heads(checkpoint, tmp_path):
+    """--head KIND makes a head of that kind for the benchmark's neurons and model; --head PATH loads a
+    fitted one; the session decodes every frame (the heads' work is in the model stage)."""
+    from rtcalm.bench.latency import benchmark_head
+
+    fitted = benchmark_head("backbone", tmp_path, neurons=32, model=str(checkpoint))
+    result = subprocess.run([sys.executable, "-m", "rtcalm", "bench", "latency", "--model", str(checkpoint),
+                             "--neurons", "32", "--frames", "40", "--rate", "100", "--no-references", "--head", "raw",
+                             "--head", "both", "--head", str(fitted), "--json"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(h["name"], h["features"], h["n_bins"], h["window_frames"]) for h in report["heads"]] == [
+        ("bench_raw", "raw", 8, 60), ("bench_both", "both", 8, 60), ("bench_backbone", "backbone", 8, 60)]
+    assert report["lost_frames"] == 0
+    wrong = subprocess.run([sys.executable, "-m", "rtcalm", "bench", "latency", "--model", str(checkpoint),
+                            "--neurons", "16", "--frames", "10", "--no-references", "--head", str(fitted)],
+                           capture_output=True, text=True, timeout=180)
+    assert wrong.returncode == 2 and "head_mismatch" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
 def test_ipc_transport_serves_the_same_forecasts_as_tcp(checkpoint):
     """`rtcalm serve` on ipc:// (Unix domain sockets) answers a stream exactly as on tcp://."""
     frames = np.random.default_rng(8).standard_normal((60, 16)).astype(np.float32)

@@ -45,11 +45,15 @@ def test_json_document(tmp_path, checkpoint):
     assert doc["task"] == "direction" and doc["metric"] == "accuracy"
     assert 0.0 <= doc["model"] <= 1.0
     assert set(doc["baselines"]) == {"lda_binned", "logistic_binned", "linear_mean_response", "chance"}
-    decoders = {"model", "model_time_resolved", "raw_time_resolved", *doc["baselines"]}
+    assert 0.0 <= doc["served"] <= 1.0 and doc["model_version"].startswith("m@")
+    decoders = {"served", "model", "model_time_resolved", "raw_time_resolved", *doc["baselines"]}
     assert set(doc["standard_errors"]) == decoders
     row = doc["per_file"][0]
     assert row["trials"] == 40 and set(row["predictions"]) == decoders and len(row["targets"]) == 40
     assert len(row["selected"]["model_time_resolved"]) == 5  # one inner-CV choice per outer fold
+    served = row["selected"]["served"]  # what fit-head --features auto chose inside each outer fold
+    assert len(served) == 5 and {s["features"] for s in served} <= {"raw", "backbone", "both"}
+    assert all(0.0 <= s["inner_cv"] <= 1.0 and s["bins"] in (1, 2, 4, 8) for s in served)
 
 
 def test_bad_task_and_label_less_file(tmp_path, checkpoint):
@@ -66,6 +70,31 @@ def test_text_table_lists_every_decoder_with_its_standard_error(tmp_path, checkp
     result = _cli(_trial_file(tmp_path), "--task", "speed", "--model", checkpoint, "--folds", "4")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
-    assert set(rows) == {"model", "model_time_resolved", "raw_time_resolved", "ridge_binned",
+    assert set(rows) == {"model", "served", "model_time_resolved", "raw_time_resolved", "ridge_binned",
                          "linear_mean_response", "chance"}
     assert all(line.count("±") == 2 for line in rows.values())  # the file and the mean
+
+
+def test_timecourse_refits_every_decoder_on_the_frames_available_so_far(tmp_path, checkpoint):
+    """A file whose class shows only from 0.5 s after the onset: nothing decodes it from the first 0.25 s
+    (4 frames at 16 Hz), everything that reads the time course does from 1 s on."""
+    rng = np.random.default_rng(1)
+    directions = np.tile(np.arange(4) * 90.0, 12)
+    dff = rng.standard_normal((48, 48, 6)).astype(np.float32) * 0.3
+    late = (np.arange(48) / 16 - 1) >= 0.5
+    for k, d in enumerate(directions):
+        dff[k][np.ix_(late, [int(d // 90)])] += 2.0
+    path = save_recording(Recording(dff=dff, rate_hz=16.0, neuron_ids=np.arange(6), trial_time_s=-1 + np.arange(48) / 16,
+                                    trials=TrialTable({"onset_s": np.full(48, np.nan), "direction_deg": directions})),
+                          tmp_path / "late.rtcalm.h5")
+    result = _cli(path, "--task", "direction", "--model", checkpoint, "--folds", "4", "--timecourse", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["available_s"] == [0.25, 0.5, 1.0, 2.0]
+    assert {"served", "model", "model_time_resolved", "raw_time_resolved", "lda_binned", "chance"} <= set(doc["decoders"])
+    for name in ("served", "lda_binned", "raw_time_resolved"):
+        curve = doc["decoders"][name]
+        assert curve[0] < 0.5 and curve[2] > 0.9 and curve[3] > 0.9, (name, curve)
+    assert len(doc["per_file"]) == 1 and len(doc["per_file"][0]["served"]) == 4
+    text = _cli(path, "--task", "direction", "--model", checkpoint, "--folds", "4", "--timecourse")
+    assert text.returncode == 0 and "t = 0.25 s" in text.stdout and "served" in text.stdout

@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from rtcalm.model import Calm, CalmConfig
-from rtcalm.model.heads import DecodingHead, HeadConfig, HeadError, finetune_head, fit_head
+from rtcalm.model.heads import (
+    DecodingHead,
+    HeadConfig,
+    HeadError,
+    finetune_head,
+    fit_head,
+    load_head,
+    open_stream,
+    save_head,
+)
 
 
 def _features(n=96, neurons=5, d=4, seed=0):
@@ -38,13 +47,13 @@ def test_regression_head_and_streaming_pool(tmp_path):
     x, y = _features(seed=1)
     config = HeadConfig("speed", "regression", n_neurons=5, d_model=4, pool_frames=4)
     head = fit_head(x, y / 90.0, config)
-    pool = head.new_pool()
+    stream = open_stream(head)
     hidden = torch.from_numpy(x[0]).float()
     for _ in range(200):  # a constant input: the EMA converges to it
-        out = head.step(hidden, pool)
-    assert torch.allclose(pool, hidden, atol=1e-5)
+        out = stream.step(hidden)
+    assert torch.allclose(stream.pool, hidden, atol=1e-5) and stream.frames == 200
     assert out["speed"] == pytest.approx(float(head(hidden).detach()[0]), abs=1e-5)
-    loaded = DecodingHead.load(head.save(tmp_path))
+    loaded = load_head(save_head(head, tmp_path), expected=DecodingHead)
     assert torch.equal(loaded.readout.weight, head.readout.weight) and loaded.config == head.config
 
 
@@ -59,7 +68,7 @@ def test_bad_heads(tmp_path):
         fit_head(x, y, config)
     (tmp_path / "h.json").write_text("{broken")
     with pytest.raises(HeadError, match="cannot load"):
-        DecodingHead.load(tmp_path / "h.json")
+        load_head(tmp_path / "h.json")
 
 
 def test_finetuning_changes_backbone_and_lowers_loss():

@@ -1,4 +1,5 @@
-"""The time-resolved head: equal to the offline estimator, its ring buffer, its file format."""
+"""The time-resolved head, each kind of features (raw, backbone, both): equal to the offline estimator,
+its ring buffer equal to the window forward, its file format (versions 2 and 3)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from rtcalm.model.heads import (
     fit_head,
     fit_time_resolved_head,
     load_head,
+    open_stream,
+    save_head,
 )
 
 CLASSES = [0.0, 90.0, 180.0, 270.0]
@@ -24,109 +27,166 @@ CLASSES = [0.0, 90.0, 180.0, 270.0]
 
 def _frames(trials=96, window=12, neurons=6, d=5, seed=0):
     """Per-frame hidden states whose *time course* carries the class: along one shared axis each neuron
-    rises in the first half of the window and falls in the second with a class-specific sign."""
+    rises in the first half of the window and falls in the second with a class-specific sign. ``z``: the
+    same time course in each neuron's ΔF/F directly, with some missing values."""
     rng = np.random.default_rng(seed)
     targets = np.repeat(CLASSES, trials // 4)
     signs = rng.choice([-1.0, 1.0], size=(4, neurons))
     course = np.where(np.arange(window) < window // 2, 1.0, -1.0)
     axis = rng.standard_normal(d)
-    x = rng.standard_normal((trials, window, neurons, d)) * 0.7
-    x += (signs[np.searchsorted(CLASSES, targets)][:, None, :, None] * course[None, :, None, None]) * axis
-    return x.astype(np.float32), targets
+    pattern = signs[np.searchsorted(CLASSES, targets)][:, None, :] * course[None, :, None]  # (trials, window, N)
+    hidden = rng.standard_normal((trials, window, neurons, d)) * 0.7 + pattern[..., None] * axis
+    z = rng.standard_normal((trials, window, neurons)) * 0.7 + 0.5 * pattern
+    z[rng.random(z.shape) < 0.02] = np.nan
+    return z.astype(np.float32), hidden.astype(np.float32), targets
 
 
-def _config(kind="classification", **overrides):
-    values = dict(name="direction", kind=kind, n_neurons=6, d_model=5, window_frames=12, n_bins=4, components=2,
-                  classes=CLASSES if kind == "classification" else [])
+def _config(kind="classification", features="backbone", **overrides):
+    values = dict(name="direction", kind=kind, n_neurons=6, d_model=5, window_frames=12, n_bins=4,
+                  components=0 if features == "raw" else 2, classes=CLASSES if kind == "classification" else [],
+                  features=features)
     return TimeResolvedConfig(**{**values, **overrides})
 
 
-def test_head_computes_the_offline_estimator_and_decodes_held_out_trials():
+def _inputs(features, dff, hidden):
+    return {"dff": dff if features != "backbone" else None, "hidden": hidden if features != "raw" else None}
+
+
+def test_backbone_head_computes_the_offline_estimator_and_decodes_held_out_trials():
     from rtcalm.eval.linear import ShrinkageLDA, principal_projection, time_binned
 
-    x, y = _frames()
+    z, x, y = _frames()
     train, test = np.arange(96) % 4 != 0, np.arange(96) % 4 == 0
-    head = fit_time_resolved_head(x[train], y[train], _config())
+    head = fit_time_resolved_head(_config(), y[train], hidden=x[train])
     mean, basis = principal_projection(x[train], 2)
+
     def features(frames):
         return time_binned(((frames - mean) @ basis).reshape(len(frames), 12, 12), 4)
+
     lda = ShrinkageLDA().fit(features(x[train]), np.searchsorted(CLASSES, y[train]))
-    logits = head(torch.from_numpy(x[test])).detach().numpy()
+    logits = head.window_logits(None, torch.from_numpy(x[test])).detach().numpy()
     assert np.allclose(logits, lda.decision_function(features(x[test])), rtol=1e-4, atol=1e-3)
     assert np.mean(np.asarray(CLASSES)[logits.argmax(1)] == y[test]) > 0.8  # chance 0.25
     # the mean over the window is the same for every class: a one-bin head cannot decode it
-    flat = fit_time_resolved_head(x[train], y[train], _config(n_bins=1))
-    assert np.mean(np.asarray(CLASSES)[flat(torch.from_numpy(x[test])).argmax(1).numpy()] == y[test]) < 0.5
+    flat = fit_time_resolved_head(_config(n_bins=1), y[train], hidden=x[train])
+    assert np.mean(np.asarray(CLASSES)[flat.window_logits(None, torch.from_numpy(x[test])).argmax(1).numpy()]
+                   == y[test]) < 0.5
 
 
-def test_streaming_ring_buffer_equals_the_window_forward():
-    x, y = _frames(seed=1)
-    head = fit_time_resolved_head(x, y, _config(n_bins=5))  # uneven bins: 3, 3, 2, 2, 2 frames
-    stream = np.concatenate([x[0], x[1], x[2][:7]])  # 31 frames: the buffer wraps twice
-    state = head.new_state()
-    for t, frame in enumerate(stream):
-        decoded = head.step(torch.from_numpy(frame), state)
+@pytest.mark.parametrize("features", ["raw", "both"])
+def test_raw_and_both_heads_are_shrinkage_lda_on_their_frame_features(features):
+    from rtcalm.eval.linear import ShrinkageLDA, principal_projection, time_binned
+
+    z, x, y = _frames(seed=3)
+    train, test = np.arange(96) % 4 != 0, np.arange(96) % 4 == 0
+    head = fit_time_resolved_head(_config(features=features), y[train], **_inputs(features, z[train], x[train]))
+    per_frame = [np.nan_to_num(z, nan=0.0).astype(np.float64)]
+    if features == "both":
+        mean, basis = principal_projection(x[train], 2)
+        per_frame.append(((x - mean) @ basis).reshape(96, 12, 12))
+    per_frame = np.concatenate(per_frame, axis=-1)
+    expected_width = 6 if features == "raw" else 18
+    assert per_frame.shape[-1] == head.config.frame_features == expected_width
+    lda = ShrinkageLDA().fit(time_binned(per_frame[train], 4), np.searchsorted(CLASSES, y[train]))
+    inputs = _inputs(features, torch.from_numpy(z[test]), torch.from_numpy(x[test]))
+    logits = head.window_logits(inputs["dff"], inputs["hidden"]).detach().numpy()
+    assert np.allclose(logits, lda.decision_function(time_binned(per_frame[test], 4)), rtol=1e-4, atol=1e-3)
+    assert np.mean(np.asarray(CLASSES)[logits.argmax(1)] == y[test]) > 0.8
+    assert ("projection" in head.state_dict()) == (features == "both")
+
+
+@pytest.mark.parametrize("features", ["raw", "backbone", "both"])
+def test_streaming_ring_buffer_equals_the_window_forward(features):
+    z, x, y = _frames(seed=1)
+    head = fit_time_resolved_head(_config(features=features, n_bins=5), y, **_inputs(features, z, x))  # bins 3, 3, 2, 2, 2
+    z_stream = np.concatenate([z[0], z[1], z[2][:7]])  # 31 frames: the buffer wraps twice
+    h_stream = np.concatenate([x[0], x[1], x[2][:7]])
+    stream = open_stream(head)
+    for t in range(31):
+        decoded = stream.step(torch.from_numpy(h_stream[t]), torch.from_numpy(z_stream[t]))
         if t >= 11:
-            expected = head(torch.from_numpy(stream[t - 11:t + 1]))
+            expected = head.window_logits(torch.from_numpy(z_stream[t - 11:t + 1]), torch.from_numpy(h_stream[t - 11:t + 1]))
             probabilities = torch.softmax(expected, -1)
             assert np.allclose(decoded["direction_probabilities"], probabilities.detach().numpy(), atol=1e-5)
             assert decoded["direction"] == CLASSES[int(expected.argmax())]
-    assert state.frames == 31
-    absorbed = head.new_state()
-    for frame in stream[:-1]:
-        head.absorb(torch.from_numpy(frame), absorbed)
-    assert head.step(torch.from_numpy(stream[-1]), absorbed) == decoded  # absorb = step without the readout
-    state.reset()
-    assert state.frames == 0 and not state.contributions.any()
+    assert stream.frames == 31
+    absorbed = open_stream(head)
+    for t in range(30):
+        absorbed.absorb(torch.from_numpy(h_stream[t]), torch.from_numpy(z_stream[t]))
+    last = absorbed.step(torch.from_numpy(h_stream[30]), torch.from_numpy(z_stream[30]))
+    assert last == decoded  # absorb = step without the readout
+    stream.reset()
+    assert stream.frames == 0 and not stream.contributions.any()
 
 
-def test_regression_head_round_trip(tmp_path):
-    x, _ = _frames(seed=2)
-    speed = x[:, 6:, 0, :].mean(axis=(1, 2)).astype(np.float64)  # a value carried by the late frames of neuron 0
-    head = fit_time_resolved_head(x, speed, _config("regression", n_bins=2, components=5), alpha=1.0)
-    predicted = head(torch.from_numpy(x))[:, 0].detach().numpy()
-    assert np.corrcoef(predicted, speed)[0, 1] > 0.9
-    loaded = load_head(head.save(tmp_path))
+@pytest.mark.parametrize("features", ["raw", "backbone", "both"])
+def test_regression_head_round_trip(tmp_path, features):
+    z, x, _ = _frames(seed=2)
+    speed = (x[:, 6:, 0, :].mean(axis=(1, 2)) + np.nan_to_num(z[:, 6:, 0]).mean(axis=1)).astype(np.float64)
+    config = _config("regression", features=features, n_bins=2, **({} if features == "raw" else {"components": 5}))
+    head = fit_time_resolved_head(config, speed, alpha=1.0, **_inputs(features, z, x))
+    inputs = _inputs(features, torch.from_numpy(z), torch.from_numpy(x))
+    predicted = head.window_logits(inputs["dff"], inputs["hidden"])[:, 0].detach().numpy()
+    assert np.corrcoef(predicted, speed)[0, 1] > 0.8
+    path = save_head(head, tmp_path, provenance={"made_by": "a test"})
+    assert json.loads(path.read_text())["version"] == 3
+    loaded = load_head(path)
     assert isinstance(loaded, TimeResolvedHead) and loaded.config == head.config
-    assert torch.allclose(loaded(torch.from_numpy(x)), head(torch.from_numpy(x)))
-    state = loaded.new_state()
-    for frame in x[3]:
-        out = loaded.step(torch.from_numpy(frame), state)
+    assert torch.allclose(loaded.window_logits(inputs["dff"], inputs["hidden"]),
+                          head.window_logits(inputs["dff"], inputs["hidden"]))
+    stream = open_stream(loaded)
+    for t in range(12):
+        out = stream.step(torch.from_numpy(x[3, t]), torch.from_numpy(z[3, t]))
     assert out["direction"] == pytest.approx(float(predicted[3]), abs=1e-4)
 
 
-def test_ema_heads_still_load_and_each_loader_knows_its_kind(tmp_path):
-    x, y = _frames()
+def test_version_1_and_2_heads_still_load_and_each_loader_knows_its_kind(tmp_path):
+    from rtcalm.model.heads import read_provenance
+
+    z, x, y = _frames()
     ema = fit_head(x.mean(axis=1), y, HeadConfig("ema", "classification", 6, 5, pool_frames=12, classes=CLASSES))
-    ema_json = ema.save(tmp_path)
+    ema_json = save_head(ema, tmp_path)
     assert json.loads(ema_json.read_text())["version"] == 1  # unchanged for older readers
-    assert isinstance(load_head(ema_json), DecodingHead) and isinstance(DecodingHead.load(ema_json), DecodingHead)
-    resolved_json = fit_time_resolved_head(x, y, _config()).save(tmp_path)
-    assert json.loads(resolved_json.read_text())["version"] == 2
+    assert isinstance(load_head(ema_json), DecodingHead) and read_provenance(ema_json) is None
+    resolved = fit_time_resolved_head(_config(), y, hidden=x)
+    resolved_json = save_head(resolved, tmp_path)
     with pytest.raises(HeadError, match="TimeResolvedHead, not a DecodingHead"):
-        DecodingHead.load(resolved_json)
+        load_head(resolved_json, expected=DecodingHead)
+    # a version 2 file as the previous release wrote it: no "features", the backbone read
+    document = json.loads(resolved_json.read_text())
+    del document["config"]["features"]
+    document["version"] = 2
+    resolved_json.write_text(json.dumps(document))
+    old = load_head(resolved_json)
+    assert old.config.features == "backbone" and torch.equal(old.readout.weight, resolved.readout.weight)
 
 
-def _saved(tmp_path):
-    x, y = _frames()
-    path = fit_time_resolved_head(x, y, _config()).save(tmp_path)
+def _saved(tmp_path, features="backbone"):
+    z, x, y = _frames()
+    path = save_head(fit_time_resolved_head(_config(features=features), y, **_inputs(features, z, x)), tmp_path)
     return path, json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(version=3), "version 1 or 2"),
-    (lambda d: d.update(format="other"), "not an rtcalm head"),
-    (lambda d: d["config"].update(pooling="ema"), "pooling 'time_bins'"),
-    (lambda d: d["config"].update(n_bins=13), "cannot exceed window_frames"),
-    (lambda d: d["config"].update(components=6), "cannot exceed d_model"),
-    (lambda d: d["config"].update(window_frames=0), "window_frames must be a positive integer"),
-    (lambda d: d["config"].update(n_bins=2.5), "n_bins must be a positive integer"),
-    (lambda d: d["config"].update(colour="red"), "bad head config"),
-    (lambda d: d["config"].update(n_neurons=7), "readout.weight has shape"),
-    (lambda d: d.pop("config"), "no 'config' map"),
+@pytest.mark.parametrize("features, change, message", [
+    ("backbone", lambda d: d.update(version=4), "version 1, 2 or 3"),
+    ("backbone", lambda d: d.update(format="other"), "not an rtcalm head"),
+    ("backbone", lambda d: d["config"].update(pooling="ema"), "pooling 'time_bins'"),
+    ("backbone", lambda d: d.update(version=2), "version 2 head reads the backbone"),
+    ("backbone", lambda d: d["config"].update(n_bins=13), "cannot exceed window_frames"),
+    ("backbone", lambda d: d["config"].update(components=6), "cannot exceed d_model"),
+    ("backbone", lambda d: d["config"].update(components=0), "components must be a positive integer"),
+    ("backbone", lambda d: d["config"].update(window_frames=0), "window_frames must be a positive integer"),
+    ("backbone", lambda d: d["config"].update(n_bins=2.5), "n_bins must be a positive integer"),
+    ("backbone", lambda d: d["config"].update(features="hidden"), "features must be one of"),
+    ("backbone", lambda d: d["config"].update(colour="red"), "bad head config"),
+    ("backbone", lambda d: d["config"].update(n_neurons=7), "readout.weight has shape"),
+    ("backbone", lambda d: d["config"].update(features="both"), "readout.weight has shape"),
+    ("raw", lambda d: d["config"].update(components=2), "components must be 0"),
+    ("raw", lambda d: d["config"].update(features="both", components=2), "tensors"),
+    ("backbone", lambda d: d.pop("config"), "no 'config' map"),
 ])
-def test_malformed_config(tmp_path, change, message):
-    path, document = _saved(tmp_path)
+def test_malformed_config(tmp_path, features, change, message):
+    path, document = _saved(tmp_path, features)
     change(document)
     path.write_text(json.dumps(document))
     with pytest.raises(HeadError, match=message):
@@ -160,8 +220,12 @@ def test_malformed_weights(tmp_path):
 
 
 def test_fit_checks_shapes_and_classes():
-    x, y = _frames()
+    z, x, y = _frames()
     with pytest.raises(HeadError, match="do not match"):
-        fit_time_resolved_head(x[:, :10], y, _config())
+        fit_time_resolved_head(_config(), y, hidden=x[:, :10])
     with pytest.raises(HeadError, match="among the head's classes"):
-        fit_time_resolved_head(x, y + 1.0, _config())
+        fit_time_resolved_head(_config(), y + 1.0, hidden=x)
+    with pytest.raises(HeadError, match="a raw head is fitted on dff"):
+        fit_time_resolved_head(_config(features="raw"), y, hidden=x)
+    with pytest.raises(HeadError, match="width 5, the config's d_model is 4"):
+        fit_time_resolved_head(_config(d_model=4), y, hidden=x)

@@ -60,7 +60,7 @@ def test_values_match_numpy(reduce, level, neurons, units):
             if isinstance(neurons, str) else np.array(neurons)
         scale = (lambda x: x) if units == "z" else (lambda x: 2 * x + 1)
 
-        def reduced(x):
+        def reduced(x, chosen=chosen, scale=scale):
             x = scale(x[chosen].astype(np.float64))
             if np.all(np.isnan(x)):
                 return np.nan
