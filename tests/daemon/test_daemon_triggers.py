@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from daemon_helpers import Harness, make_config
-from test_metrics import scrape
+from test_metrics import settled_scrape
 
 from rtcalm import protocol
 from rtcalm.client import DaemonError, Prediction, Trigger, TriggerSubscriber
@@ -214,7 +214,8 @@ def test_prometheus_counts_fires_and_suppressions(make_harness, tmp_path):
     for _ in range(3):  # a crossing every other frame: the 100 ms refractory (3 frames) suppresses one in two
         answer(harness, sender, quiet(2.0))
         answer(harness, sender, quiet())
-    samples = scrape(harness)
+    # the daemon updates its metrics just after sending: wait for the last frame's
+    samples = settled_scrape(harness, lambda s: s.get(("rtcalm_stage_seconds_count", (("stage", "rules"),)), 0) >= 6)
     labels = (("rule", "population"), ("session", "rig1"))
     assert samples[("rtcalm_triggers_fired_total", labels)] == 2
     assert samples[("rtcalm_triggers_suppressed_total", (("reason", "refractory"), *labels))] == 1
