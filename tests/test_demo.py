@@ -6,7 +6,6 @@ beats copy-last and decodes."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import subprocess

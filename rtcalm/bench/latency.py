@@ -371,7 +371,7 @@ def format_report(result: dict) -> str:
     lines = [f"closed-loop latency, rig send -> prediction received: {result['neurons']} neurons at "
              f"{result['rate_hz']:g} Hz over {result['transport']}, {result['frames']} frames (after "
              f"{result['warmup_frames']} warm-up), model {result['model']} on {result['backend']}",
-             f"  decoding heads: " + (", ".join(f"{h['name']} ({h.get('features', 'ema')})" for h in result.get("heads", []))
+             "  decoding heads: " + (", ".join(f"{h['name']} ({h.get('features', 'ema')})" for h in result.get("heads", []))
                                      or "none"),
              f"  p50 {ms(result['p50_ms'])} ms   p99 {ms(result['p99_ms'])} ms   p99.9 {ms(result['p999_ms'])} ms",
              f"  lost frames {result['lost_frames']}, unanswered {result['unanswered_frames']}, "

@@ -33,7 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtcalm.model.heads import FEATURE_KINDS, DecodingHead, HeadError, TimeResolvedHead, load_head, open_stream
+from rtcalm.model.heads import (
+    FEATURE_KINDS,
+    DecodingHead,
+    HeadError,
+    TimeResolvedHead,
+    load_head,
+    open_stream,
+)
 from rtcalm.model.heads.files import HEAD_VERSIONS, tensor_bytes
 from rtcalm.protocol import ProtocolError
 
