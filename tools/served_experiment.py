@@ -37,7 +37,7 @@ END = "<!-- /served -->"
 SEEDS = (0, 1, 2)
 LABELS = {
     "served": "**served** (what `fit-head --features auto` writes: raw / backbone / both, chosen in each fold)",
-    "model": "pooled hidden states, logistic (the old EMA head's readout)",
+    "model": "pooled hidden states, logistic / ridge (the old EMA head's readout)",
     "model_time_resolved": "time-resolved head on the backbone (whole-recording z, model restarted per trial)",
     "raw_time_resolved": "the same head on raw frames (whole-recording z, 30 Hz)",
     "lda_binned": "shrinkage LDA on time bins (16 Hz ΔF/F)",
@@ -142,24 +142,56 @@ def fmt(value: float, se: float | None = None) -> str:
 def render_block(document: dict) -> str:
     runs = document["runs"]
     lines = [BEGIN, "", "## The served decoder against the best linear decoder (issue 22)", ""]
+    first = document["commands"][0].split()
+    command = " ".join(first[:2] + ["<the 6 grating files>"] + [a for a in first[2:] if not a.endswith(".mat")])
     lines.append(f"`python tools/served_experiment.py run --out runs/served` at commit {document['commit']} "
                  f"({document['compute_minutes']} min of compute), stored in `docs/results/decoding_served.json`; "
-                 "it runs " + "; ".join(f"`{c}`" for c in document["commands"][:1]) + " and the same for seeds 1, 2, "
-                 "`--task speed`, `--task pupil` and `--timecourse`. Protocol of `rtcalm decode-eval`: 5-fold stratified "
+                 f"it runs `{command}` (the files: `../shared/data/real/{GRATING_GLOB}`) and the same for seeds 1, 2, "
+                 "`--task speed`, `--task pupil`, `--trial-order recorded` and `--timecourse`. Protocol of `rtcalm decode-eval`: 5-fold stratified "
                  "CV over each mouse's 128 trials, every choice by inner 4-fold CV on the outer training trials. The "
                  "backbone (`default`) never saw a grating recording, so every mouse is held out from it. ± is the "
                  "standard error over trials (mean over mice: sqrt(sum se²) / 6).")
     lines.append("")
     lines.append("**served** is what `rtcalm fit-head --features auto` writes and the daemon serves: each recording "
                  "streamed once through the daemon's own path (running statistics, normalisation, the model's "
-                 "incremental step; epochs resampled to 30 Hz and streamed one after another), then, inside each "
-                 "outer fold, the kind (raw frames, backbone, both), components, bins and penalty chosen by inner CV "
-                 "and the head fitted on the training trials; a test trial's prediction is what the head decodes at "
-                 "the last frame of its 0-2 s window.")
+                 "incremental step; epochs resampled to 30 Hz and streamed one after another in a fixed random "
+                 "order), then, inside each outer fold, the kind (a time-resolved readout of the ΔF/F frames as "
+                 "received, of the backbone's hidden state on its first principal axis, or of both), the bins and "
+                 "the penalty with the best inner-CV score (each candidate scored on 3 inner fold assignments), and "
+                 "the head fitted on the training trials; a test trial's prediction is what the head decodes at the "
+                 "last frame of its 0-2 s window.")
     lines.append("")
     seed0 = runs["direction_seed0"]
     rows, served_mean, best_mean_value, best_name = target_check(seed0)
     mice = list(seed0["per_mouse"])
+    lines.append("**Findings.**")
+    lines.append("")
+    diffs, misses = [], []
+    for seed in SEEDS:
+        rows_, served_, best_, best_name_ = target_check(runs[f"direction_seed{seed}"])
+        diffs.append(served_ - best_)
+        misses += [f"{r['mouse']} (seed {seed}: {r['served']:.3f} against {r['best_score'] - r['se']:.3f})"
+                   for r in rows_ if not r["met"]]
+    lines.append(f"- **Direction.** The served decoder's mean over the mice is {', '.join(f'{d:+.3f}' for d in diffs)} "
+                 f"from the best baseline's (shrinkage LDA on time bins) for fold seeds {', '.join(map(str, SEEDS))}: "
+                 "within 0.01 each time. The per-mouse part of the target (at least the best baseline minus one "
+                 "standard error on every mouse) is " + ("met on every seed." if not misses else
+                 "missed on " + "; ".join(misses) + ": the target is not met on every mouse."))
+    for task in ("speed", "pupil"):
+        rows_, served_, best_, best_name_ = target_check(runs[f"{task}_seed0"])
+        lines.append(f"- **{task.capitalize()}** (seed 0): served {served_:.3f} against {best_name_} {best_:.3f} "
+                     f"({served_ - best_:+.3f}); at least the best baseline minus one SE on "
+                     f"{sum(r['met'] for r in rows_)} of {len(rows_)} mice.")
+    kinds = Counter(c["features"] for seed in SEEDS for row in runs[f"direction_seed{seed}"]["per_mouse"].values()
+                    for c in row["served_choices"])
+    reads = kinds["backbone"] + kinds["both"]
+    lines.append(f"- **The backbone adds nothing the ΔF/F lacks, again.** The inner CV picks a kind that reads it in "
+                 f"{reads} of {sum(kinds.values())} outer folds (direction), yet the served row stays at the linear "
+                 "baselines' level, not above them.")
+    lines.append("- **A continuous stream carries the previous trial.** Streamed in the recorded, cyclic order, the "
+                 "served decoder reads the current direction from the first 0.25 s above every other decoder, "
+                 "through the backbone's memory of the previous trial (below); the default order is shuffled.")
+    lines.append("")
     lines.append("### Direction (accuracy), fold seed 0")
     lines.append("")
     lines.append("| decoder | " + " | ".join(mice) + " | mean |")
@@ -228,6 +260,15 @@ def render_block(document: dict) -> str:
                      f"{fmt(course_['decoders']['served'][0], course_['standard_errors']['served'][0])} |")
     chosen = Counter(c["features"] for row in recorded["per_mouse"].values() for c in row["served_choices"])
     lines.append("")
+    earlier = RESULTS.parent / "decoding_served_recorded_order_950ed13.json"
+    if earlier.is_file():
+        old = json.loads(earlier.read_text())
+        lines.append(f"The first run of this tool (commit {old['commit']}, before the order was shuffled and when the "
+                     "raw kind read the running z-scores and the backbone two principal axes; kept in "
+                     f"`docs/results/{earlier.name}`) streamed the recorded order: served "
+                     f"{old['runs']['direction_seed0']['mean']['served']:.3f} at 2 s and "
+                     f"{old['timecourse']['decoders']['served'][0]:.3f} from the first 0.25 s.")
+        lines.append("")
     lines.append(f"Chance is {fmt(seed0['mean']['chance'])}; from the first 0.25 s every other decoder is at "
                  f"{min(course['decoders'][n][0] for n in course['decoders'] if n != 'served'):.3f}-"
                  f"{max(course['decoders'][n][0] for n in course['decoders'] if n != 'served'):.3f}. Kinds chosen in "

@@ -20,6 +20,10 @@ The response window is ``0 <= trial_time_s < response_end_s`` (stimulus on; 2 s 
 
 Decoders compared on the same folds:
 
+- ``served`` (``rtcalm decode-eval``; :mod:`rtcalm.eval.served`): exactly what ``rtcalm fit-head
+  --features auto`` writes and the daemon serves, on features read off the daemon's own per-frame path
+  (one continuous stream, running statistics, the model's incremental step), every choice made inside
+  each outer fold;
 - ``model``: a linear head (logistic / ridge) on features from the model (``feature_fn``), backbone frozen;
 - ``model_finetuned`` (``--finetune-steps``): that head and a copy of the backbone trained together on
   the training folds (:func:`finetuned_decoder`);
