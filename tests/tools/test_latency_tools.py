@@ -58,3 +58,13 @@ def test_bad_transport_floor_arguments_are_refused():
     tool = load_tool("bench_transport_floor")
     with pytest.raises(SystemExit):
         tool.main(["--rate", "0"])
+
+
+def test_benchmarks_md_renders_from_the_stored_closed_loop_bench():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "closed_loop_bench.py"
+    done = subprocess.run([sys.executable, str(tool), "render", "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
