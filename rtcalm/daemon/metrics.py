@@ -130,6 +130,7 @@ class DaemonMetrics:
         self.backlog = Gauge("rtcalm_ingest_backlog_frames",
                              "Messages drained from the ingest socket in the latest batch (1 = keeping up)",
                              registry=registry)
+        self._quality_series: dict[str, set] = {}  # session -> {(gauge, labels after the session)} set
         self._server = None
 
     # --- serving ---
@@ -155,22 +156,24 @@ class DaemonMetrics:
                 gauge.remove(session)
             except KeyError:
                 pass
-        for gauge in (self.forecast_skill, self.interval_coverage):  # every series of the session
-            for labels in [key for key in list(gauge._metrics) if key[0] == session]:
-                gauge.remove(*labels)
+        for gauge, labels in self._quality_series.pop(session, ()):
+            gauge.remove(session, *labels)
 
     def set_quality(self, session: str, quality) -> None:
         """The session's skill and coverage gauges from its SessionQuality (housekeeping, not per frame);
         NaN until a horizon has been scored."""
+        series = self._quality_series.setdefault(session, set())  # what forget_session removes
         if quality.skill is not None:
             for horizon, value in zip(quality.skill.horizons, quality.skill.skill, strict=True):
-                self.forecast_skill.labels(session=session, horizon=str(horizon)).set(value)
+                self.forecast_skill.labels(session, str(horizon)).set(value)
+                series.add((self.forecast_skill, (str(horizon),)))
         if quality.intervals is not None and quality.skill is not None:
             coverage = quality.intervals.coverage
             for j, level in enumerate(quality.intervals.levels):
                 for horizon in quality.skill.horizons:  # the same few horizons as the skill
-                    self.interval_coverage.labels(session=session, level=f"{level:g}",
-                                                  horizon=str(horizon)).set(coverage[j, horizon - 1])
+                    labels = (f"{level:g}", str(horizon))
+                    self.interval_coverage.labels(session, *labels).set(coverage[j, horizon - 1])
+                    series.add((self.interval_coverage, labels))
 
     def forget_rules(self, rules: RuleMetrics) -> None:
         """Remove a replaced or dropped rule set's series (a rule name may not come back)."""

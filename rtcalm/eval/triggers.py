@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -204,15 +204,13 @@ class Tally:
     true_fires: int = 0
     events: int = 0
     detected: int = 0
-    leads_frames: list | None = None
+    leads_frames: list = field(default_factory=list)  # onset minus earliest fire, per detected onset
 
     def add(self, fires: np.ndarray, onsets: np.ndarray, window: int, burn_in: int) -> None:
         """``fires`` and ``onsets``: sorted frame indices of one channel of one file."""
         fires, onsets = fires[fires >= burn_in], onsets[onsets >= burn_in]
         self.fires += fires.size
         self.events += onsets.size
-        if self.leads_frames is None:
-            self.leads_frames = []
         if fires.size == 0 or onsets.size == 0:
             return
         # a fire is true when an onset lies in [fire, fire + window]
