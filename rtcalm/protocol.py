@@ -501,7 +501,7 @@ def _interval_fields(message: dict, n: int, horizon: int) -> tuple[tuple, np.nda
         return (), None, None
     if (not isinstance(levels, list) or not levels or len(levels) > 8
             or not all(type(level) is float and 0.0 < level < 1.0 for level in levels)
-            or any(a >= b for a, b in zip(levels, levels[1:]))):
+            or levels != sorted(set(levels))):  # strictly increasing
         raise ProtocolError("bad_field", "field 'interval_levels' must be an array of 1-8 increasing floats in (0, 1)")
     scale = _float32_matrix(message, "interval_scale", n, horizon, "neurons")
     multiplier = _float32_matrix(message, "interval_multiplier", len(levels), horizon, "levels")
