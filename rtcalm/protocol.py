@@ -324,11 +324,14 @@ class Prediction:
     stream_frame: int
     folded: int
     stage_ns: dict = field(default_factory=dict)
-    # Forecast intervals, when the daemon runs them (quality.interval_levels): the coverage levels and,
-    # per level, each neuron's half-width at each horizon in ΔF/F, (levels, neurons, horizon); NaN where
-    # a neuron has no band yet. Empty / None otherwise.
+    # Forecast intervals, when the daemon runs them (quality.interval_levels): the coverage levels, each
+    # neuron's error scale at each step in ΔF/F, (neurons, horizon) float32, NaN where a neuron has no
+    # band yet, and the multiplier of each level at each step, (levels, horizon) float32. The half-width
+    # at level j is interval_multiplier[j] * interval_scale (interval() draws the band). Empty / None
+    # otherwise.
     interval_levels: tuple = ()
-    interval_half_width: np.ndarray | None = None
+    interval_scale: np.ndarray | None = None
+    interval_multiplier: np.ndarray | None = None
 
     @property
     def n_neurons(self) -> int:
@@ -340,7 +343,8 @@ class Prediction:
         if level not in self.interval_levels:
             raise ValueError(f"no {level} interval in this prediction (levels: {list(self.interval_levels)}; "
                              "the daemon sends intervals with [quality] interval_levels)")
-        half = self.interval_half_width[self.interval_levels.index(level)]
+        # a float32 product, in the order the daemon computes its half-widths: bit for bit its band
+        half = self.interval_multiplier[self.interval_levels.index(level)] * self.interval_scale
         return self.forecast - half, self.forecast + half
 
     @property
@@ -404,9 +408,10 @@ def _parse_trigger_body(message: dict, session: str) -> Trigger:
 def build_prediction(*, session: str, seq: int, t_acq_ns: int, t_recv_ns: int, t_pub_ns: int,
                      forecast: np.ndarray, predictable: np.ndarray, decoded: dict, model_version: str,
                      rate_hz: float, stream_id: int, stream_frame: int, folded: int,
-                     stage_ns: dict, interval_levels=None, interval_half_width=None) -> bytes:
+                     stage_ns: dict, interval_levels=None, interval_scale=None, interval_multiplier=None) -> bytes:
     """``forecast``: (neurons, horizon) float32; ``predictable``: (neurons,) uint8 or bool; with intervals,
-    ``interval_levels`` (floats) and ``interval_half_width`` (levels, neurons, horizon) float32."""
+    ``interval_levels`` (floats), ``interval_scale`` (neurons, horizon) and ``interval_multiplier``
+    (levels, horizon), float32."""
     n, horizon = forecast.shape
     # Packed from memoryviews of the arrays (no copy when they are already little-endian and
     # contiguous): ``tobytes()`` first would copy the forecast once more, into freshly mapped pages,
@@ -423,7 +428,8 @@ def build_prediction(*, session: str, seq: int, t_acq_ns: int, t_recv_ns: int, t
     }
     if interval_levels is not None:
         message["interval_levels"] = [float(level) for level in interval_levels]
-        message["interval_half_width"] = memoryview(np.ascontiguousarray(interval_half_width, dtype=FLOAT32_LE))
+        message["interval_scale"] = memoryview(np.ascontiguousarray(interval_scale, dtype=FLOAT32_LE))
+        message["interval_multiplier"] = memoryview(np.ascontiguousarray(interval_multiplier, dtype=FLOAT32_LE))
     return pack(message)
 
 
@@ -471,22 +477,56 @@ def parse_published(parts: list[bytes]) -> Prediction | ErrorMessage | Trigger:
     stage_ns = message.get("stage_ns", {})
     if not isinstance(stage_ns, dict):
         raise ProtocolError("bad_field", "field 'stage_ns' must be a map")
-    levels = message.get("interval_levels")
-    half_width = None
-    if levels is not None:
-        if (not isinstance(levels, list) or not levels or len(levels) > 8
-                or not all(type(level) is float and 0.0 < level < 1.0 for level in levels)):
-            raise ProtocolError("bad_field", "field 'interval_levels' must be an array of 1-8 floats in (0, 1)")
-        half_width = _vector_field(message, "interval_half_width", n, FLOAT32_LE,
-                                   per_neuron=horizon * len(levels)).reshape(len(levels), n, horizon)
-    elif "interval_half_width" in message:
-        raise ProtocolError("bad_field", "field 'interval_half_width' needs 'interval_levels'")
+    levels, scale, multiplier = _interval_fields(message, n, horizon)
     return Prediction(session=session, seq=seq, t_acq_ns=_int_field(message, "t_acq_ns"),
                       t_recv_ns=_int_field(message, "t_recv_ns"), t_pub_ns=_int_field(message, "t_pub_ns"),
                       forecast=forecast, predictable=predictable, decoded=decoded, model_version=model_version,
                       rate_hz=rate_hz, stream_id=_int_field(message, "stream_id"),
                       stream_frame=_int_field(message, "stream_frame"), folded=_int_field(message, "folded"),
-                      stage_ns=stage_ns, interval_levels=tuple(levels or ()), interval_half_width=half_width)
+                      stage_ns=stage_ns, interval_levels=levels, interval_scale=scale,
+                      interval_multiplier=multiplier)
+
+
+_INTERVAL_MATRICES = ("interval_scale", "interval_multiplier")
+
+
+def _interval_fields(message: dict, n: int, horizon: int) -> tuple[tuple, np.ndarray | None, np.ndarray | None]:
+    """The forecast intervals of a prediction, checked: (levels, scale (n, horizon), multiplier (levels,
+    horizon)), or ((), None, None) when the message has none. Raises ProtocolError('bad_field')."""
+    levels = message.get("interval_levels")
+    if levels is None:
+        for name in _INTERVAL_MATRICES:
+            if name in message:
+                raise ProtocolError("bad_field", f"field {name!r} needs 'interval_levels'")
+        return (), None, None
+    if (not isinstance(levels, list) or not levels or len(levels) > 8
+            or not all(type(level) is float and 0.0 < level < 1.0 for level in levels)
+            or levels != sorted(set(levels))):  # strictly increasing
+        raise ProtocolError("bad_field", "field 'interval_levels' must be an array of 1-8 increasing floats in (0, 1)")
+    scale = _float32_matrix(message, "interval_scale", n, horizon, "neurons")
+    multiplier = _float32_matrix(message, "interval_multiplier", len(levels), horizon, "levels")
+    # The daemon's scales are >= 0 or NaN (no band yet) and its multipliers finite and >= 0: anything
+    # else would draw a band with its lower bound above its upper one.
+    if np.count_nonzero(scale < 0):
+        raise ProtocolError("bad_field", "field 'interval_scale' has negative values (only >= 0 or NaN are valid)")
+    if not (np.isfinite(multiplier).all() and (multiplier >= 0).all()):
+        raise ProtocolError("bad_field", "field 'interval_multiplier' must hold finite values >= 0")
+    return tuple(levels), scale, multiplier
+
+
+def _float32_matrix(message: dict, name: str, rows: int, horizon: int, what: str) -> np.ndarray:
+    """A read-only (rows, horizon) view of a little-endian float32 matrix field (no copy); every error is
+    'bad_field' (the field comes with 'interval_levels')."""
+    if name not in message:
+        raise ProtocolError("bad_field", f"field {name!r} is missing (it comes with 'interval_levels')")
+    data = message[name]
+    if type(data) is not bytes:
+        raise ProtocolError("bad_field", f"field {name!r} must be msgpack bin (float32 bytes), got {type(data).__name__}")
+    expected = rows * horizon * FLOAT32_LE.itemsize
+    if len(data) != expected:
+        raise ProtocolError("bad_field", f"field {name!r} is {len(data)} bytes, expected {expected} "
+                                         f"({rows} {what} x {horizon} steps, float32)")
+    return np.frombuffer(data, dtype=FLOAT32_LE).reshape(rows, horizon)
 
 
 def _parse_error_body(message: dict) -> ErrorMessage:

@@ -47,30 +47,10 @@ def summary(result: dict) -> dict:
 
 
 def quality_cost(neurons: int = 512, horizon: int = 30, frames: int = 3000) -> dict:
-    """What forecast quality adds to a frame, timed alone in this process: SessionQuality.observe (skill,
-    and with intervals their update) plus, with intervals, the message's half-widths; p50 / p99 in ms."""
-    import numpy as np
+    """What forecast quality adds to a frame, timed alone in this process (rtcalm.bench.quality_cost)."""
+    from rtcalm.bench.quality_cost import time_quality_cost
 
-    from rtcalm.daemon.quality import SessionQuality
-
-    rng = np.random.default_rng(0)
-    truth = rng.standard_normal((frames, neurons)).astype(np.float32)
-    forecast = rng.standard_normal((neurons, horizon)).astype(np.float32)
-    std = np.ones(neurons, np.float32)
-    out = {}
-    for name, levels in (("skill only (the default)", ()), ("skill and intervals 0.8, 0.95", (0.8, 0.95))):
-        quality = SessionQuality(neurons, horizon, skill_horizons=(1, 5, 15, 30), interval_levels=levels,
-                                 window_frames=1800.0)
-        times = np.empty(frames)
-        for t in range(frames):
-            start = time.perf_counter_ns()
-            quality.observe(truth[t], forecast)
-            if levels:
-                quality.half_widths_into_message(std)
-            times[t] = time.perf_counter_ns() - start
-        times = times[frames // 10:] / 1e6  # after the kernels are loaded
-        out[name] = {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
-    return out
+    return time_quality_cost(neurons, horizon, frames=frames)
 
 
 def run() -> dict:

@@ -142,15 +142,17 @@ class Pipeline:
 
         # 6. publish
         t_pub_ns = wall_ns()
-        intervals = session.quality.intervals
+        quality = session.quality
+        with_intervals = quality.intervals is not None
+        if with_intervals:
+            quality.fill_message_intervals(session.scale.std)
         payload = self.predictions.encode(
             session=session_id, seq=frame.seq, t_acq_ns=frame.t_acq_ns, t_recv_ns=t_recv_ns, t_pub_ns=t_pub_ns,
             forecast=session.forecast, predictable=session.predictable, decoded=decoded,
             model_version=self.engine.version, rate_hz=self.engine.rate_hz, stream_id=session.stream_id,
             stream_frame=session.stream_frames - 1, folded=folded, stage_ns=stage_ns,
-            interval_levels=None if intervals is None else self._interval_levels,
-            interval_half_width=None if intervals is None else session.quality.half_widths_into_message(
-                session.scale.std))
+            interval_levels=self._interval_levels if with_intervals else None,
+            interval_scale=quality.interval_scale, interval_multiplier=quality.interval_multiplier)
         # The payload is the encoder's reused buffer, so ZeroMQ must copy it (copy=True); a zero-copy send
         # would need a buffer per message in flight, and pyzmq's zero-copy hands every sent buffer back
         # through a garbage-collection thread that takes the GIL.
@@ -499,7 +501,7 @@ class Pipeline:
             forecast, decoded = step_session(self.engine, session)
             session.scale.denormalise_into(forecast, session.forecast)
             if session.quality.intervals is not None:
-                session.quality.half_widths_into_message(session.scale.std)
+                session.quality.fill_message_intervals(session.scale.std)
             if kind == "dff":  # the rule kernels, whose first call would otherwise load them mid-experiment
                 rules = RuleSet(_warm_up_rules(self.engine.horizon), n_neurons=n_probe, horizon=self.engine.horizon,
                                 rate_hz=self.engine.rate_hz, receptive_field=0, heads={})

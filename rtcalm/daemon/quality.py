@@ -5,7 +5,8 @@ Per consumed frame (the daemon's per-frame path, right after the model step; :fu
 - :class:`rtcalm.stats.skill.RollingSkill`: skill against copy-last at ``quality.skill_horizons``,
   exported per session as ``rtcalm_forecast_skill{session, horizon}``;
 - with ``quality.interval_levels`` set, :class:`rtcalm.stats.intervals.OnlineIntervals`: the bands the
-  prediction message carries (half-widths in ΔF/F, docs/intervals.md, docs/protocol.md) and their
+  prediction message carries (per-neuron error scales in ΔF/F and per-level multipliers, whose product is
+  the half-width: docs/intervals.md, docs/protocol.md) and their
   rolling coverage, ``rtcalm_forecast_interval_coverage{session, level, horizon}``.
 
 Frames consumed without a forecast (folded into a catch-up batch, or filled in for a gap) are scored too,
@@ -28,11 +29,15 @@ class SessionQuality:
         usable = tuple(h for h in skill_horizons if h <= horizon)  # a model with a shorter horizon: fewer
         self.skill = RollingSkill(n_neurons, horizon, usable, time_constant_frames=window_frames) if usable else None
         self.intervals = None
-        self.half_widths = None  # (levels, N, H) float32, ΔF/F: what the prediction message carries
+        # What the prediction message carries with intervals, refilled in place every frame: the error
+        # scale times the neuron's std, (N, H) float32 ΔF/F, and the multipliers, (levels, H) float32.
+        self.interval_scale = None
+        self.interval_multiplier = None
         if interval_levels:
             self.intervals = OnlineIntervals(n_neurons, horizon, interval_levels,
                                              coverage_time_constant_frames=window_frames)
-            self.half_widths = np.empty((len(interval_levels), n_neurons, horizon), np.float32)
+            self.interval_scale = np.empty((n_neurons, horizon), np.float32)
+            self.interval_multiplier = np.empty((len(interval_levels), horizon), np.float32)
         self.no_forecast = np.full((n_neurons, horizon), np.nan, np.float32)
 
     def observe(self, truth_z: np.ndarray, forecast_z: np.ndarray | None) -> None:
@@ -43,11 +48,10 @@ class SessionQuality:
         if self.intervals is not None:
             self.intervals.update(truth_z, forecast)
 
-    def half_widths_into_message(self, std: np.ndarray) -> np.ndarray:
-        """The current half-widths in ΔF/F (z half-width times the neuron's std), in the reused buffer."""
-        for j, level in enumerate(self.intervals.levels):
-            self.intervals.half_widths_into(level, self.half_widths[j], std)
-        return self.half_widths
+    def fill_message_intervals(self, std: np.ndarray) -> None:
+        """Refill :attr:`interval_scale` (with each neuron's ``std``, (N,) float32) and
+        :attr:`interval_multiplier` from the current bands: one numba call, no allocation."""
+        self.intervals.message_fields_into(std, self.interval_scale, self.interval_multiplier)
 
 
 def observe_frames(quality: SessionQuality | None, frames_z: np.ndarray, forecast_z: np.ndarray | None) -> None:

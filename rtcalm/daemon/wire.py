@@ -113,8 +113,11 @@ class PredictionEncoder:
 
     def encode(self, *, session: str, seq: int, t_acq_ns: int, t_recv_ns: int, t_pub_ns: int, forecast: np.ndarray,
                predictable: np.ndarray, decoded: dict, model_version: str, rate_hz: float, stream_id: int,
-               stream_frame: int, folded: int, stage_ns: dict, interval_levels=None,
-               interval_half_width=None) -> bytearray:
+               stream_frame: int, folded: int, stage_ns: dict, interval_levels=None, interval_scale=None,
+               interval_multiplier=None) -> bytearray:
+        """With intervals: ``interval_levels`` a list of floats, ``interval_scale`` (neurons, horizon) and
+        ``interval_multiplier`` (levels, horizon), both C-contiguous little-endian float32 (the daemon's
+        preallocated buffers, sent without a conversion)."""
         n, horizon = forecast.shape
         # the same map, key order and vectors as rtcalm.protocol.build_prediction
         message = {
@@ -128,6 +131,7 @@ class PredictionEncoder:
         }
         if interval_levels is not None:  # only with [quality] interval_levels: otherwise the bytes are as before
             message["interval_levels"] = interval_levels
-            message["interval_half_width"] = memoryview(interval_half_width).cast("B")
+            message["interval_scale"] = memoryview(interval_scale).cast("B")
+            message["interval_multiplier"] = memoryview(interval_multiplier).cast("B")
         self._encoder.encode_into(message, self._buffer)  # resizes the buffer to the message
         return self._buffer

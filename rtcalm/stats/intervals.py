@@ -8,6 +8,7 @@ long-run coverage holds under drift, driven one frame at a time exactly as the d
     intervals.update(truth_z, forecast_z)          # truth_z (N,) frame t, forecast_z (N, H), z units
     intervals.bounds_into(forecast_z, 0.95, lower, upper)     # (N, H) each, z units, NaN = no band
     intervals.half_widths_into(0.95, half_width)              # (N, H): multiply by std for ΔF/F
+    intervals.message_fields_into(std, scale_out, multiplier_out)  # (N, H) ΔF/F and (levels, H) float32
 
 Method (docs/intervals.md has the reasoning and the numbers):
 
@@ -27,9 +28,14 @@ Method (docs/intervals.md has the reasoning and the numbers):
   was made, kept in a ring next to the forecast), so the coverage the tracker controls is the coverage a
   client saw.
 
-State is allocated once in the constructor; :meth:`update`, :meth:`bounds_into` and
-:meth:`half_widths_into` are single numba calls that allocate nothing and loop over neurons in
-compiled code. No torch.
+State is allocated once in the constructor; :meth:`update`, :meth:`bounds_into`,
+:meth:`half_widths_into` and :meth:`message_fields_into` are single numba calls that allocate nothing and
+loop over neurons in compiled code. No torch.
+
+Rounding: every half-width is computed as ``float32(q[j, k]) * (s[k, n] * std[n])`` (with ``std`` 1 in z
+units, where ``s * 1`` is exact), so the band a client draws from the prediction message's two factors
+(:meth:`message_fields_into`) is bit for bit the one :meth:`half_widths_into` gives and, in z units, the
+one :meth:`bounds_into` gives.
 """
 
 from __future__ import annotations
@@ -159,9 +165,23 @@ class OnlineIntervals:
         self._check_out(out, "out")
         if std is None:
             std = self._unit_std
-        elif type(std) is not np.ndarray or std.dtype != np.float32 or std.shape != self._frame_shape:
-            raise StatsError(f"std must be a float32 array of shape {self._frame_shape}, got {_describe(std)}")
+        else:
+            self._check_std(std)
         _half_widths(self._scale, self._multiplier, self.level_index(level), std, out)
+
+    def message_fields_into(self, std: np.ndarray, scale_out: np.ndarray, multiplier_out: np.ndarray) -> None:
+        """The two factors of every level's half-width, as the prediction message carries them: into
+        ``scale_out`` ((N, H) float32, ΔF/F) each neuron's current error scale times its ``std`` ((N,)
+        float32; NaN = no band yet), into ``multiplier_out`` ((levels, H) float32) the current multipliers.
+        ``multiplier_out[j, k] * scale_out[n, k]`` (a float32 product) is bit for bit what
+        :meth:`half_widths_into` gives for level j with this ``std``."""
+        self._check_std(std)
+        self._check_out(scale_out, "scale_out")
+        if (type(multiplier_out) is not np.ndarray or multiplier_out.dtype != np.float32
+                or multiplier_out.shape != self._multiplier.shape or not multiplier_out.flags.writeable):
+            raise StatsError(f"multiplier_out must be a writeable float32 array of shape {self._multiplier.shape}, "
+                             f"got {_describe(multiplier_out)}")
+        _message_fields(self._scale, self._multiplier, std, scale_out, multiplier_out)
 
     # --- inspection ------------------------------------------------------------------------------
     def level_index(self, level: float) -> int:
@@ -199,6 +219,10 @@ class OnlineIntervals:
                 or forecast_z.shape != self._forecast_shape):
             raise StatsError(f"forecast_z must be a float32 array of shape {self._forecast_shape}, "
                              f"got {_describe(forecast_z)}")
+
+    def _check_std(self, std) -> None:
+        if type(std) is not np.ndarray or std.dtype != np.float32 or std.shape != self._frame_shape:
+            raise StatsError(f"std must be a float32 array of shape {self._frame_shape}, got {_describe(std)}")
 
     def _check_out(self, out, name: str) -> None:
         if (type(out) is not np.ndarray or out.dtype != np.float32 or out.shape != self._forecast_shape
@@ -279,7 +303,21 @@ def _half_widths(scale, multiplier, level, std, out):
     for n in range(n_neurons):
         s = std[n]
         for k in range(horizon):
-            out[n, k] = np.float32(row[k]) * scale[n, k] * s
+            # scale times std first: the factor the prediction message carries (_message_fields), so a
+            # client's multiplier * scale is this product bit for bit
+            out[n, k] = np.float32(row[k]) * (scale[n, k] * s)
+
+
+@njit(**_JIT)
+def _message_fields(scale, multiplier, std, scale_out, multiplier_out):
+    n_neurons, horizon = scale_out.shape
+    for n in range(n_neurons):
+        s = std[n]
+        for k in range(horizon):
+            scale_out[n, k] = scale[n, k] * s
+    for j in range(multiplier.shape[0]):
+        for k in range(horizon):
+            multiplier_out[j, k] = np.float32(multiplier[j, k])
 
 
 # --- argument checks ---------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ encoder (the same bytes)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import msgpack
 import numpy as np
 import pytest
@@ -169,17 +171,42 @@ def test_predictions_are_byte_for_byte_the_reference_message(shape, decoded):
 def test_predictions_with_intervals_are_the_reference_message(levels):
     rng = np.random.default_rng(len(levels))
     n, horizon = 5, 4
-    half_width = rng.random((len(levels), n, horizon)).astype(np.float32)
-    half_width[0, 0, :] = np.nan  # a neuron without a band yet
+    scale = rng.random((n, horizon)).astype(np.float32)
+    scale[0, :] = np.nan  # a neuron without a band yet
+    multiplier = np.sort(rng.random((len(levels), horizon)), axis=0).astype(np.float32) + np.float32(1.0)
     fields = dict(session="rig1", seq=9, t_acq_ns=1, t_recv_ns=2, t_pub_ns=3,
                   forecast=rng.standard_normal((n, horizon)).astype(np.float32),
                   predictable=np.ones(n, np.uint8), decoded={}, model_version="m", rate_hz=30.0, stream_id=1,
                   stream_frame=8, folded=0, stage_ns={"validate": 1}, interval_levels=levels,
-                  interval_half_width=half_width)
-    encoded = bytes(PredictionEncoder().encode(**fields))
+                  interval_scale=scale, interval_multiplier=multiplier)
+    encoder = PredictionEncoder()
+    encoded = bytes(encoder.encode(**fields))
     assert encoded == protocol.build_prediction(**fields)
+    without = {k: v for k, v in fields.items() if not k.startswith("interval_")}  # the reused buffer shrinks
+    assert bytes(encoder.encode(**without)) == protocol.build_prediction(**without)
     parsed = protocol.parse_published([protocol.topic_for("rig1"), encoded])
     assert parsed.interval_levels == tuple(levels)
-    np.testing.assert_array_equal(parsed.interval_half_width, half_width)
-    lower, upper = parsed.interval(levels[-1])
-    np.testing.assert_allclose(upper - parsed.forecast, half_width[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(parsed.interval_scale, scale)
+    np.testing.assert_array_equal(parsed.interval_multiplier, multiplier)
+    for j, level in enumerate(levels):
+        lower, upper = parsed.interval(level)
+        half = multiplier[j] * scale
+        np.testing.assert_array_equal(upper, fields["forecast"] + half)
+        np.testing.assert_array_equal(lower, fields["forecast"] - half)
+        assert np.isnan(lower[0]).all() and np.isfinite(lower[1:]).all()
+
+
+def test_a_prediction_without_intervals_is_the_same_bytes_as_before_them():
+    """The bytes of a message without intervals, pinned (sha256 of the message as built before intervals
+    existed): a daemon without [quality] interval_levels sends exactly what older clients parse."""
+    forecast = (np.arange(12, dtype=np.float32).reshape(4, 3) / np.float32(7)).astype(np.float32)
+    forecast[1, 2] = np.nan
+    fields = dict(session="rig1", seq=41, t_acq_ns=1_000, t_recv_ns=2_000, t_pub_ns=3_000, forecast=forecast,
+                  predictable=np.array([1, 0, 1, 1], np.uint8), decoded={"speed": 0.5},
+                  model_version="default@01bbfdfcc4d5", rate_hz=30.0, stream_id=2, stream_frame=40, folded=1,
+                  stage_ns={"validate": 10, "stats": 20, "model": 30})
+    reference = protocol.build_prediction(**fields)
+    assert len(reference) == 309
+    assert hashlib.sha256(reference).hexdigest() == "ce0707962516a4de9ab13d9f9db13ca0aba6d059f08857c6105b1aeddff43245"
+    assert bytes(PredictionEncoder().encode(**fields)) == reference
+    assert b"interval" not in reference

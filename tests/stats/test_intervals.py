@@ -165,10 +165,13 @@ def test_the_per_frame_path_allocates_nothing():
     truth, forecast = noise(300, n, horizon, seed=6)
     intervals = OnlineIntervals(n, horizon, LEVELS)
     lower, upper = np.empty((n, horizon), np.float32), np.empty((n, horizon), np.float32)
+    std = np.full(n, 0.5, np.float32)
+    scale_out, multiplier_out = np.empty((n, horizon), np.float32), np.empty((len(LEVELS), horizon), np.float32)
     for t in range(50):  # compile and settle
         intervals.update(truth[t], forecast[t])
         intervals.bounds_into(forecast[t], 0.8, lower, upper)
         intervals.half_widths_into(0.95, lower)
+        intervals.message_fields_into(std, scale_out, multiplier_out)
     arrays = [(a.__array_interface__["data"][0], a.shape) for a in intervals.state_arrays]
     tracemalloc.start()
     start, _ = tracemalloc.get_traced_memory()
@@ -176,6 +179,7 @@ def test_the_per_frame_path_allocates_nothing():
         intervals.update(truth[t], forecast[t])
         intervals.bounds_into(forecast[t], 0.8, lower, upper)
         intervals.half_widths_into(0.95, lower)
+        intervals.message_fields_into(std, scale_out, multiplier_out)
     end, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     # one (N, H) float32 array, even freed at once, would be 10 kB at the peak
@@ -236,3 +240,50 @@ def test_half_widths_in_dff_are_the_z_half_widths_times_the_std():
     np.testing.assert_allclose(in_dff, in_z * std[:, None], rtol=1e-6)
     with pytest.raises(StatsError, match="std must be a float32 array of shape"):
         intervals.half_widths_into(0.8, in_dff, std.astype(np.float64))
+
+
+def test_the_message_fields_multiply_to_the_half_widths_bit_for_bit():
+    """The prediction message carries scale * std and the multipliers; a client's float32 product of the
+    two must be exactly the half-width the daemon computes (and, in z units, the band bounds_into draws)."""
+    truth, forecast = noise(300, 40, 6, seed=11)
+    forecast += np.random.default_rng(12).standard_normal(forecast.shape).astype(np.float32)
+    intervals = OnlineIntervals(40, 6, LEVELS)
+    for t in range(300):
+        intervals.update(truth[t], forecast[t])
+    rng = np.random.default_rng(13)
+    std = (rng.random(40) * 3.0 + 0.01).astype(np.float32)
+    std[:3] = np.nan  # neurons 0-2 have no statistics yet: no band in ΔF/F
+    scale, multiplier = np.empty((40, 6), np.float32), np.empty((2, 6), np.float32)
+    intervals.message_fields_into(std, scale, multiplier)
+    assert np.array_equal(scale, intervals.error_scales * std[:, None], equal_nan=True)
+    assert np.array_equal(multiplier, intervals.multipliers.astype(np.float32))
+    assert np.isnan(scale[:3]).all() and np.isfinite(scale[3:]).all()
+    half, lower, upper = (np.empty((40, 6), np.float32) for _ in range(3))
+    for j, level in enumerate(LEVELS):
+        intervals.half_widths_into(level, half, std)
+        client = multiplier[j] * scale  # what rtcalm.protocol.Prediction.interval computes
+        assert client.dtype == np.float32 and np.array_equal(client, half, equal_nan=True)
+        # the other order of the three factors differs in the last bit for some entries: the test can tell
+        other_order = (multiplier[j] * intervals.error_scales) * std[:, None]
+        assert not np.array_equal(other_order, half, equal_nan=True)
+        # z units (std 1): the product is the band bounds_into draws, bit for bit
+        intervals.message_fields_into(np.ones(40, np.float32), scale, multiplier)
+        intervals.bounds_into(forecast[-1], level, lower, upper)
+        assert np.array_equal(forecast[-1] + multiplier[j] * scale, upper)
+        assert np.array_equal(forecast[-1] - multiplier[j] * scale, lower)
+        intervals.message_fields_into(std, scale, multiplier)
+
+
+def test_message_fields_refuse_wrong_buffers():
+    intervals = OnlineIntervals(4, 3, LEVELS)
+    std, scale, multiplier = np.ones(4, np.float32), np.empty((4, 3), np.float32), np.empty((2, 3), np.float32)
+    for args, message in [((std.astype(np.float64), scale, multiplier), "std must be a float32 array of shape"),
+                          ((std, scale.T.copy(), multiplier), "scale_out must be a writeable float32"),
+                          ((std, scale, np.empty((1, 3), np.float32)), r"multiplier_out must be .* shape \(2, 3\)"),
+                          ((std, scale, multiplier.astype(np.float64)), "multiplier_out must be")]:
+        with pytest.raises(StatsError, match=message):
+            intervals.message_fields_into(*args)
+    read_only = np.empty((2, 3), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(StatsError, match="multiplier_out must be a writeable"):
+        intervals.message_fields_into(std, scale, read_only)
