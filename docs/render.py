@@ -17,9 +17,9 @@ import argparse
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -51,7 +51,8 @@ def load(name: str) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"docs/render.py: {path} is missing: run the command that makes it (docs/results/README.md)")
+        raise SystemExit(f"docs/render.py: {path} is missing: run the command that makes it "
+                         "(docs/results/README.md)") from None
 
 
 def machine_text(machine) -> str:
@@ -126,7 +127,7 @@ def forecast_block() -> str:
                        ("model_population_shuffled", "Shifting the other neurons in time")):
         if name in mean:
             changes = [mean[name][h] / mean["model"][h] - 1 for h in horizons]
-            lines.append(f"- {what} changes the mse_ratio by {', '.join(f'h={h} {signed_percent(c)}' for h, c in zip(horizons, changes))} "
+            lines.append(f"- {what} changes the mse_ratio by {', '.join(f'h={h} {signed_percent(c)}' for h, c in zip(horizons, changes, strict=True))} "
                          f"(negative: better without the population); the population pathway "
                          + ("helps at every horizon." if all(c > 0 for c in changes) else
                             f"helps at {sum(c > 0 for c in changes)} of {len(changes)} horizons."))
@@ -271,7 +272,7 @@ def served_block() -> str:
                   f"{course['decoders']['served'][0]:.3f} for itself in the shuffled order: "
                   + ("it reads the current stimulus from its memory of the previous trial." if early_recorded > max(others)
                      else "no sign that it reads the current stimulus from the previous trial.")]
-    lines += ["", f"### Decoding as the trial unfolds (direction, fold seed 0, `--timecourse`)", "",
+    lines += ["", "### Decoding as the trial unfolds (direction, fold seed 0, `--timecourse`)", "",
               "Every decoder refitted on the frames that have arrived t s after the onset (causal). Mean accuracy "
               f"over the {len(mice)} mice ± standard error.", "",
               "| decoder | " + " | ".join(f"t = {t:g} s" for t in course["available_s"]) + " |",

@@ -1,0 +1,78 @@
+"""docs/render.py: the docs hold exactly what their stored results render, and the sentences in a block
+that state a conclusion follow the numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RENDER = REPO / "docs" / "render.py"
+
+
+@pytest.fixture
+def render(tmp_path, monkeypatch):
+    """docs/render.py as a module, reading its results from a copy in tmp_path."""
+    spec = importlib.util.spec_from_file_location("docs_render", RENDER)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "docs_render", module)
+    spec.loader.exec_module(module)
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "docs" / "results", results)
+    monkeypatch.setattr(module, "RESULTS", results)
+    return module
+
+
+def test_every_doc_is_what_its_stored_results_render():
+    done = subprocess.run([sys.executable, str(RENDER), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_check_fails_on_a_hand_edited_number(tmp_path, render, monkeypatch):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for block in render.BLOCKS:
+        shutil.copy(REPO / "docs" / block.doc, docs / block.doc)
+    monkeypatch.setattr(render, "DOCS", docs)
+    assert render.main(["--check"]) == 0
+    results = docs / "results.md"
+    text = results.read_text()
+    begin = text.index(render.begin_marker("triggers"))
+    edited = text[:begin] + text[begin:].replace("0.863", "0.900", 1)
+    assert edited != text
+    results.write_text(edited)
+    assert render.main(["--check"]) == 1
+
+def test_missing_markers_are_one_line_errors(render):
+    with pytest.raises(SystemExit, match="expected one generated block 'triggers'"):
+        render.replace_block("no markers here", "triggers", "body", "docs/results.md")
+
+
+def test_the_decoding_verdict_follows_the_numbers(render):
+    assert "missed on mrcuts30" in render.served_block()
+    path = render.RESULTS / "decoding_served.json"
+    document = json.loads(path.read_text())
+    for key, run in document["runs"].items():
+        if key.startswith("direction_seed"):
+            for row in run["per_mouse"].values():
+                row["served"] = 1.0
+            run["mean"]["served"] = 1.0
+    path.write_text(json.dumps(document))
+    block = render.served_block()
+    assert "missed on" not in block and "met on every seed" in block
+    assert "within 0.01 or above on every seed" in block
+
+
+def test_the_interval_verdict_follows_the_numbers(render):
+    assert "limit 0.02: met" in render.intervals_block()
+    path = render.RESULTS / "intervals_test_mice.json"
+    document = json.loads(path.read_text())
+    document["intervals"]["0.8"]["per_horizon"]["30"]["coverage"] = 0.75
+    path.write_text(json.dumps(document))
+    assert "limit 0.02: not met" in render.intervals_block()
