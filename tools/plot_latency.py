@@ -35,11 +35,11 @@ def latency_result(path: Path) -> dict:
     return record["result"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Draw the stage waterfall of bench latency JSON records.")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/figures/latency_waterfall.png"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")
