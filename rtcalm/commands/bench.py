@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from rtcalm.commands.arguments import add_model_argument, positive_float, positive_int
+from rtcalm.commands.serve import BACKENDS as SERVE_BACKENDS
 from rtcalm.errors import RtcalmError
 
 MIN_SAMPLES_FOR_P99 = 100
+MAX_RATE_HZ = 10000.0  # a frame every 0.1 ms: beyond it pacing is below the timer's resolution
 
 
 class BenchOutcome(NamedTuple):
@@ -91,6 +93,11 @@ _neuron_counts = _positive_ints("neuron counts")
 def _at_least_for_p99(option: str, value: int) -> None:
     if value < MIN_SAMPLES_FOR_P99:
         raise RtcalmError(f"{option} must be at least {MIN_SAMPLES_FOR_P99} for a p99, got {value}")
+
+
+def _at_most_max_rate(rate_hz: float) -> None:
+    if rate_hz > MAX_RATE_HZ:
+        raise RtcalmError(f"--rate must be at most {MAX_RATE_HZ:g} Hz, got {rate_hz:g}")
 
 
 # --- bench stats ---------------------------------------------------------------------------------
@@ -222,6 +229,8 @@ def _run_backends(args: argparse.Namespace) -> BenchOutcome:
     from rtcalm.bench.backends import ALL_BACKENDS, format_report, run_backends_benchmark
 
     _at_least_for_p99("--steps", args.steps)
+    if args.seed < 0:
+        raise RtcalmError(f"--seed must be 0 or more, got {args.seed}")
     requested = None
     if args.backends is not None:
         requested = [name.strip() for name in args.backends.split(",") if name.strip()]
@@ -255,8 +264,7 @@ def _run_transport(args: argparse.Namespace) -> BenchOutcome:
     from rtcalm.bench.transport import format_report, run_transport_benchmark
 
     _at_least_for_p99("--round-trips", args.round_trips)
-    if args.rate > 10000:
-        raise RtcalmError(f"--rate must be at most 10000 Hz, got {args.rate:g}")
+    _at_most_max_rate(args.rate)
     result = run_transport_benchmark(neurons=args.neurons, horizon=args.horizon, rate_hz=args.rate,
                                      round_trips=args.round_trips)
     return BenchOutcome(result, format_report(result))
@@ -265,8 +273,6 @@ def _run_transport(args: argparse.Namespace) -> BenchOutcome:
 # --- bench soak ----------------------------------------------------------------------------------
 
 def _register_soak(benchmarks) -> None:
-    from rtcalm.commands.serve import BACKENDS
-
     parser = _add_benchmark(
         benchmarks, "soak", _run_soak, help="rtcalm serve under a steady rig load: memory and latency over time",
         description="Run the daemon as its own process for --minutes with a simulated rig sending at --rate "
@@ -281,7 +287,8 @@ def _register_soak(benchmarks) -> None:
     parser.add_argument("--window-s", type=positive_float, default=60.0,
                         help="seconds per reported window (default 60)")
     add_model_argument(parser)
-    parser.add_argument("--backend", choices=BACKENDS, default=None, help="the daemon's backend (default: serve's)")
+    parser.add_argument("--backend", choices=SERVE_BACKENDS, default=None,
+                        help="the daemon's backend (default: serve's)")
     parser.add_argument("--max-growth-mib", type=positive_float, default=50.0,
                         help="memory growth limit, first to last window (default 50)")
     parser.add_argument("--max-p99-ms", type=positive_float, default=None,
@@ -291,6 +298,7 @@ def _register_soak(benchmarks) -> None:
 def _run_soak(args: argparse.Namespace) -> BenchOutcome:
     from rtcalm.bench.soak import check, format_report, soak
 
+    _at_most_max_rate(args.rate)
     if args.window_s > args.minutes * 60:
         raise RtcalmError(f"--window-s {args.window_s:g} is longer than --minutes {args.minutes:g}: no window "
                           "would close")

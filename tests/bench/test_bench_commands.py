@@ -163,6 +163,7 @@ def test_bench_soak_writes_its_record_and_exits_by_its_checks(tmp_path):
     (["bench", "backends", "--backends", ","], "unknown backend(s) ','"),
     (["bench", "backends", "--steps", "10"], "--steps must be at least 100 for a p99"),
     (["bench", "backends", "--threads", "-1"], "expected a positive integer"),
+    (["bench", "backends", "--seed", "-1"], "--seed must be 0 or more"),
     (["bench", "stats", "--frames", "99"], "--frames must be at least 100 for a p99"),
     (["bench", "latency", "--rate", "0"], "--rate in (0, 10000]"),
     (["bench", "transport", "--rate", "0"], "expected a positive number"),
@@ -174,6 +175,7 @@ def test_bench_soak_writes_its_record_and_exits_by_its_checks(tmp_path):
     (["bench", "soak", "--minutes", "inf"], "expected a positive number"),
     (["bench", "soak", "--minutes", "1", "--window-s", "120"], "--window-s 120 is longer than --minutes 1"),
     (["bench", "soak", "--backend", "cuda"], "invalid choice: 'cuda'"),
+    (["bench", "soak", "--rate", "1e6"], "--rate must be at most 10000 Hz"),
     (["bench", "soak", "--max-p99-ms", "-3"], "expected a positive number"),
 ])
 def test_malformed_arguments_are_one_line_and_exit_2(argv, problem, capsys):
