@@ -88,3 +88,10 @@ def test_the_per_frame_path_loads_no_benchmark_or_simulator(runtime):
 
 def test_the_client_loads_only_the_protocol():
     assert reachable("rtcalm.client") <= {"rtcalm", "rtcalm.protocol", "rtcalm.errors", "rtcalm.security"}
+
+
+def test_the_one_percentile_definition_imports_nothing_of_this_repository():
+    """The daemon's status and every benchmark share rtcalm.stats.percentile: numpy only, so importing it
+    on the daemon's side can never bring benchmark code along."""
+    assert reachable("rtcalm.stats.percentile") == set()
+    assert "rtcalm.stats.percentile" in reachable("rtcalm.daemon.server")

@@ -1,7 +1,8 @@
 """Cold-cache cost of the daemon's side of the wire against the reference in rtcalm.protocol, one call
 per period as at 30 Hz (the daemon's regime), interleaved so that machine load affects all alike:
 validating one frame (FrameDecoder vs parse_frame) and encoding one prediction (PredictionEncoder vs
-build_prediction).
+build_prediction). A development A/B of the two implementations, not a measure of an install (that is
+``rtcalm bench latency``'s validate and publish stages).
 
     python tools/bench_wire.py [--neurons 512] [--calls 300] [--period-ms 33]
 """
@@ -16,6 +17,7 @@ import numpy as np
 from rtcalm import protocol
 from rtcalm.daemon.config import LimitsConfig
 from rtcalm.daemon.wire import FrameDecoder, PredictionEncoder
+from rtcalm.stats.percentile import percentile
 
 
 def main() -> None:
@@ -53,10 +55,10 @@ def main() -> None:
                 timings[name].append((time.perf_counter_ns() - start) / 1e3)
     print(f"{args.neurons} neurons, one call per {args.period_ms:g} ms, {args.calls} calls each (µs):")
     for name, values in timings.items():
-        print(f"  {name:<30} median {np.median(values):7.1f}   p99 {np.percentile(values, 99):7.1f}")
+        print(f"  {name:<30} p50 {percentile(values, 50):7.1f}   p99 {percentile(values, 99):7.1f}")
     names = list(calls)
     for fast, slow in ((names[1], names[0]), (names[3], names[2])):
-        print(f"  {fast} / reference, ratio of medians: {np.median(timings[fast]) / np.median(timings[slow]):.2f}")
+        print(f"  {fast} / reference, ratio of p50s: {percentile(timings[fast], 50) / percentile(timings[slow], 50):.2f}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""The stage waterfall of ``rtcalm bench latency --json`` runs, as one PNG (docs/benchmarks.md).
+"""The stage waterfall of ``rtcalm bench latency --json FILE`` records, as one PNG (docs/benchmarks.md).
 
 One row per run: the median of every stage, left to right in the order a frame meets them (rig ->
 daemon, validate, statistics, model, the rest of the daemon, daemon -> subscriber), then the run's
 closed-loop p50 and p99 as ticks; under it, the references of the same run (the bare model step and the
 raw ZeroMQ round trip, paced alike). Medians of stages do not add up exactly to the median of the sum.
 
-    rtcalm bench latency --neurons 512 --json > runs/latency/tcp-512.json
-    rtcalm bench latency --neurons 512 --transport ipc --json > runs/latency/ipc-512.json
+    rtcalm bench latency --neurons 512 --json runs/latency/tcp-512.json
+    rtcalm bench latency --neurons 512 --transport ipc --json runs/latency/ipc-512.json
     python tools/plot_latency.py runs/latency/*.json --out docs/figures/latency_waterfall.png
 """
 
@@ -24,17 +24,28 @@ LABELS = {"rig_to_daemon": "rig → daemon", "validate": "validate", "stats": "s
           "daemon_other": "rest of daemon", "daemon_to_subscriber": "daemon → subscriber"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Draw the stage waterfall of bench latency JSON files.")
+def latency_result(path: Path) -> dict:
+    """The result of one ``rtcalm bench latency --json`` record; SystemExit naming the file otherwise."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"plot_latency: {path}: not a readable JSON file ({error})") from None
+    if not isinstance(record, dict) or not str(record.get("command", "")).startswith("rtcalm bench latency"):
+        raise SystemExit(f"plot_latency: {path}: not a record of rtcalm bench latency --json")
+    return record["result"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Draw the stage waterfall of bench latency JSON records.")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/figures/latency_waterfall.png"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [json.loads(path.read_text()) for path in args.files]
+    runs = [latency_result(path) for path in args.files]
     fig, ax = plt.subplots(figsize=(10, 2.0 + 1.1 * len(runs)))
     labels, y = [], 0.0
     for run in runs:

@@ -6,7 +6,7 @@ both on this process's monotonic clock. When the daemon keeps up, that is frame 
 when it fell behind and folded s into a batch, it is the prediction that covered s. Every sent frame
 is counted, so folding cannot hide latency.
 
-Where the time goes, per prediction (the stage waterfall; ``tools/plot_latency.py`` draws it):
+Where the time goes, per prediction (the stage waterfall; ``tools/plot_latency.py`` draws it from ``--json`` records):
 
     rig_to_daemon       send here -> the daemon has received the frame (client pack, transport, wake-up)
     validate, stats, model    the daemon's stages (stage_ns in the prediction)
@@ -60,7 +60,6 @@ closed-loop p99 stays under one frame period.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import tempfile
 import threading
 import time
@@ -68,6 +67,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rtcalm.bench.timing import pace, percentiles_ms
+from rtcalm.bench.transport import raw_transport
 from rtcalm.client import ControlClient, DaemonError, Prediction, PredictionSubscriber, RigSender
 from rtcalm.daemon.metrics import RULES_STAGE
 from rtcalm.daemon.process import TRANSPORTS, DaemonProcess
@@ -83,20 +84,6 @@ TARGETS_4096_AT_30HZ = {"p99_ms": 10.0}
 # The trigger targets: the trigger path's added median, and the rule count the 4096-neuron p99 target is for.
 TRIGGER_TARGETS = {"added_p50_ms": 0.1, "rules": 16, "neurons": 4096}
 WATERFALL = ("rig_to_daemon", "validate", "stats", "model", "daemon_other", "daemon_to_subscriber")
-
-
-def percentiles_ms(values_ns) -> dict:
-    values = np.asarray(values_ns, dtype=np.float64) / 1e6
-    if values.size == 0:
-        return {"p50_ms": None, "p99_ms": None, "p999_ms": None}
-    p50, p99, p999 = np.percentile(values, [50, 99, 99.9])
-    return {"p50_ms": float(p50), "p99_ms": float(p99), "p999_ms": float(p999)}
-
-
-def pace(start: float, index: int, period: float) -> None:
-    delay = start + index * period - time.perf_counter()
-    if delay > 0:
-        time.sleep(delay)
 
 
 HEAD_KINDS = ("raw", "backbone", "both")
@@ -237,7 +224,8 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
             progress(f"references: the bare step on {served['backend']} and the raw {transport} round trip, "
                      f"{REFERENCE_FRAMES} each at {rate_hz:g} Hz")
         result["bare_step"] = bare_step(model, served["backend"], unique, rate_hz)
-        result["raw_transport"] = raw_transport(transport, unique[0], neurons * served["horizon"] * 4 + 200, rate_hz)
+        result["raw_transport"] = raw_transport(transport, unique[0], neurons * served["horizon"] * 4 + 200, rate_hz,
+                                                 REFERENCE_FRAMES)
         result["ratios"] = _ratios(result)
     result["targets"] = check_targets(result)
     return result
@@ -347,86 +335,6 @@ def bare_step(model: str, backend: str, frames: np.ndarray, rate_hz: float) -> d
         engine.step(row, stream)
         times.append(time.perf_counter_ns() - begin)
     return {"backend": engine.backend, "steps": REFERENCE_FRAMES, **percentiles_ms(times[30:])}
-
-
-def _echo(ingest: str, publish: str, reply_bytes: int, ready) -> None:
-    """The raw transport's far end: receive a msgpack frame, publish a msgpack reply of reply_bytes."""
-    import msgpack
-    import zmq
-
-    context = zmq.Context()
-    pull, pub = context.socket(zmq.PULL), context.socket(zmq.PUB)
-    pull.bind(ingest)
-    pub.bind(publish)
-    reply = memoryview(np.zeros(reply_bytes // 4, dtype=np.float32)).cast("B")
-    ready.set()
-    while True:
-        message = msgpack.unpackb(pull.recv(), raw=False)
-        if message.get("stop"):
-            break
-        pub.send_multipart((b"bench\x00", msgpack.packb({"seq": message["seq"], "forecast": reply})))
-    pull.close(0)
-    pub.close(0)
-    context.term()
-
-
-def raw_transport(transport: str, frame: np.ndarray, reply_bytes: int, rate_hz: float,
-                  round_trips: int = REFERENCE_FRAMES) -> dict:
-    """Round trips, paced at ``rate_hz``, of a frame message out and a ``reply_bytes`` message back through
-    a bare echo process (no validation, statistics or model), with this process's pyzmq and msgpack."""
-    import msgpack
-    import zmq
-
-    from rtcalm import protocol
-
-    with tempfile.TemporaryDirectory(prefix="rtcalm-raw-") as directory:
-        if transport == "ipc":
-            ingest, publish = f"ipc://{Path(directory, 'in')}", f"ipc://{Path(directory, 'out')}"
-        else:
-            ingest, publish = _free_tcp_address(), _free_tcp_address()
-        spawn = multiprocessing.get_context("spawn")
-        ready = spawn.Event()
-        echo = spawn.Process(target=_echo, args=(ingest, publish, reply_bytes, ready), daemon=True)
-        echo.start()
-        context = zmq.Context()
-        push, sub = context.socket(zmq.PUSH), context.socket(zmq.SUB)
-        try:
-            if not ready.wait(60):
-                raise RtcalmError("the raw-transport echo process did not start")
-            push.connect(ingest)
-            sub.connect(publish)
-            sub.setsockopt(zmq.SUBSCRIBE, b"bench\x00")
-            sub.setsockopt(zmq.RCVTIMEO, 5000)
-            time.sleep(0.3)  # the subscription reaches the echo process
-            times = []
-            period, start = 1.0 / rate_hz, time.perf_counter()
-            for seq in range(round_trips + 30):
-                pace(start, seq, period)
-                begin = time.perf_counter_ns()
-                push.send(protocol.build_frame(SESSION, seq, time.time_ns(), frame))
-                while msgpack.unpackb(sub.recv_multipart()[1], raw=False)["seq"] != seq:
-                    pass
-                times.append(time.perf_counter_ns() - begin)
-            push.send(msgpack.packb({"stop": True}))
-        except zmq.Again:
-            raise RtcalmError("the raw-transport echo process stopped answering") from None
-        finally:
-            push.close(1000)
-            sub.close(0)
-            context.term()
-            echo.join(10)
-            if echo.is_alive():
-                echo.kill()
-    return {"transport": transport, "reply_bytes": reply_bytes, "round_trips": round_trips,
-            **percentiles_ms(times[30:])}
-
-
-def _free_tcp_address() -> str:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
 def _ratios(result: dict) -> dict:

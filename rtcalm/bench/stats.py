@@ -1,4 +1,4 @@
-"""Per-frame timing of the streaming statistics (what ``rtcalm bench stats`` runs).
+"""Per-frame timing of the streaming statistics (``rtcalm bench stats``).
 
 Every number is the wall time of one Python call, ``stats.update(frame)`` as the daemon makes it,
 timed with ``time.perf_counter_ns`` around the call (so the ~20-40 ns of the timer itself are
@@ -21,6 +21,7 @@ import numpy as np
 
 from rtcalm.stats.dff import OnlineDff
 from rtcalm.stats.moments import StreamingStats
+from rtcalm.stats.percentile import percentile
 
 WARM_FRAMES = 16
 COLD_BYTES = 64 * 2**20  # cold frames come from an array this large (well past L2 and most L3 slices)
@@ -34,11 +35,10 @@ def _frames(n_frames: int, n_neurons: int, seed: int) -> np.ndarray:
 
 
 def _summary(durations_ns: np.ndarray) -> dict:
-    return {"calls": int(durations_ns.size),
-            "median_us": float(np.median(durations_ns)) / 1e3,
-            "p99_us": float(np.percentile(durations_ns, 99)) / 1e3,
-            "mean_us": float(durations_ns.mean()) / 1e3,
-            "min_us": float(durations_ns.min()) / 1e3}
+    """Milliseconds, as every benchmark's JSON has them (the text report prints microseconds)."""
+    p50, p99 = percentile(durations_ns, [50, 99]) / 1e6
+    return {"calls": int(durations_ns.size), "p50_ms": float(p50), "p99_ms": float(p99),
+            "mean_ms": float(durations_ns.mean()) / 1e6, "min_ms": float(durations_ns.min()) / 1e6}
 
 
 def _time_calls(call, rows: list, n_calls: int) -> np.ndarray:
@@ -94,7 +94,7 @@ def bench_update_many(n_neurons: int, batch_frames: int, *, repeats: int = 20, s
         start = time.perf_counter_ns()
         stats.update_many(frames)
         best = min(best, time.perf_counter_ns() - start)
-    return {"neurons": n_neurons, "batch_frames": batch_frames, "per_frame_us": best / batch_frames / 1e3,
+    return {"neurons": n_neurons, "batch_frames": batch_frames, "per_frame_ms": best / batch_frames / 1e6,
             "call": f"StreamingStats.update_many (best of {repeats})"}
 
 
@@ -122,3 +122,24 @@ def run_stats_benchmark(neuron_counts, n_calls: int) -> dict:
         results["update_many"].append(bench_update_many(n, 4096, repeats=3))
         results["dff"].append(bench_dff(n, max(1000, n_calls // 4)))
     return results
+
+
+def format_report(result: dict) -> str:
+    """The text report, in microseconds (the JSON has milliseconds)."""
+    def us(ms: float) -> str:
+        return f"{ms * 1e3:>8.2f}"
+
+    lines = ["StreamingStats.update, one Python call per frame (us):",
+             f"  {'neurons':>8} {'frame':>6} {'forgetting':>10} {'p50':>8} {'p99':>8} {'min':>8} {'calls':>7}"]
+    for row in result["update"] + result["update_forgetting"]:
+        lines.append(f"  {row['neurons']:>8} {row['source']:>6} {'yes' if row['forgetting'] else 'no':>10} "
+                     f"{us(row['p50_ms'])} {us(row['p99_ms'])} {us(row['min_ms'])} {row['calls']:>7}")
+    lines.append("StreamingStats.update_many (us per frame):")
+    for row in result["update_many"]:
+        lines.append(f"  {row['neurons']:>8} neurons, batches of {row['batch_frames']:>5} frames: "
+                     f"{row['per_frame_ms'] * 1e3:.2f}")
+    lines.append("OnlineDff.update(raw, neuropil), one call per frame (us):")
+    for row in result["dff"]:
+        lines.append(f"  {row['neurons']:>8} neurons: p50 {row['p50_ms'] * 1e3:.2f}, p99 {row['p99_ms'] * 1e3:.2f}, "
+                     f"state {row['memory_bytes'] / 2**20:.1f} MiB")
+    return "\n".join(lines)

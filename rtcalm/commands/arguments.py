@@ -16,6 +16,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):  # also refuses nan, for which every comparison is false
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 # --- options several commands share, spelled and explained once ---
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:

@@ -1,82 +1,132 @@
-"""``rtcalm bench BENCHMARK ...``: micro-benchmarks, one sub-command each.
+"""``rtcalm bench BENCHMARK ...``: the benchmarks, one sub-command each, every one with ``--json FILE``.
 
-Adding a benchmark: write ``_register_<name>(benchmarks)`` that adds a sub-parser with
-``set_defaults(handler=...)`` and append it to ``_BENCHMARKS``. Import the code under test inside the
-handler so ``rtcalm --help`` stays fast.
+Adding a benchmark: write its code in ``rtcalm/bench/<name>.py`` (a ``run_...`` function returning a plain
+dict, durations as ``p50_ms``/``p99_ms``..., and a ``format_report``), then here ``_register_<name>`` that
+adds its arguments and ``_run_<name>`` that checks them and returns a :class:`BenchOutcome`; append the
+register function to ``_BENCHMARKS``. ``_run_benchmark`` prints the report and writes the JSON record
+(rtcalm/bench/record.py) the same way for all. Import the code under test inside the ``_run_`` function so
+``rtcalm --help`` stays fast and the CLI never loads rtcalm.bench unless a benchmark runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+from pathlib import Path
+from typing import NamedTuple
 
-from rtcalm.commands.arguments import add_json_argument, add_model_argument
+from rtcalm.commands.arguments import add_model_argument, positive_float, positive_int
+from rtcalm.commands.serve import BACKENDS as SERVE_BACKENDS
 from rtcalm.errors import RtcalmError
+
+MIN_SAMPLES_FOR_P99 = 100
+MAX_RATE_HZ = 10000.0  # a frame every 0.1 ms: beyond it pacing is below the timer's resolution
+
+
+class BenchOutcome(NamedTuple):
+    result: dict  # the JSON record's "result"
+    report: str  # the text printed for a person
+    status: int = 0  # the exit status (a soak whose checks fail: 1)
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="micro-benchmarks (per-frame costs)",
-                                   description="Micro-benchmarks of the real-time paths.")
+    parser = subparsers.add_parser("bench", help="benchmarks of this install (model step, latency, soak, ...)",
+                                   description="Benchmarks of this install. Each prints a report; --json FILE "
+                                               "also writes the result with the command, commit and machine.")
     benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for add in _BENCHMARKS:
         add(benchmarks)
 
 
-def _neuron_counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated neuron counts, got {text!r}") from None
-    if not counts or any(n < 1 for n in counts):
-        raise argparse.ArgumentTypeError(f"neuron counts must be positive integers, got {text!r}")
-    return counts
+def _json_path(text: str) -> str:
+    """``--json``'s FILE: ``-`` or a file path whose directory exists, checked before a long run starts."""
+    if text == "-":
+        return text
+    path = Path(text)
+    if not text.strip() or path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file path or '-', got {text!r}")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the directory of {text!r} does not exist")
+    return text
+
+
+def _add_benchmark(benchmarks, name: str, run, **parser_options) -> argparse.ArgumentParser:
+    parser = benchmarks.add_parser(name, **parser_options)
+    parser.add_argument("--json", metavar="FILE", type=_json_path, default=None,
+                        help="also write the result as JSON to FILE, with the command, commit and machine it "
+                             "ran on ('-': print only that JSON, on standard output)")
+    parser.set_defaults(handler=lambda args: _run_benchmark(run, args))
+    return parser
+
+
+def _run_benchmark(run, args: argparse.Namespace) -> int:
+    from rtcalm.bench.record import bench_record, load_average, write_record
+
+    load_before = load_average()
+    outcome = run(args)
+    if args.json != "-":
+        print(outcome.report)
+    if args.json is not None:
+        write_record(bench_record(args.command_line, outcome.result, load_before=load_before), args.json)
+    return outcome.status
+
+
+def _progress(benchmark: str):
+    return lambda line: print(f"rtcalm bench {benchmark}: {line}", file=sys.stderr, flush=True)
+
+
+def _positive_ints(what: str):
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values or any(n < 1 for n in values):
+            raise argparse.ArgumentTypeError(f"{what} must be positive integers, got {text!r}")
+        return values
+    return parse
+
+
+_neuron_counts = _positive_ints("neuron counts")
+
+
+def _at_least_for_p99(option: str, value: int) -> None:
+    if value < MIN_SAMPLES_FOR_P99:
+        raise RtcalmError(f"{option} must be at least {MIN_SAMPLES_FOR_P99} for a p99, got {value}")
+
+
+def _at_most_max_rate(rate_hz: float) -> None:
+    if rate_hz > MAX_RATE_HZ:
+        raise RtcalmError(f"--rate must be at most {MAX_RATE_HZ:g} Hz, got {rate_hz:g}")
 
 
 # --- bench stats ---------------------------------------------------------------------------------
 
 def _register_stats(benchmarks) -> None:
-    parser = benchmarks.add_parser(
-        "stats", help="per-frame update time of the streaming statistics",
-        description="Time StreamingStats.update per Python call (median and p99) with the frame in cache "
+    parser = _add_benchmark(
+        benchmarks, "stats", _run_stats, help="per-frame update time of the streaming statistics",
+        description="Time StreamingStats.update per Python call (p50 and p99) with the frame in cache "
                     "('warm', as in the daemon) and streamed from memory ('cold'), with forgetting, "
                     "update_many per frame, and OnlineDff.update. Target: <= 5 us per warm update at 4096 "
                     "neurons.")
     parser.add_argument("--neurons", type=_neuron_counts, default=[512, 4096],
                         help="comma-separated neuron counts (default 512,4096)")
     parser.add_argument("--frames", type=int, default=20000, help="timed calls per case (default 20000)")
-    add_json_argument(parser)
-    parser.set_defaults(handler=_run_stats)
 
 
-def _run_stats(args: argparse.Namespace) -> int:
-    from rtcalm.bench.stats import run_stats_benchmark
+def _run_stats(args: argparse.Namespace) -> BenchOutcome:
+    from rtcalm.bench.stats import format_report, run_stats_benchmark
 
-    if args.frames < 100:
-        raise RtcalmError(f"--frames must be at least 100 for a p99, got {args.frames}")
-    results = run_stats_benchmark(args.neurons, args.frames)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    print("StreamingStats.update, one Python call per frame (us):")
-    print(f"  {'neurons':>8} {'frame':>6} {'forgetting':>10} {'median':>8} {'p99':>8} {'min':>8} {'calls':>7}")
-    for row in results["update"] + results["update_forgetting"]:
-        print(f"  {row['neurons']:>8} {row['source']:>6} {'yes' if row['forgetting'] else 'no':>10} "
-              f"{row['median_us']:>8.2f} {row['p99_us']:>8.2f} {row['min_us']:>8.2f} {row['calls']:>7}")
-    print("StreamingStats.update_many (us per frame):")
-    for row in results["update_many"]:
-        print(f"  {row['neurons']:>8} neurons, batches of {row['batch_frames']:>5} frames: {row['per_frame_us']:.2f}")
-    print("OnlineDff.update(raw, neuropil), one call per frame (us):")
-    for row in results["dff"]:
-        print(f"  {row['neurons']:>8} neurons: median {row['median_us']:.2f}, p99 {row['p99_us']:.2f}, "
-              f"state {row['memory_bytes'] / 2**20:.1f} MiB")
-    return 0
+    _at_least_for_p99("--frames", args.frames)
+    result = run_stats_benchmark(args.neurons, args.frames)
+    return BenchOutcome(result, format_report(result))
 
 
 # --- bench latency (issue 6: the daemon) -----------------------------------------------------------
 
 def _register_latency(benchmarks) -> None:
-    parser = benchmarks.add_parser(
-        "latency", help="closed-loop latency through a real daemon and real sockets",
+    parser = _add_benchmark(
+        benchmarks, "latency", _run_latency, help="closed-loop latency through a real daemon and real sockets",
         description="Start the daemon in its own process, stream synthetic frames at --rate over loopback "
                     "TCP or IPC and time each frame from the rig's send to the arrival of its prediction. "
                     "Prints p50/p99/p99.9, lost frames, the stage waterfall, two references measured in the "
@@ -104,13 +154,9 @@ def _register_latency(benchmarks) -> None:
     parser.add_argument("--head", action="append", default=[], metavar="PATH|KIND",
                         help="decode with this head (a fit-head .json for --neurons and --model), or a head of KIND "
                              "raw, backbone or both with random weights in fit-head's 2 s shape; repeat for several")
-    add_json_argument(parser)
-    parser.set_defaults(handler=_run_latency)
 
 
-def _run_latency(args: argparse.Namespace) -> int:
-    import sys
-
+def _run_latency(args: argparse.Namespace) -> BenchOutcome:
     from rtcalm.bench.latency import format_report, run_latency_benchmark
 
     if args.neurons < 1 or args.frames < 1 or not 0 < args.rate <= 10000:
@@ -123,59 +169,148 @@ def _run_latency(args: argparse.Namespace) -> int:
         load_config(args.config)  # a bad file fails here, in one line, not in the daemon's log
     result = run_latency_benchmark(neurons=args.neurons, rate_hz=args.rate, frames=args.frames, model=args.model,
                                    transport=args.transport, references=not args.no_references, rules=args.rules,
-                                   config=args.config, heads=args.head,
-                                   progress=lambda line: print(f"rtcalm bench latency: {line}", file=sys.stderr))
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
-    return 0
+                                   config=args.config, heads=args.head, progress=_progress("latency"))
+    return BenchOutcome(result, format_report(result))
 
 
-# Order is the order in `rtcalm bench --help`.
 # --- bench step ----------------------------------------------------------------------------------
 
 def _register_step(benchmarks) -> None:
-    parser = benchmarks.add_parser(
-        "step", help="time of one incremental model step (Calm.step) per neuron count and history",
-        description="Median and p99 of one Calm.step (torch eager) per neuron count, at two history lengths "
-                    "stepped in turn (the cost must not grow with the history). Targets for the default "
-                    "model on one thread: <= 1.5 ms at 512 neurons, <= 12 ms at 4096, history ratio ~1.")
+    parser = _add_benchmark(
+        benchmarks, "step", _run_step, help="time of one incremental model step (Calm.step) per neuron count and history",
+        description="p50 and p99 of one Calm.step (torch eager) per neuron count, at two history lengths "
+                    "stepped in turn (the cost must not grow with the history). Targets (issue 4) for the "
+                    "default model on one thread: p50 <= 2 ms at 512 neurons, under one frame period at 30 Hz "
+                    "(33.3 ms) at 4096, longest / shortest history p50 <= 1.2.")
     add_model_argument(parser)
-    parser.add_argument("--neurons", type=_neuron_counts, default=[512, 4096])
-    parser.add_argument("--history", type=_neuron_counts, default=[32, 1024], help="frames consumed before timing")
+    parser.add_argument("--neurons", type=_neuron_counts, default=[512, 4096],
+                        help="comma-separated neuron counts (default 512,4096)")
+    parser.add_argument("--history", type=_positive_ints("history lengths"), default=[32, 1024],
+                        help="comma-separated frames consumed before timing (default 32,1024)")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per cell (default 300)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    add_json_argument(parser)
-    parser.set_defaults(handler=_run_step)
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
 
 
-def _run_step(args: argparse.Namespace) -> int:
+def _run_step(args: argparse.Namespace) -> BenchOutcome:
     import torch
 
-    from rtcalm.bench.step import run_step_benchmark
+    from rtcalm.bench.step import format_report, run_step_benchmark
     from rtcalm.model import load_model
 
-    if args.steps < 100:
-        raise RtcalmError(f"--steps must be at least 100 for a p99, got {args.steps}")
-    if args.threads < 1:
-        raise RtcalmError(f"--threads must be positive, got {args.threads}")
+    _at_least_for_p99("--steps", args.steps)
     torch.set_num_threads(args.threads)
-    document = run_step_benchmark(load_model(args.model), args.neurons, args.history, args.steps)
-    document["model"] = args.model
-    if args.json:
-        print(json.dumps(document, indent=2))
-        return 0
-    print(f"Calm.step, model {args.model} ({document['parameters']:,} parameters, input "
-          f"{document['config']['input_mode']}), {document['threads']} thread(s), load average "
-          f"{document['load_average_before']:.2f} on {document['cpus']} CPUs (ms):")
-    print(f"  {'neurons':>8} {'history':>8} {'median':>8} {'p99':>8} {'cpu median':>10}")
-    for row in document["rows"]:
-        print(f"  {row['neurons']:>8} {row['history']:>8} {row['median_ms']:>8.3f} {row['p99_ms']:>8.3f} "
-              f"{row['cpu_median_ms']:>10.3f}")
-    by_neurons = {}
-    for row in document["rows"]:
-        by_neurons.setdefault(row["neurons"], []).append(row["median_ms"])
-    for n, medians in by_neurons.items():
-        print(f"  {n} neurons: longest / shortest history median ratio {medians[-1] / medians[0]:.2f}")
-    return 0
+    result = {"model": args.model, **run_step_benchmark(load_model(args.model), args.neurons, args.history,
+                                                        args.steps)}
+    return BenchOutcome(result, format_report(result))
 
 
-_BENCHMARKS = [_register_stats, _register_latency, _register_step]
+# --- bench backends ------------------------------------------------------------------------------
+
+def _register_backends(benchmarks) -> None:
+    parser = _add_benchmark(
+        benchmarks, "backends", _run_backends, help="the model step on every backend here, against torch eager",
+        description="Time engine.step (frame in, forecast out, as the daemon calls it) on every backend this "
+                    "machine offers (torch, onnx, onnx-static; torch-cuda, torch-cuda-graph, tensorrt, "
+                    "tensorrt-fp16 with a GPU), stepped in turn over the same frames: p50, p99, the speed-up "
+                    "over torch eager in the same run and the largest difference from torch's forecast.")
+    add_model_argument(parser)
+    parser.add_argument("--neurons", type=_neuron_counts, default=[512, 4096],
+                        help="comma-separated neuron counts (default 512,4096)")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per backend and count (default 300)")
+    parser.add_argument("--backends", metavar="LIST",
+                        help="comma-separated backends (default: every one that can run here; torch, the "
+                             "baseline, is always included)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch and ONNX Runtime threads (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the frames (default 0)")
+
+
+def _run_backends(args: argparse.Namespace) -> BenchOutcome:
+    from rtcalm.bench.backends import ALL_BACKENDS, format_report, run_backends_benchmark
+
+    _at_least_for_p99("--steps", args.steps)
+    if args.seed < 0:
+        raise RtcalmError(f"--seed must be 0 or more, got {args.seed}")
+    requested = None
+    if args.backends is not None:
+        requested = [name.strip() for name in args.backends.split(",") if name.strip()]
+        unknown = [name for name in requested if name not in ALL_BACKENDS]
+        if not requested or unknown:
+            raise RtcalmError(f"--backends: unknown backend(s) {', '.join(unknown) or repr(args.backends)} "
+                              f"(choose from {', '.join(ALL_BACKENDS)})")
+    result = run_backends_benchmark(model=args.model, neurons=args.neurons, steps=args.steps, backends=requested,
+                                    threads=args.threads, seed=args.seed, progress=_progress("backends"))
+    return BenchOutcome(result, format_report(result))
+
+
+# --- bench transport -----------------------------------------------------------------------------
+
+def _register_transport(benchmarks) -> None:
+    parser = _add_benchmark(
+        benchmarks, "transport", _run_transport, help="the transport's floor: ZeroMQ and a plain socket, paced and back to back",
+        description="Round trips of a frame-sized message out and a prediction-sized one back through a bare "
+                    "echo process (no daemon): ZeroMQ over TCP and IPC, and one plain TCP socket, each paced "
+                    "at --rate and back to back, in one run. What any ZeroMQ daemon in Python pays before "
+                    "doing anything.")
+    parser.add_argument("--neurons", type=positive_int, default=512, help="neurons per frame (default 512)")
+    parser.add_argument("--horizon", type=positive_int, default=30,
+                        help="forecast frames in the reply (default 30)")
+    parser.add_argument("--rate", type=positive_float, default=30.0, metavar="HZ",
+                        help="paced rate (default 30)")
+    parser.add_argument("--round-trips", type=int, default=600, help="timed round trips per row (default 600)")
+
+
+def _run_transport(args: argparse.Namespace) -> BenchOutcome:
+    from rtcalm.bench.transport import format_report, run_transport_benchmark
+
+    _at_least_for_p99("--round-trips", args.round_trips)
+    _at_most_max_rate(args.rate)
+    result = run_transport_benchmark(neurons=args.neurons, horizon=args.horizon, rate_hz=args.rate,
+                                     round_trips=args.round_trips)
+    return BenchOutcome(result, format_report(result))
+
+
+# --- bench soak ----------------------------------------------------------------------------------
+
+def _register_soak(benchmarks) -> None:
+    parser = _add_benchmark(
+        benchmarks, "soak", _run_soak, help="rtcalm serve under a steady rig load: memory and latency over time",
+        description="Run the daemon as its own process for --minutes with a simulated rig sending at --rate "
+                    "and a subscriber; per window, the daemon's resident memory and the latency rig send -> "
+                    "prediction received (p50, p99, max). Exit status 1 when a check fails: memory growth "
+                    "from the first to the last window under --max-growth-mib, every window's p99 under "
+                    "--max-p99-ms, no frame lost. Linux only (the memory is read from /proc).")
+    parser.add_argument("--minutes", type=positive_float, default=20.0, help="duration (default 20)")
+    parser.add_argument("--neurons", type=positive_int, default=512, help="neurons per frame (default 512)")
+    parser.add_argument("--rate", type=positive_float, default=30.0, metavar="HZ",
+                        help="frames per second (default 30)")
+    parser.add_argument("--window-s", type=positive_float, default=60.0,
+                        help="seconds per reported window (default 60)")
+    add_model_argument(parser)
+    parser.add_argument("--backend", choices=SERVE_BACKENDS, default=None,
+                        help="the daemon's backend (default: serve's)")
+    parser.add_argument("--max-growth-mib", type=positive_float, default=50.0,
+                        help="memory growth limit, first to last window (default 50)")
+    parser.add_argument("--max-p99-ms", type=positive_float, default=None,
+                        help="limit on every window's p99 (default: one frame period)")
+
+
+def _run_soak(args: argparse.Namespace) -> BenchOutcome:
+    from rtcalm.bench.soak import check, format_report, soak
+
+    _at_most_max_rate(args.rate)
+    if args.window_s > args.minutes * 60:
+        raise RtcalmError(f"--window-s {args.window_s:g} is longer than --minutes {args.minutes:g}: no window "
+                          "would close")
+    progress = _progress("soak")
+    result = soak(minutes=args.minutes, neurons=args.neurons, rate_hz=args.rate, window_s=args.window_s,
+                  model=args.model, backend=args.backend,
+                  progress=lambda row: progress(", ".join(f"{key} {value}" for key, value in row.items())))
+    result["checks"] = check(result, args.max_growth_mib, args.max_p99_ms or 1000.0 / args.rate)
+    met = all(item["met"] for item in result["checks"].values())
+    return BenchOutcome(result, format_report(result), 0 if met else 1)
+
+
+# Order is the order in `rtcalm bench --help`.
+_BENCHMARKS = [_register_step, _register_backends, _register_stats, _register_latency, _register_transport,
+               _register_soak]

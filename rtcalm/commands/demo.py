@@ -245,7 +245,9 @@ class SessionView:
 def _percentiles(values) -> str:
     if not values:
         return "-"
-    p50, p99, p999 = np.percentile(np.asarray(values, dtype=float), [50, 99, 99.9])
+    from rtcalm.stats.percentile import percentile
+
+    p50, p99, p999 = percentile(values, [50, 99, 99.9])
     return f"p50 {p50:5.2f} ms  p99 {p99:5.2f} ms  p99.9 {p999:5.2f} ms"
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from rtcalm.protocol import ERROR_CODES, FRAME_REJECTION_CODES
+from rtcalm.stats.percentile import percentile
 
 STAGES = ("validate", "stats", "model", "publish")
 RULES_STAGE = "rules"  # observed only for sessions with trigger rules
@@ -218,7 +219,7 @@ class StageTimes:
         if n == 0:
             return out
         rows = self._rows[np.arange(self._count - n, self._count) % capacity]
-        quantiles = np.percentile(rows, [50, 99, 99.9], axis=0) / 1e3
+        quantiles = percentile(rows, [50, 99, 99.9], axis=0) / 1e3
         for i, name in enumerate(self.COLUMNS):
             out[name] = {"p50_us": float(quantiles[0, i]), "p99_us": float(quantiles[1, i]),
                          "p999_us": float(quantiles[2, i])}

@@ -1,5 +1,6 @@
 """Generated blocks in the docs: what tools/*_experiment.py and tools/closed_loop_bench.py write between
-their markers, and the check that a doc still holds what its stored results render."""
+their markers, the check that a doc still holds what its stored results render, and the commit results
+come from (also recorded by every ``rtcalm bench --json``)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,22 @@ def write_or_check(doc: Path, begin: str, end: str, block: str, *, check: bool, 
     return 0
 
 
-def code_state(repository: Path) -> str:
-    """The commit the results come from, marked when the working tree differs from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repository, capture_output=True, text=True).stdout.strip()
+def code_state(repository: Path) -> str | None:
+    """The commit results come from: git's short hash, with ``-dirty`` when tracked files differ from it
+    (as ``git describe --dirty`` marks it; untracked files, such as results just written, do not count).
+    None when ``repository`` is not the top of a git checkout (an installed package, or git missing)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=repository, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
 
-    dirty = git("status", "--porcelain", "rtcalm", "configs")
-    return git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if dirty else "")
+    top = git("rev-parse", "--show-toplevel")
+    # a package installed inside some other checkout (a venv in a project) must not report that one's commit
+    if top is None or Path(top).resolve() != Path(repository).resolve():
+        return None
+    commit, changes = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    if not commit or changes is None:
+        return None
+    return commit + ("-dirty" if changes else "")

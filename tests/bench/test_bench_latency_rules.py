@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from rtcalm.bench import latency
+from rtcalm.bench.timing import percentiles_ms
 from rtcalm.cli import main
 from rtcalm.triggers.rules import read_rules_file
 
@@ -132,7 +133,7 @@ def test_trigger_latency_without_any_trigger_reports_none():
 
 
 def make_result(triggers: dict | None, *, neurons: int, p99_ms: float = 5.0, rate_hz: float = 30.0) -> dict:
-    none = latency.percentiles_ms([])
+    none = percentiles_ms([])
     result = {"neurons": neurons, "rate_hz": rate_hz, "p99_ms": p99_ms, "lost_frames": 0,
               "stages": {"all_but_model": none}}
     if triggers is not None:
@@ -205,9 +206,10 @@ def run_bench(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_bench_latency_with_rules_receives_triggers_and_reports_them():
-    done = run_bench("--neurons", "512", "--frames", "90", "--rate", "60", "--rules", str(BENCH_RULES), "--json")
+    done = run_bench("--neurons", "512", "--frames", "90", "--rate", "60", "--rules", str(BENCH_RULES),
+                     "--json", "-")
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = json.loads(done.stdout)["result"]
     triggers = report["triggers"]
     assert TRIGGER_KEYS <= set(triggers)
     assert triggers["rules"] == 16 and triggers["rules_file"] == str(BENCH_RULES)

@@ -121,10 +121,12 @@ def test_demo_runs_and_stops_cleanly(checkpoint):
 
 def test_bench_latency_json(checkpoint):
     result = subprocess.run([sys.executable, "-m", "rtcalm", "bench", "latency", "--model", str(checkpoint),
-                             "--neurons", "32", "--frames", "60", "--rate", "100", "--json"],
+                             "--neurons", "32", "--frames", "60", "--rate", "100", "--json", "-"],
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    record = json.loads(result.stdout)
+    assert record["command"].startswith("rtcalm bench latency --model ") and record["machine"]["cores"] >= 1
+    report = record["result"]
     assert {"neurons", "rate_hz", "frames", "p50_ms", "p99_ms", "p999_ms", "lost_frames", "stages"} <= set(report)
     assert (report["neurons"], report["rate_hz"], report["frames"], report["lost_frames"]) == (32, 100.0, 60, 0)
     assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["p999_ms"]
@@ -140,10 +142,10 @@ def test_bench_latency_with_decoding_heads(checkpoint, tmp_path):
     fitted = benchmark_head("backbone", tmp_path, neurons=32, model=str(checkpoint))
     result = subprocess.run([sys.executable, "-m", "rtcalm", "bench", "latency", "--model", str(checkpoint),
                              "--neurons", "32", "--frames", "40", "--rate", "100", "--no-references", "--head", "raw",
-                             "--head", "both", "--head", str(fitted), "--json"],
+                             "--head", "both", "--head", str(fitted), "--json", "-"],
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["result"]
     assert [(h["name"], h["features"], h["n_bins"], h["window_frames"]) for h in report["heads"]] == [
         ("bench_raw", "raw", 8, 60), ("bench_both", "both", 8, 60), ("bench_backbone", "backbone", 8, 60)]
     assert report["lost_frames"] == 0

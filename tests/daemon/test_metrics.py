@@ -137,3 +137,22 @@ def test_shipped_dashboard_and_scrape_config_match_the_metrics(harness):
     assert used and used <= exported, f"dashboard uses unknown metrics: {sorted(used - exported)}"
     scrape_config = (REPO / "configs" / "prometheus.yml").read_text()
     assert "127.0.0.1:9750" in scrape_config and "/metrics" in scrape_config
+
+
+def test_stage_times_report_the_one_percentile_definition_over_the_last_frames():
+    """``status``'s latency percentiles (StageTimes) are rtcalm.stats.percentile's linear interpolation,
+    over the most recent frames of the ring buffer (hand-checked: receive_to_publish 1, 2, 3, 4, 10 us)."""
+    from rtcalm.daemon.metrics import StageTimes
+
+    times = StageTimes(capacity=5)
+    times.record(999_000, 0, 0, 0, 0)  # overwritten by the five below: the ring keeps the last five
+    for us in (10, 1, 4, 2, 3):
+        times.record(us * 1000, 100, 200, 300, 400)
+    summary = times.summary()
+    assert summary["frames"] == 5
+    row = summary["receive_to_publish"]
+    assert row["p50_us"] == 3.0
+    assert abs(row["p99_us"] - 9.76) < 1e-9  # rank 3.96: 4 + 0.96 * (10 - 4); nearest rank would say 10
+    assert abs(row["p999_us"] - 9.976) < 1e-9
+    assert summary["model"] == {"p50_us": 0.3, "p99_us": 0.3, "p999_us": 0.3}
+    assert times.summary(last=2)["receive_to_publish"]["p50_us"] == 2.5  # the last two: 2 and 3

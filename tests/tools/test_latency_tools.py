@@ -1,5 +1,6 @@
-"""tools/profile_onnx_step.py and tools/bench_transport_floor.py run and report what docs/benchmarks.md
-quotes (tiny sizes; the numbers themselves are the benchmarks' business)."""
+"""tools/profile_onnx_step.py runs and reports what docs/benchmarks.md quotes (tiny sizes; the numbers
+themselves are the profiler's business), tools/plot_latency.py draws from bench latency records, and
+docs/benchmarks.md holds what tools/closed_loop_bench.py renders."""
 
 from __future__ import annotations
 
@@ -38,33 +39,32 @@ def test_bad_profile_arguments_are_refused():
         tool.main(["--neurons", "0"])
 
 
-def test_transport_floor_times_zeromq_and_a_plain_socket_paced_and_back_to_back(tmp_path):
-    # run as the script it is: its echo processes are spawned, and spawn re-imports the main script
-    out = tmp_path / "floor.json"
-    done = subprocess.run([sys.executable, str(TOOLS / "bench_transport_floor.py"), "--neurons", "8", "--horizon",
-                           "2", "--round-trips", "5", "--rate", "200", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(out.read_text())
-    assert report["reply_bytes"] == 8 * 2 * 4 + 200
-    assert set(report["rows"]) == {f"{kind}_{pace}" for kind in ("zeromq_tcp", "zeromq_ipc", "plain_tcp_socket")
-                                   for pace in ("paced", "back_to_back")}
-    for row in report["rows"].values():
-        assert row["round_trips"] == 5 and 0 < row["p50_ms"] <= row["p99_ms"]
-    assert "plain_tcp_socket_paced" in done.stdout
+def latency_record(stage_ms: float) -> dict:
+    from rtcalm.bench.latency import WATERFALL
+
+    stages = {name: {"p50_ms": stage_ms, "p99_ms": 2 * stage_ms, "p999_ms": 3 * stage_ms} for name in WATERFALL}
+    return {"command": "rtcalm bench latency --neurons 8 --json run.json", "commit": None, "machine": {},
+            "result": {"neurons": 8, "transport": "tcp", "frames": 10, "rate_hz": 30.0, "model": "default@x",
+                       "backend": "onnxruntime-cpu", "p50_ms": 6 * stage_ms, "p99_ms": 12 * stage_ms,
+                       "stages": stages}}
 
 
-def test_bad_transport_floor_arguments_are_refused():
-    tool = load_tool("bench_transport_floor")
-    with pytest.raises(SystemExit):
-        tool.main(["--rate", "0"])
+def test_plot_latency_draws_bench_latency_records_and_refuses_others(tmp_path):
+    pytest.importorskip("matplotlib")
+    tool = load_tool("plot_latency")
+    runs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, stage_ms in zip(runs, (0.1, 0.3), strict=True):
+        path.write_text(json.dumps(latency_record(stage_ms)))
+    out = tmp_path / "waterfall.png"
+    tool.main([*map(str, runs), "--out", str(out)])
+    assert out.read_bytes().startswith(b"\x89PNG")
+    other = tmp_path / "step.json"
+    other.write_text(json.dumps({**latency_record(0.1), "command": "rtcalm bench step"}))
+    with pytest.raises(SystemExit, match="not a record of rtcalm bench latency"):
+        tool.main([str(other), "--out", str(out)])
 
 
 def test_benchmarks_md_renders_from_the_stored_closed_loop_bench():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    tool = Path(__file__).resolve().parents[2] / "tools" / "closed_loop_bench.py"
+    tool = TOOLS / "closed_loop_bench.py"
     done = subprocess.run([sys.executable, str(tool), "render", "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
