@@ -26,6 +26,7 @@ import numpy as np
 
 from rtcalm.daemon.quality import SessionQuality
 from rtcalm.daemon.wire import PredictionEncoder
+from rtcalm.stats.percentile import percentile
 
 SKILL_HORIZONS = (1, 5, 15, 30)  # the daemon's default [quality] skill_horizons
 WINDOW_FRAMES = 1800.0  # and [quality] window_frames
@@ -84,6 +85,5 @@ def time_quality_cost(neurons: int = 512, horizon: int = 30, levels: tuple[float
 
 
 def _p50_p99_ms(durations_ns: np.ndarray) -> dict[str, float]:
-    # numpy's default (linear) interpolation; the one place this module takes percentiles
-    p50, p99 = np.percentile(durations_ns, [50, 99])
+    p50, p99 = percentile(durations_ns, [50, 99])
     return {"p50_ms": float(p50) / 1e6, "p99_ms": float(p99) / 1e6}
