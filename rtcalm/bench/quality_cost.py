@@ -30,6 +30,7 @@ from rtcalm.stats.percentile import percentile
 
 SKILL_HORIZONS = (1, 5, 15, 30)  # the daemon's default [quality] skill_horizons
 WINDOW_FRAMES = 1800.0  # and [quality] window_frames
+ADDED_P50_LIMIT_MS = 0.05  # issue 25: intervals add at most this to a frame's median at 512 neurons
 
 
 def time_quality_cost(neurons: int = 512, horizon: int = 30, levels: tuple[float, ...] = (0.8, 0.95),
@@ -87,3 +88,15 @@ def time_quality_cost(neurons: int = 512, horizon: int = 30, levels: tuple[float
 def _p50_p99_ms(durations_ns: np.ndarray) -> dict[str, float]:
     p50, p99 = percentile(durations_ns, [50, 99])
     return {"p50_ms": float(p50) / 1e6, "p99_ms": float(p99) / 1e6}
+
+
+def format_report(result: dict) -> str:
+    """The text ``rtcalm bench quality`` prints: one line per timed part."""
+    rows = result["parts"]
+    width = max(len(name) for name in rows)
+    lines = [f"forecast quality per frame, {result['neurons']} neurons x {result['horizon']} steps, "
+             f"{result['frames']} frames (ms):"]
+    lines += [f"  {name:<{width}}  p50 {times['p50_ms']:.4f}  p99 {times['p99_ms']:.4f}" for name, times in rows.items()]
+    added = rows["added by intervals"]["p50_ms"]
+    lines.append(f"  target: intervals add <= {ADDED_P50_LIMIT_MS} ms p50: {'met' if added <= ADDED_P50_LIMIT_MS else 'not met'}")
+    return "\n".join(lines)

@@ -312,5 +312,40 @@ def _run_soak(args: argparse.Namespace) -> BenchOutcome:
 
 
 # Order is the order in `rtcalm bench --help`.
+# --- bench quality (issue 25: live forecast quality and intervals) -----------------------------------------
+
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated coverage levels, got {text!r}") from None
+    if not values or any(not 0.0 < v < 1.0 for v in values) or list(values) != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"levels must be increasing numbers in (0, 1), got {text!r}")
+    return values
+
+
+def _register_quality(benchmarks) -> None:
+    parser = _add_benchmark(
+        benchmarks, "quality", _run_quality, help="what live forecast skill and intervals add to a frame",
+        description="Time the daemon's per-frame forecast-quality work alone in this process "
+                    "(rtcalm/bench/quality_cost.py): skill tracking, the conformal intervals' update, filling "
+                    "and encoding the larger prediction message, and what intervals add. Target: intervals add "
+                    "<= 0.05 ms p50 at 512 neurons.")
+    parser.add_argument("--neurons", type=positive_int, default=512, help="neurons (default 512)")
+    parser.add_argument("--horizon", type=positive_int, default=30, help="forecast steps (default 30)")
+    parser.add_argument("--levels", type=_levels, default=(0.8, 0.95), help="coverage levels (default 0.8,0.95)")
+    parser.add_argument("--frames", type=int, default=3000, help="timed frames (default 3000)")
+
+
+def _run_quality(args: argparse.Namespace) -> BenchOutcome:
+    from rtcalm.bench.quality_cost import format_report, time_quality_cost
+
+    _at_least_for_p99("--frames", args.frames)
+    parts = time_quality_cost(args.neurons, args.horizon, args.levels, frames=args.frames)
+    result = {"neurons": args.neurons, "horizon": args.horizon, "levels": list(args.levels), "frames": args.frames,
+              "parts": parts}
+    return BenchOutcome(result, format_report(result))
+
+
 _BENCHMARKS = [_register_step, _register_backends, _register_stats, _register_latency, _register_transport,
-               _register_soak]
+               _register_soak, _register_quality]

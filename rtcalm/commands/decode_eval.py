@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rtcalm.commands.arguments import add_json_argument, add_model_argument, positive_int
 from rtcalm.eval.decode import TASKS
+from rtcalm.eval.report import provenance
 
 TIMECOURSE_S = (0.25, 0.5, 1.0, 2.0)
 
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     result["model_version"] = engine.version
     result["trial_order"] = args.trial_order
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps({**result, "made_by": provenance(args.command_line)}, indent=2))
         return 0
     names = ["model", *extra, *result["baselines"]]
     print(f"task {result['task']} ({result['metric']}), {args.folds}-fold CV over trials; "
@@ -118,7 +119,7 @@ def _print_timecourse(args: argparse.Namespace, results: list[dict], names: list
                                                   for name in names}}
                              for k, row in enumerate(results[0]["per_file"])]}
     if args.json:
-        print(json.dumps(document, indent=2))
+        print(json.dumps({**document, "made_by": provenance(args.command_line)}, indent=2))
         return 0
     print(f"task {args.task} ({document['metric']}) from the frames available t s after the onset, mean over "
           f"{len(document['per_file'])} file(s) ± standard error; {args.folds}-fold CV over trials")

@@ -127,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         result["intervals"] = evaluate_intervals(recordings, forecasters["model"], args.intervals, args.horizons,
                                                  context)
     if args.json:
-        print(json.dumps(result, indent=2))
+        from rtcalm.eval.report import provenance
+
+        print(json.dumps({**result, "made_by": provenance(args.command_line)}, indent=2))
     else:
         print(format_table(result))
         if args.intervals:

@@ -1,34 +1,32 @@
-"""Generated blocks in the docs: what tools/*_experiment.py and tools/closed_loop_bench.py write between
-their markers, the check that a doc still holds what its stored results render, and the commit results
-come from (also recorded by every ``rtcalm bench --json``)."""
+"""Where a stored result comes from: the command as run, the commit of the code that ran and the machine.
+
+Every ``rtcalm bench --json`` record, the ``--json`` documents of forecast-eval and decode-eval, and the
+experiments in tools/ carry it, so that docs/render.py can say what made each number it renders.
+
+    {"command": "rtcalm bench step --neurons 512 --json step.json",   # the argv as run
+     "commit": "3d84d71-dirty",          # git short hash (-dirty: tracked changes); null outside git
+     "machine": {"platform": ..., "cpu": ..., "cores": 2, "python": "3.11.7",
+                 "libraries": {"rtcalm": "0.1.0", "numpy": ..., "torch": ..., ...}}}
+
+Library versions come from the installed distributions' metadata, so recording them imports nothing.
+"""
 
 from __future__ import annotations
 
+import os
+import platform
+import shlex
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
+import rtcalm
 
-def replace_block(text: str, begin: str, end: str, block: str, where: str) -> str:
-    """``text`` with everything from ``begin`` through ``end`` replaced by ``block`` (which carries the
-    markers itself). SystemExit naming ``where`` if the markers are missing."""
-    if begin not in text or end not in text:
-        raise SystemExit(f"{where}: no generated block ({begin} ... {end})")
-    head, rest = text.split(begin, 1)
-    return head + block + rest.split(end, 1)[1]
-
-
-def write_or_check(doc: Path, begin: str, end: str, block: str, *, check: bool, command: str) -> int:
-    """Write ``block`` into ``doc``; with ``check``, only report (exit status 1) whether it differs."""
-    current = doc.read_text()
-    updated = replace_block(current, begin, end, block, str(doc))
-    if check:
-        if updated != current:
-            print(f"{doc} differs from what its stored results render: run {command}", file=sys.stderr)
-            return 1
-        return 0
-    doc.write_text(updated)
-    return 0
+# The distributions whose versions change what a benchmark measures (missing ones are recorded as null).
+LIBRARIES = ("numpy", "torch", "onnxruntime", "numba", "pyzmq", "msgpack", "msgspec", "tensorrt")
+# The checkout the running package comes from, if it is one (an editable install); else code_state says None.
+PACKAGE_ROOT = Path(rtcalm.__file__).resolve().parents[1]
 
 
 def code_state(repository: Path) -> str | None:
@@ -50,3 +48,37 @@ def code_state(repository: Path) -> str | None:
     if not commit or changes is None:
         return None
     return commit + ("-dirty" if changes else "")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_facts() -> dict:
+    facts = {"platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+             "python": platform.python_version(),
+             # rtcalm's own version from the code that ran, not from whichever checkout pip installed
+             "libraries": {"rtcalm": rtcalm.__version__, **{name: _version(name) for name in LIBRARIES}}}
+    torch = sys.modules.get("torch")  # only a benchmark that ran torch can have used a GPU
+    if torch is not None and torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name()
+        facts["cuda"] = torch.version.cuda
+    return facts
+
+
+def provenance(command_line: list[str]) -> dict:
+    """``{"command", "commit", "machine"}`` of a result made now by ``command_line``."""
+    return {"command": shlex.join(command_line), "commit": code_state(PACKAGE_ROOT), "machine": machine_facts()}

@@ -17,7 +17,7 @@ import pytest
 
 from rtcalm.cli import main
 
-SUBCOMMANDS = ("step", "backends", "stats", "latency", "transport", "soak")
+SUBCOMMANDS = ("step", "backends", "stats", "latency", "transport", "soak", "quality")
 
 
 def check_record(record: dict, argv: list[str]) -> dict:
@@ -152,6 +152,20 @@ def test_bench_soak_writes_its_record_and_exits_by_its_checks(tmp_path):
     assert "checks:" in done.stdout and "rtcalm bench soak: t_s" in done.stderr
 
 
+def test_bench_quality_writes_its_record(tmp_path, capsys):
+    out = tmp_path / "quality.json"
+    argv = ["bench", "quality", "--neurons", "16", "--horizon", "4", "--levels", "0.8", "--frames", "100",
+            "--json", str(out)]
+    assert run_main(argv) == 0
+    result = check_record(json.loads(out.read_text()), argv)
+    assert (result["neurons"], result["horizon"], result["levels"], result["frames"]) == (16, 4, [0.8], 100)
+    assert set(result["parts"]) == {"skill only (the default)", "encoding without intervals",
+                                    "skill and intervals 0.8", "encoding with intervals",
+                                    "skill and intervals, filled and encoded", "added by intervals"}
+    assert_positive_finite_ms([p for n, p in result["parts"].items() if n != "added by intervals"], at_least=2 * 5)
+    assert "target: intervals add <= 0.05 ms p50" in capsys.readouterr().out
+
+
 # --- malformed arguments: exit 2, one error line, nothing run --------------------------------------
 
 @pytest.mark.parametrize("argv, problem", [
@@ -177,6 +191,11 @@ def test_bench_soak_writes_its_record_and_exits_by_its_checks(tmp_path):
     (["bench", "soak", "--backend", "cuda"], "invalid choice: 'cuda'"),
     (["bench", "soak", "--rate", "1e6"], "--rate must be at most 10000 Hz"),
     (["bench", "soak", "--max-p99-ms", "-3"], "expected a positive number"),
+    (["bench", "quality", "--levels", "0.9,0.8"], "levels must be increasing numbers in (0, 1)"),
+    (["bench", "quality", "--levels", "1.5"], "levels must be increasing numbers in (0, 1)"),
+    (["bench", "quality", "--levels", "x"], "expected comma-separated coverage levels"),
+    (["bench", "quality", "--frames", "10"], "--frames must be at least 100 for a p99"),
+    (["bench", "quality", "--neurons", "0"], "expected a positive integer"),
 ])
 def test_malformed_arguments_are_one_line_and_exit_2(argv, problem, capsys):
     assert run_main(argv) == 2
