@@ -477,6 +477,213 @@ def tokens_block() -> str:
     return "\n".join(lines)
 
 
+# --- benchmarks.md: every table from the `rtcalm bench ... --json` records in docs/results/bench/ --------------
+def bench(name: str) -> dict:
+    return load(f"bench/{name}.json")
+
+
+def bench_machine(records: list[dict]) -> str:
+    """One line for the machine and its load, from the records of one block."""
+    machine = records[0]["machine"]
+    libraries = machine.get("libraries", {})
+    loads = [r["machine"].get("load_average_1min", {}) for r in records]
+    before = [x["before"] for x in loads if x.get("before") is not None]
+    after = [x["after"] for x in loads if x.get("after") is not None]
+    versions = ", ".join(f"{name} {libraries[name]}" for name in ("torch", "onnxruntime", "numpy", "pyzmq")
+                         if libraries.get(name))
+    load = (f"; 1-minute load average {min(before + after):.2f}-{max(before + after):.2f} around the runs"
+            if before + after else "")
+    commits = sorted({str(r["commit"]) for r in records})
+    return (f"Machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, {versions}{load}. "
+            f"Code at commit {', '.join(commits)}.")
+
+
+def commands(records: list[dict], files: list[str]) -> list[str]:
+    lines = ["```bash"]
+    lines += [f"{r['command']}" for r in records]
+    lines += ["```", "", "Stored in " + ", ".join(f"`docs/results/bench/{f}.json`" for f in files) + "."]
+    return lines
+
+
+def ms(stats: dict | None, key: str = "p50_ms", digits: int = 3) -> str:
+    return "–" if not stats or stats.get(key) is None else f"{stats[key]:.{digits}f}"
+
+
+def target_lines(label: str, targets: dict) -> list[str]:
+    out = []
+    for name, verdict in targets.items():
+        measured = verdict.get("value_ms", verdict.get("value"))
+        limit = verdict.get("limit_ms", verdict.get("limit"))
+        out.append(f"- {label}: `{name}` {'met' if verdict['met'] else '**not met**'} "
+                   f"(measured {measured:.3f}, limit {limit:.3f})")
+    return out
+
+
+LATENCY_RUNS = {"latency-512-tcp": "512 neurons, tcp", "latency-512-ipc": "512 neurons, ipc",
+                "latency-4096-tcp": "4096 neurons, tcp"}
+STAGES = ("rig_to_daemon", "validate", "stats", "model", "daemon_other", "daemon_to_subscriber", "publish",
+          "receive_to_publish", "all_but_model")
+
+
+def latency_block() -> str:
+    records = [bench(name) for name in LATENCY_RUNS]
+    runs = [r["result"] for r in records]
+    lines = [*commands(records, list(LATENCY_RUNS)), "", bench_machine(records),
+             f"Model `{runs[0]['model']}` on `{runs[0]['backend']}`. Milliseconds.", "",
+             "| run | frames | p50 | p99 | p99.9 | lost | folded |", "|---|---|---|---|---|---|---|"]
+    for label, run in zip(LATENCY_RUNS.values(), runs, strict=True):
+        lines.append(f"| {label}, {run['rate_hz']:g} Hz | {run['frames']} | {ms(run)} | {ms(run, 'p99_ms')} | "
+                     f"{ms(run, 'p999_ms')} | {run['lost_frames']} | {run['batched_frames']} |")
+    lines += ["", "Stages, p50 / p99, and the references measured in the same runs:", "",
+              "| stage | " + " | ".join(LATENCY_RUNS.values()) + " |", "|---|" + "---|" * len(runs)]
+    for stage in STAGES:
+        lines.append(f"| {stage} | " + " | ".join(f"{ms(r['stages'].get(stage))} / {ms(r['stages'].get(stage), 'p99_ms')}"
+                                                 for r in runs) + " |")
+    for ref, label in (("bare_step", "reference: bare step, paced"),
+                       ("raw_transport", "reference: raw ZeroMQ round trip, paced")):
+        lines.append(f"| {label} | " + " | ".join(f"{ms(r.get(ref))} / {ms(r.get(ref), 'p99_ms')}" for r in runs) + " |")
+    for ratio, label in (("model_stage_over_bare_step", "model stage / bare step (p50)"),
+                         ("all_but_model_over_raw_transport", "all but the model / raw round trip (p50)")):
+        lines.append(f"| {label} | " + " | ".join("–" if r.get("ratios", {}).get(ratio) is None
+                                                 else f"{r['ratios'][ratio]:.2f}" for r in runs) + " |")
+    lines += ["", "Targets, as each run judged them (`targets` in its record):", ""]
+    for label, run in zip(LATENCY_RUNS.values(), runs, strict=True):
+        lines += target_lines(label, run["targets"])
+    lines += ["", "![stage waterfall](figures/latency_waterfall.png)"]
+    return "\n".join(lines)
+
+
+def transport_block() -> str:
+    record = bench("transport-512")
+    result = record["result"]
+    rows = result["rows"]
+    lines = [*commands([record], ["transport-512"]), "", bench_machine([record]), "",
+             f"| round trip, {result['frame_bytes'] / 1e3:.1f} kB out, {result['reply_bytes'] / 1e3:.1f} kB back | "
+             f"paced at {result['rate_hz']:g} Hz, p50 / p99 (ms) | back to back, p50 / p99 (ms) |", "|---|---|---|"]
+    for kind, label in (("zeromq_tcp", "ZeroMQ tcp (PUSH -> echo -> PUB/SUB)"), ("zeromq_ipc", "ZeroMQ ipc"),
+                        ("plain_tcp_socket", "plain TCP socket")):
+        paced, b2b = rows[f"{kind}_paced"], rows[f"{kind}_back_to_back"]
+        lines.append(f"| {label} | {ms(paced)} / {ms(paced, 'p99_ms')} | {ms(b2b)} / {ms(b2b, 'p99_ms')} |")
+    z_paced, z_b2b = rows["zeromq_tcp_paced"]["p50_ms"], rows["zeromq_tcp_back_to_back"]["p50_ms"]
+    plain = rows["plain_tcp_socket_paced"]["p50_ms"]
+    lines += ["", f"Paced, the ZeroMQ tcp round trip's median is {z_paced / z_b2b:.1f}x its back-to-back median and "
+              f"{z_paced / plain:.1f}x a plain socket's paced median."]
+    return "\n".join(lines)
+
+
+CLOSED_LOOP_RUNS = {"latency-512-rules": "512, 16 rules", "latency-4096-rules": "4096, 16 rules",
+                    "latency-512-intervals": "512, intervals 0.8 and 0.95", "latency-512-head-raw": "512, raw head",
+                    "latency-512-head-backbone": "512, backbone head", "latency-512-head-both": "512, both head"}
+HEAD_LIMIT_MS = 0.1  # issue 22: a loaded head adds at most this to p50
+TRIGGER_LIMIT_MS = 0.1  # issue 23: the trigger path adds at most this to the median over the prediction path
+
+
+def closed_loop_block() -> str:
+    base_record = bench("latency-512-tcp")
+    records = [bench(name) for name in CLOSED_LOOP_RUNS]
+    quality = bench("quality-512")
+    runs = dict(zip(CLOSED_LOOP_RUNS.values(), (r["result"] for r in records), strict=True))
+    base = base_record["result"]
+    lines = [*commands(records + [quality], list(CLOSED_LOOP_RUNS) + ["quality-512"]), "",
+             bench_machine(records + [quality]), "Each run is compared with the run without rules, intervals or heads "
+             "(`latency-512-tcp.json`, the first table of this page). Milliseconds.", "",
+             "| run | rig send→prediction p50 | p99 | receive→publish p50 | p99 | model stage p50 | rules stage p50 | p99 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, run in {"512 (no rules, intervals or heads)": base, **runs}.items():
+        stages, rules = run["stages"], (run.get("triggers") or {}).get("rules_stage")
+        lines.append(f"| {name} | {ms(run)} | {ms(run, 'p99_ms')} | {ms(stages['receive_to_publish'])} | "
+                     f"{ms(stages['receive_to_publish'], 'p99_ms')} | {ms(stages['model'])} | {ms(rules)} | "
+                     f"{ms(rules, 'p99_ms')} |")
+    lines += ["", "Triggers (each frame that fired: its last trigger against its own prediction; negative: the "
+              "trigger arrived first):", "",
+              "| run | triggers | frames fired | rig send→trigger p50 | p99 | trigger minus prediction p50 | p99 |",
+              "|---|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        if run.get("triggers"):
+            tr = run["triggers"]
+            lines.append(f"| {name} | {tr['count']} | {tr['frames_fired']} | {ms(tr['rig_to_last_trigger'])} | "
+                         f"{ms(tr['rig_to_last_trigger'], 'p99_ms')} | {ms(tr['trigger_minus_prediction'])} | "
+                         f"{ms(tr['trigger_minus_prediction'], 'p99_ms')} |")
+    lines += ["", "Targets, as each run judged them:", ""]
+    for name, run in runs.items():
+        lines += target_lines(name, run["targets"])
+    parts = quality["result"]["parts"]
+    added = parts["added by intervals"]["p50_ms"]
+    through = (runs["512, intervals 0.8 and 0.95"]["stages"]["receive_to_publish"]["p50_ms"]
+               - base["stages"]["receive_to_publish"]["p50_ms"])
+    lines += ["", f"Forecast quality per frame at {quality['result']['neurons']} neurons and "
+              f"{quality['result']['horizon']} steps, timed alone (`rtcalm bench quality`):", "",
+              "| part | p50 | p99 |", "|---|---|---|"]
+    lines += [f"| {name} | {times['p50_ms']:.4f} | {times['p99_ms']:.4f} |" for name, times in parts.items()]
+    lines += ["", f"Intervals add {added:.4f} ms p50 per frame timed alone (limit 0.05 ms: "
+              f"{'met' if added <= 0.05 else '**not met**'}). Through the daemon, the run with them has receive→publish "
+              f"p50 {through:+.3f} ms against the run without them; the two runs ran one after the other, so that "
+              "difference also carries their run-to-run noise.", "",
+              f"Decoding heads at 512 neurons, against the run without a head (limit {HEAD_LIMIT_MS} ms p50):", ""]
+    for name in ("512, raw head", "512, backbone head", "512, both head"):
+        head_added = runs[name]["stages"]["receive_to_publish"]["p50_ms"] - base["stages"]["receive_to_publish"]["p50_ms"]
+        head_model = runs[name]["stages"]["model"]["p50_ms"] - base["stages"]["model"]["p50_ms"]
+        lines.append(f"- {name}: receive→publish p50 {head_added:+.3f} ms, model stage p50 {head_model:+.3f} ms: "
+                     f"{'met' if head_added <= HEAD_LIMIT_MS else '**not met**'}")
+    return "\n".join(lines)
+
+
+def soak_block() -> str:
+    record = bench("soak")
+    result = record["result"]
+    lines = [*commands([record], ["soak"]), "", bench_machine([record]), "",
+             "| t (s) | daemon RSS (MiB) | p50 (ms) | p99 (ms) | max (ms) | frames sent | predictions |",
+             "|---|---|---|---|---|---|---|"]
+    for w in result["windows"]:
+        lines.append(f"| {w['t_s']:.0f} | {w['rss_mib']:.1f} | {w['p50_ms']:.2f} | {w['p99_ms']:.2f} | "
+                     f"{w['max_ms']:.1f} | {w['frames_sent']} | {w['predictions']} |")
+    checks = result["checks"]
+    lines += ["", "Checks: " + "; ".join(f"{name} {c['value']:g} (limit {c['limit']:g}): "
+                                         f"{'met' if c['met'] else '**not met**'}" for name, c in checks.items())
+              + f". {result['frames_sent']} frames sent, {result['rig_dropped']} dropped by the rig, "
+              f"{result['error_messages']} error messages."]
+    return "\n".join(lines)
+
+
+def step_block() -> str:
+    record = bench("step")
+    result = record["result"]
+    lines = [*commands([record], ["step"]), "", bench_machine([record]),
+             f"Model: `{result['model']}` ({result['config']['input_mode']} input mode, {result['parameters']:,} "
+             f"parameters), {result['threads']} torch thread(s).", "",
+             "| neurons | history | p50 (wall) | p99 (wall) | p50 (CPU time) | p99 (CPU time) |", "|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['neurons']} | {row['history']} | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | "
+                     f"{row['cpu_p50_ms']:.2f} ms | {row['cpu_p99_ms']:.2f} ms |")
+    lines += ["", "Targets, as the run judged them:", "", *target_lines("step", result["targets"])]
+    return "\n".join(lines)
+
+
+BACKEND_LABELS = {"torch": "torch eager", "onnx": "ONNX Runtime (N dynamic)", "onnx-static": "ONNX Runtime (N fixed)"}
+
+
+def backends_block() -> str:
+    record = bench("backends")
+    result = record["result"]
+    lines = [*commands([record], ["backends"]), "", bench_machine([record]),
+             f"Model `{result['model']}`, {result['threads']} thread(s). Not available on this machine: "
+             + "; ".join(f"{k} ({v})" for k, v in result["not_available"].items()) + ".", "",
+             "| neurons | backend | p50 | p99 | x torch (wall) | CPU p50 | x torch (CPU) | max \\|diff\\| |",
+             "|---|---|---|---|---|---|---|---|"]
+    faster = []
+    for run in result["runs"]:
+        for backend, row in run["results"].items():
+            lines.append(f"| {run['neurons']} | {BACKEND_LABELS.get(backend, backend)} | {row['p50_ms']:.2f} ms | "
+                         f"{row['p99_ms']:.2f} ms | {row['speedup_vs_torch_eager']:.2f} | {row['cpu_p50_ms']:.2f} ms | "
+                         f"{row['cpu_speedup_vs_torch_eager']:.2f} | {row['max_abs_diff_vs_torch']:.1e} |")
+        onnx = run["results"].get("onnx")
+        if onnx:
+            faster.append((run["neurons"], onnx["speedup_vs_torch_eager"]))
+    lines += ["", "Against the target \"on this CPU, ONNX Runtime faster than torch eager\": "
+              + ", ".join(f"{n} neurons {s:.2f}x ({'met' if s > 1 else '**not met**'})" for n, s in faster) + "."]
+    return "\n".join(lines)
+
+
 # --- the registry ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Block:
@@ -492,6 +699,12 @@ BLOCKS = [
     Block("results.md", "triggers", triggers_block, triggers_figure),
     Block("results.md", "tokens", tokens_block),
     Block("intervals.md", "intervals", intervals_block),
+    Block("benchmarks.md", "latency", latency_block),
+    Block("benchmarks.md", "transport", transport_block),
+    Block("benchmarks.md", "closed-loop", closed_loop_block),
+    Block("benchmarks.md", "soak", soak_block),
+    Block("benchmarks.md", "step", step_block),
+    Block("benchmarks.md", "backends", backends_block),
 ]
 
 
