@@ -71,11 +71,6 @@ class StepEngine:
             raise ValueError("the stream has not consumed a frame yet")
         return self._hidden(stream)
 
-    def decoded_outputs(self) -> dict:
-        """Behaviour readouts of the latest step by name. Decoding heads are per session and read
-        :meth:`hidden`; the engine itself has none, so this is the empty map the protocol sends."""
-        return {}
-
     def describe(self) -> dict:
         return {"version": self.version, "source": self.source, "backend": self.backend,
                 "backend_selection": self.selection, "artifact": self.artifact, "horizon": self.horizon,
