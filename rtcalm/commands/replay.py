@@ -7,6 +7,8 @@ import argparse
 import sys
 import time
 
+from rtcalm.commands.arguments import add_synthetic_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -15,11 +17,10 @@ def register(subparsers) -> None:
                     "to a daemon's ingest socket, paced at the recording's frame rate (or --rate), like a "
                     "live rig. With --loop, every pass starts a fresh stream (reset=true on its first frame).")
     parser.add_argument("file", nargs="?", metavar="FILE", help="recording file")
-    parser.add_argument("--synthetic", action="store_true", help="stream a built-in synthetic recording")
+    add_synthetic_arguments(parser, "stream a built-in synthetic recording")
     parser.add_argument("--neurons", type=int, default=512, help="neurons of the synthetic recording (default 512)")
     parser.add_argument("--frames", type=int, default=9000,
                         help="frames of the synthetic recording (default 9000: 5 min at 30 Hz)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic recording")
     parser.add_argument("--to", default="tcp://127.0.0.1:7750", metavar="ADDR",
                         help="the daemon's ingest address (default tcp://127.0.0.1:7750)")
     parser.add_argument("--rate", type=float, metavar="HZ", help="frames per second (default: the recording's rate)")
