@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from typing import Self
 
 import numpy as np
 import zmq
@@ -54,7 +55,22 @@ class DaemonError(RtcalmError):
         super().__init__(f"{code}: {message}")
 
 
-class RigSender:
+class _SocketClient:
+    """What owns one ZeroMQ socket (``_socket``): closing it closes the socket; ``with`` closes it too."""
+
+    _socket: zmq.Socket
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RigSender(_SocketClient):
     """Sends frames to the daemon's ingest socket (PUSH). ``send`` never blocks the rig: if the daemon is
     unreachable and ``hwm`` frames are already queued, the frame is dropped, counted in ``dropped``,
     and ``send`` returns False.
@@ -105,17 +121,8 @@ class RigSender:
         self.sent += 1
         return True
 
-    def close(self) -> None:
-        self._socket.close()
 
-    def __enter__(self) -> RigSender:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class _Subscriber:
+class _Subscriber(_SocketClient):
     """A SUB socket on the daemon's publish socket, subscribed to ``topics``; what the public subscribers
     share."""
 
@@ -145,15 +152,6 @@ class _Subscriber:
     def socket(self) -> zmq.Socket:
         """The underlying SUB socket, e.g. to add it to your own zmq.Poller."""
         return self._socket
-
-    def close(self) -> None:
-        self._socket.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _session_list(sessions: str | Iterable[str]) -> list[str]:
@@ -196,9 +194,6 @@ class PredictionSubscriber(_Subscriber):
     def __iter__(self) -> Iterator[Prediction | ErrorMessage | Trigger]:
         return super().__iter__()
 
-    def __enter__(self) -> PredictionSubscriber:
-        return self
-
 
 class TriggerSubscriber(_Subscriber):
     """Receives the daemon's ``trigger`` messages (a trigger rule fired) from its publish socket (SUB),
@@ -232,11 +227,8 @@ class TriggerSubscriber(_Subscriber):
     def __iter__(self) -> Iterator[Trigger]:
         return super().__iter__()
 
-    def __enter__(self) -> TriggerSubscriber:
-        return self
 
-
-class ControlClient:
+class ControlClient(_SocketClient):
     """Control commands (REQ). Each call sends one request and waits up to ``timeout_ms`` for the reply;
     on a timeout the socket is replaced (a REQ socket cannot send again before it has a reply) and
     TimeoutError is raised. Error replies raise :class:`DaemonError`."""
@@ -364,12 +356,3 @@ class ControlClient:
         if rules is None:
             return {}
         return {"rules": [rules] if isinstance(rules, str) else list(rules)}
-
-    def close(self) -> None:
-        self._socket.close()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -1,7 +1,7 @@
 """``rtcalm demo``: the shipped demo head was fitted by ``rtcalm fit-head`` on the demo's calibration block
-for the shipped default model (refit it, rtcalm/demo_heads/README.md, when the model changes), the
-scoring is what the view says it is, the view redraws in place, and a real run with the default model
-beats copy-last and decodes."""
+for the shipped default model (refit it, rtcalm/demo_heads/README.md, when the model changes) and decodes
+the frames the demo streams, the scoring is what the view says it is, the view redraws in place, and a
+real run with the default model beats copy-last and decodes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from rtcalm.commands import demo
+from rtcalm.commands.demo_render import Screen
+from rtcalm.commands.demo_view import DirectionScore, Source, StreamSkill
 from rtcalm.demo_heads import DIRECTION_HEAD, REFIT
 from rtcalm.demo_sources import HEAD_FIT_FRAMES, SIMULATED_RIG, STIMULUS_FRAMES, TRIAL_FRAMES, shown_direction
 
@@ -40,31 +41,68 @@ def test_the_shipped_demo_head_was_fitted_by_fit_head_for_the_shipped_default_mo
     labels = calibration_labels_csv(np.asarray(simulated_rig().trials["direction_deg"], dtype=float))
     assert provenance["inputs"][0]["labels_sha256"] == hashlib.sha256(labels.encode()).hexdigest(), REGENERATE
     assert provenance["trials"] == HEAD_FIT_FRAMES // TRIAL_FRAMES
-    chance = provenance["cross_validated"]["baselines"]["chance"]
-    assert provenance["cross_validated"]["served"] > 2 * chance
+
+
+@pytest.mark.slow
+def test_the_shipped_demo_head_decodes_the_frames_the_demo_streams():
+    """Held out: the frames after the calibration block, through the daemon's path, scored as the view
+    scores them (once per stimulus, at its end)."""
+    from rtcalm.demo_sources import simulated_rig
+    from rtcalm.engine import load_engine
+    from rtcalm.eval.served import decode_frames
+
+    engine = load_engine("default", backend="torch")
+    rig = simulated_rig()
+    frames = rig.dff[HEAD_FIT_FRAMES:HEAD_FIT_FRAMES + 12 * TRIAL_FRAMES]  # 11 stimuli after the warm-up
+    source = Source("sim", "", frames, 30.0, first_frame=HEAD_FIT_FRAMES,
+                    directions=np.asarray(rig.trials["direction_deg"], dtype=float))
+    score = DirectionScore(source)
+    for index, decoded in enumerate(decode_frames(engine, frames, [DIRECTION_HEAD])):
+        score.add(decoded, index, index)
+    assert score.total == 11
+    assert score.correct / score.total > 2 * score.chance, (score.correct, score.total)
 
 
 def test_skill_is_one_minus_the_mse_ratio_against_copy_last():
     rng = np.random.default_rng(0)
     dff = rng.standard_normal((100, 6)).astype(np.float32)
-    perfect, copy_last = demo.Skill(), demo.Skill()
-    for index in range(60, 69):
-        truth = np.stack([dff[min(index + h, 99)] for h in range(1, 31)], axis=1)
-        perfect.add(truth, dff, index)
-        copy_last.add(np.repeat(dff[index][:, None], 30, axis=1), dff, index)
+    perfect, copy_last, noisy = (StreamSkill(Source("sim", "", dff, 30.0), horizon=30) for _ in range(3))
+    forecasts = {}
+    for seq in range(60, 69):
+        truth = np.stack([dff[min(seq + h, 99)] for h in range(1, 31)], axis=1)
+        perfect.add(seq, truth)
+        copy_last.add(seq, np.repeat(dff[seq][:, None], 30, axis=1))
+        forecasts[seq] = (truth + rng.standard_normal(truth.shape)).astype(np.float32)
+        noisy.add(seq, forecasts[seq])
+    for skill in (perfect, copy_last, noisy):
+        skill.add(99, None)  # the truth up to the end of the pass arrives
     assert perfect.skill(1) == pytest.approx(1.0) and copy_last.skill(30) == pytest.approx(0.0)
     assert perfect.beaten() == (4, 4) and copy_last.beaten() == (0, 4)
-    # Targets past the end of the pass are not scored: from frame 80, 30 frames ahead is frame 110.
-    late = demo.Skill()
-    late.add(np.zeros((6, 30), np.float32), dff, 80)
-    assert late.skill(30) is None and late.skill(15) is not None
+    for h in (1, 5, 15, 30):
+        model = sum(np.sum((forecasts[t][:, h - 1] - dff[t + h]) ** 2) for t in forecasts)
+        copy = sum(np.sum((dff[t] - dff[t + h]) ** 2) for t in forecasts)
+        assert noisy.skill(h) == pytest.approx(1.0 - model / copy, rel=1e-5)
+    assert noisy.forecasts == len(forecasts)
+
+
+def test_skill_scores_no_target_past_the_pass_and_no_missing_forecast():
+    rng = np.random.default_rng(1)
+    dff = rng.standard_normal((100, 6)).astype(np.float32)
+    skill = StreamSkill(Source("sim", "", dff, 30.0), horizon=30)
+    skill.add(80, np.zeros((6, 30), np.float32))  # from frame 80, 30 frames ahead is the next pass's frame 10
+    skill.add(82, None)  # in a stream's warm-up: not scored
+    skill.add(100 + 40, None)  # the next pass (frame 140 = its frame 40) arrives
+    assert skill.skill(30) is None and skill.skill(15) is not None
+    model = np.sum(dff[95] ** 2)  # a zero forecast made at 80 for 95
+    assert skill.skill(15) == pytest.approx(1.0 - model / np.sum((dff[80] - dff[95]) ** 2), rel=1e-5)
+    assert StreamSkill(Source("sim", "", dff, 30.0), horizon=10).skill(15) is None  # past the model's horizon
 
 
 def test_direction_is_scored_once_per_stimulus_at_its_end():
     directions = np.array([0.0, 45.0, 90.0, 135.0] * 200)
-    source = demo.Source("sim", "", np.zeros((TRIAL_FRAMES * 10, 4), np.float32), 30.0, first_frame=HEAD_FIT_FRAMES,
+    source = Source("sim", "", np.zeros((TRIAL_FRAMES * 10, 4), np.float32), 30.0, first_frame=HEAD_FIT_FRAMES,
                          directions=directions)
-    score = demo.DirectionScore(source)
+    score = DirectionScore(source)
     first_trial = HEAD_FIT_FRAMES // TRIAL_FRAMES
     end = STIMULUS_FRAMES - 1
     score.add({"direction": directions[first_trial]}, end, end)  # trial 0 of the pass: still warming up
@@ -81,14 +119,14 @@ def test_direction_is_scored_once_per_stimulus_at_its_end():
 def test_the_view_is_redrawn_in_place_on_a_terminal(monkeypatch):
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    screen = demo.Screen(plain=False)
+    screen = Screen(plain=False)
     screen.draw(["one", "two", "three"])
     screen.draw(["four", "five"])
     text = out.getvalue()
     assert text == "\x1b[Jone\ntwo\nthree\n" + "\x1b[3F\x1b[Jfour\nfive\n"
     plain_out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", plain_out)
-    demo.Screen(plain=True).draw(["a", "b"])
+    Screen(plain=True).draw(["a", "b"])
     assert plain_out.getvalue() == "a\nb\n\n" and "\x1b" not in plain_out.getvalue()
 
 
@@ -122,4 +160,6 @@ def test_demo_streams_the_held_out_allen_recording_when_the_real_data_is_there(r
     assert "[allen] Allen Brain Observatory, mouse 511510989 (a test mouse: never trained on)" in summary
     assert "[sim] simulated rig" in summary
     allen = summary.split("[allen]")[1].split("[sim]")[0]
-    assert re.search(r"forecast skill vs copy-last: 33 ms [+-]\d", allen), allen  # scored, whatever the sign
+    # the default model beats copy-last one frame ahead on this held-out mouse from the stream's start
+    # (+22 % over its first 150 frames, +27 % over 240, streamed offline through the daemon's path)
+    assert re.search(r"forecast skill vs copy-last: 33 ms +\+\d", allen), allen

@@ -41,3 +41,22 @@ def add_synthetic_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """``--synthetic`` (``what`` it does with the built-in recording) and ``--seed`` of that recording."""
     parser.add_argument("--synthetic", action="store_true", help=what)
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic recording")
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", help="where the model runs (as rtcalm serve --backend)")
+
+
+def add_client_keys_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--keys DIR`` and ``--client NAME`` of a client of a daemon with CurveZMQ keys; read them with
+    :func:`client_keys`."""
+    parser.add_argument("--keys", metavar="DIR", help="CurveZMQ key directory (rtcalm keys generate DIR)")
+    parser.add_argument("--client", default="client", metavar="NAME",
+                        help="with --keys: this client's name in DIR/clients (default 'client')")
+
+
+def client_keys(args: argparse.Namespace):
+    """The client's ClientKeys from ``--keys``/``--client``; None without ``--keys``."""
+    from rtcalm.security import ClientKeys
+
+    return ClientKeys.from_directory(args.keys, args.client) if args.keys else None

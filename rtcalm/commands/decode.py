@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from rtcalm.commands.arguments import add_json_argument
+from rtcalm.commands.arguments import add_backend_argument, add_json_argument
 
 
 def register(subparsers) -> None:
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                         help="the head: its .json, or the directory rtcalm fit-head wrote it to")
     parser.add_argument("--labels", metavar="TABLE", help="a label table for FILE (a contiguous recording)")
     parser.add_argument("--model", help="the model (default: the one the head's provenance names, else 'default')")
-    parser.add_argument("--backend", default="auto", help="where the model runs (as rtcalm serve --backend)")
+    add_backend_argument(parser)
     parser.add_argument("--config", metavar="FILE", help="the daemon's TOML config (its [stats]; default: defaults)")
     parser.add_argument("--trial-order", choices=("shuffled", "recorded"),
                         help="trial-structured files: the order the epochs are streamed in (default: the head's, "

@@ -18,7 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from rtcalm.commands.arguments import add_json_argument, add_model_argument, positive_int
+from rtcalm.commands.arguments import (
+    add_backend_argument,
+    add_json_argument,
+    add_model_argument,
+    positive_int,
+)
 
 FEATURES = ("auto", "raw", "backbone", "both")
 
@@ -59,7 +64,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to write NAME.json and NAME.safetensors")
     parser.add_argument("--name", help="the head's name, the key of its output in 'decoded' (default: the task)")
     add_model_argument(parser)
-    parser.add_argument("--backend", default="auto", help="where the model runs (as rtcalm serve --backend)")
+    add_backend_argument(parser)
     parser.add_argument("--config", metavar="FILE",
                         help="the serving daemon's TOML config (its [stats] normalise the frames; default: defaults)")
     parser.add_argument("--window-s", type=positive_seconds, default=2.0, metavar="S",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rtcalm.commands.arguments import add_client_keys_arguments, client_keys
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -26,9 +28,7 @@ def register(subparsers) -> None:
         action.add_argument("--session", required=True, metavar="ID")
         action.add_argument("--control", default="tcp://127.0.0.1:7752", metavar="ADDR",
                             help="the daemon's control address (default tcp://127.0.0.1:7752)")
-        action.add_argument("--keys", metavar="DIR", help="CurveZMQ key directory (rtcalm keys generate DIR)")
-        action.add_argument("--client", default="client", metavar="NAME",
-                            help="with --keys: this client's name in DIR/clients (default 'client')")
+        add_client_keys_arguments(action)
         action.add_argument("--timeout", type=float, default=10.0, metavar="S",
                             help="seconds to wait for the daemon's reply (default 10)")
         action.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
@@ -50,7 +50,7 @@ def _head_path(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import math
 
-    from rtcalm.client import ClientKeys, ControlClient
+    from rtcalm.client import ControlClient
     from rtcalm.errors import RtcalmError
     from rtcalm.protocol import SESSION_ID_PATTERN
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise RtcalmError(f"--session {args.session!r}: a session id is 1-64 characters of A-Z a-z 0-9 _ . : -")
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise RtcalmError(f"--timeout must be a positive number of seconds, got {args.timeout}")
-    keys = ClientKeys.from_directory(args.keys, args.client) if args.keys else None
+    keys = client_keys(args)
     client = ControlClient(args.control, timeout_ms=int(args.timeout * 1000), keys=keys)
     try:
         if args.action == "load":

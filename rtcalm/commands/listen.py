@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from rtcalm.commands.arguments import add_client_keys_arguments, client_keys, positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -27,21 +29,13 @@ def register(subparsers) -> None:
                              "default: every session, and errors that could not be attributed to one)")
     parser.add_argument("--triggers-only", action="store_true",
                         help="only trigger messages (a trigger rule fired): of --session, or of every session")
-    parser.add_argument("--count", type=_positive_int, metavar="N", help="stop after N messages")
+    parser.add_argument("--count", type=positive_int, metavar="N", help="stop after N messages")
     parser.add_argument("--timeout", type=float, metavar="S",
                         help="fail (exit status 1) if S seconds pass without a message")
     parser.add_argument("--vectors", action="store_true",
                         help="also print the per-neuron vectors: 'forecast' (neurons x horizon) and 'predictable'")
-    parser.add_argument("--keys", metavar="DIR", help="CurveZMQ key directory (rtcalm keys generate DIR)")
-    parser.add_argument("--client", default="client", metavar="NAME",
-                        help="with --keys: this client's name in DIR/clients (default 'client')")
+    add_client_keys_arguments(parser)
     parser.set_defaults(handler=run)
-
-
-def _positive_int(text: str) -> int:
-    from rtcalm.commands.arguments import positive_int
-
-    return positive_int(text)
 
 
 def _finite_or_none(value):
@@ -81,7 +75,7 @@ def message_record(message, *, vectors: bool, t_listen_ns: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtcalm.client import ClientKeys, PredictionSubscriber, TriggerSubscriber
+    from rtcalm.client import PredictionSubscriber, TriggerSubscriber
     from rtcalm.errors import RtcalmError
     from rtcalm.protocol import SESSION_ID_PATTERN, ProtocolError
 
@@ -90,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     for session in args.session or ():
         if not SESSION_ID_PATTERN.fullmatch(session):
             raise RtcalmError(f"--session {session!r}: a session id is 1-64 characters of A-Z a-z 0-9 _ . : -")
-    keys = ClientKeys.from_directory(args.keys, args.client) if args.keys else None
+    keys = client_keys(args)
     printed = 0
     if args.triggers_only:
         subscriber = TriggerSubscriber(args.address, sessions=args.session, keys=keys)

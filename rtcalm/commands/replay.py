@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 
-import numpy as np
+from rtcalm.commands.arguments import add_synthetic_arguments
 
 
 def register(subparsers) -> None:
@@ -18,11 +17,10 @@ def register(subparsers) -> None:
                     "to a daemon's ingest socket, paced at the recording's frame rate (or --rate), like a "
                     "live rig. With --loop, every pass starts a fresh stream (reset=true on its first frame).")
     parser.add_argument("file", nargs="?", metavar="FILE", help="recording file")
-    parser.add_argument("--synthetic", action="store_true", help="stream a built-in synthetic recording")
+    add_synthetic_arguments(parser, "stream a built-in synthetic recording")
     parser.add_argument("--neurons", type=int, default=512, help="neurons of the synthetic recording (default 512)")
     parser.add_argument("--frames", type=int, default=9000,
                         help="frames of the synthetic recording (default 9000: 5 min at 30 Hz)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic recording")
     parser.add_argument("--to", default="tcp://127.0.0.1:7750", metavar="ADDR",
                         help="the daemon's ingest address (default tcp://127.0.0.1:7750)")
     parser.add_argument("--rate", type=float, metavar="HZ", help="frames per second (default: the recording's rate)")
@@ -56,40 +54,9 @@ def load_source(args: argparse.Namespace):
                                               f"neurons, {recording.n_frames} frames)"
 
 
-def check_rate(rate_hz: float) -> float:
-    from rtcalm.errors import RtcalmError
-
-    if not (np.isfinite(rate_hz) and 0 < rate_hz <= 100000):
-        raise RtcalmError(f"--rate must be a positive number of frames per second (<= 100000), got {rate_hz}")
-    return float(rate_hz)
-
-
-def stream(dff: np.ndarray, sender, rate_hz: float, *, loop: bool = False, stop: threading.Event | None = None,
-           on_sent=None) -> int:
-    """Send ``dff`` frame by frame at ``rate_hz`` on an absolute schedule (a late frame does not delay the
-    next ones). Returns the number of frames sent. ``on_sent(seq, frame, t_send_perf)`` is called after
-    each send; ``stop`` ends the stream early."""
-    period = 1.0 / rate_hz
-    start = time.perf_counter()
-    count = 0
-    while True:
-        for index in range(dff.shape[0]):
-            if stop is not None and stop.is_set():
-                return count
-            delay = start + count * period - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            seq = sender.next_seq
-            sender.send(dff[index], reset=loop and index == 0 and count > 0)
-            if on_sent is not None:
-                on_sent(seq, dff[index], time.perf_counter())
-            count += 1
-        if not loop:
-            return count
-
-
 def run(args: argparse.Namespace) -> int:
     from rtcalm.client import RigSender
+    from rtcalm.commands.streaming import check_rate, stream
 
     if args.rate is not None:
         check_rate(args.rate)  # before loading anything

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rtcalm.commands.arguments import add_json_argument, add_model_argument
+from rtcalm.commands.arguments import add_backend_argument, add_json_argument, add_model_argument
 
 
 def frame_window(text: str) -> tuple[int, int]:
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--forecast-frames", type=frame_window, default=(1, 5), metavar="FIRST:LAST",
                         help="--compare: the forecast rule's window of frames ahead (default 1:5)")
     add_model_argument(parser)
-    parser.add_argument("--backend", default="auto", help="where the model runs (as rtcalm serve --backend)")
+    add_backend_argument(parser)
     add_json_argument(parser)
     parser.set_defaults(handler=run)
 

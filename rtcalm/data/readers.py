@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from rtcalm.data.caiman import looks_like_caiman, read_caiman
+from rtcalm.data.native import read_native
 from rtcalm.data.recording import Recording, RecordingMeta, TrialTable, checked_recording
 from rtcalm.data.safe_pickle import looks_like_pickle, restricted_loads
 from rtcalm.data.suite2p import looks_like_suite2p_plane, read_suite2p, suite2p_plane_folders
@@ -456,20 +457,11 @@ def load_recording(path) -> Recording:
     CaImAn file without a frame rate, call :func:`read_suite2p` / :func:`read_caiman` directly."""
     path = Path(path)
     fmt = detect_format(path)
-    if fmt == "suite2p":
-        return read_suite2p(path)
-    if fmt == "caiman-hdf5":
-        return read_caiman(path)
-    if fmt == "mat":
-        return read_mat(path)
-    if fmt == "npz":
-        return read_npz(path)
-    if fmt == "allen-nwb":
-        return read_allen_nwb(path)
-    if fmt == "nwb2":
-        return read_nwb2(path)
-    if fmt == "rtcalm-h5":
-        from rtcalm.data.native import read_native
+    reader = _READERS.get(fmt)
+    if reader is None:
+        raise AssertionError(f"unhandled format {fmt}")
+    return reader(path)
 
-        return read_native(path)
-    raise AssertionError(f"unhandled format {fmt}")
+
+_READERS = {"suite2p": read_suite2p, "caiman-hdf5": read_caiman, "mat": read_mat, "npz": read_npz,
+            "allen-nwb": read_allen_nwb, "nwb2": read_nwb2, "rtcalm-h5": read_native}

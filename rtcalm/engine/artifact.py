@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtcalm.errors import RtcalmError
+from rtcalm.errors import FileError, RtcalmError, read_json_object
 
 ARTIFACT_FORMAT = "rtcalm-step-artifact"
 ARTIFACT_FORMAT_VERSION = 2  # 2: keys (N, W, head_dim) written by ScatterND; 1 had keys_t and ScatterElements
@@ -50,14 +50,9 @@ TENSORRT_OPT_NEURONS = 512  # TensorRT tunes kernels for this N (clamped into th
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ArtifactError(RtcalmError, ValueError):
+class ArtifactError(FileError):
     """A compiled artifact cannot be used: missing, corrupt, or built from another model / for another
     machine."""
-
-    def __init__(self, path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -182,15 +177,8 @@ def read_sidecar(artifact_path) -> dict:
     """The validated sidecar of ``artifact_path`` (structure only; see :func:`check_artifact_for_model`)."""
     artifact_path = Path(artifact_path)
     path = sidecar_path(artifact_path)
-    if not path.is_file():
-        raise ArtifactError(path, f"missing: every compiled artifact needs its sidecar {path.name} "
-                                  "(rebuild with rtcalm compile)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(path, f"not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ArtifactError(path, "must be a JSON object")
+    document = read_json_object(path, ArtifactError, f"missing: every compiled artifact needs its sidecar {path.name} "
+                                                     "(rebuild with rtcalm compile)")
     if document.get("format") != ARTIFACT_FORMAT:
         raise ArtifactError(path, f"format is {document.get('format')!r}, expected {ARTIFACT_FORMAT!r}")
     if document.get("format_version") != ARTIFACT_FORMAT_VERSION:

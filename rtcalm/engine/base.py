@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rtcalm.engine.artifact import MAX_NEURONS, NeuronRange
+from rtcalm.errors import RtcalmError
 from rtcalm.model.calm import CalmConfig
 
 
@@ -71,11 +72,6 @@ class StepEngine:
             raise ValueError("the stream has not consumed a frame yet")
         return self._hidden(stream)
 
-    def decoded_outputs(self) -> dict:
-        """Behaviour readouts of the latest step by name. Decoding heads are per session and read
-        :meth:`hidden`; the engine itself has none, so this is the empty map the protocol sends."""
-        return {}
-
     def describe(self) -> dict:
         return {"version": self.version, "source": self.source, "backend": self.backend,
                 "backend_selection": self.selection, "artifact": self.artifact, "horizon": self.horizon,
@@ -97,6 +93,16 @@ class StepEngine:
         if isinstance(n_neurons, bool) or not isinstance(n_neurons, int | np.integer) or n_neurons < 1:
             raise ValueError(f"n_neurons must be a positive integer, got {n_neurons!r}")
         return int(n_neurons)
+
+    def _check_compiled_for(self, n_neurons, graph: str, backend: str) -> int:
+        """``n_neurons`` if the compiled graph (``graph`` when no artifact file was read) runs that many
+        neurons; RtcalmError saying how to compile one that does otherwise."""
+        n_neurons = self._check_neurons(n_neurons)
+        if not self.neurons.contains(n_neurons):
+            raise RtcalmError(f"a stream of {n_neurons} neurons cannot run on {self.artifact or graph}: it was "
+                              f"compiled for {self.neurons.describe()} (rtcalm compile --backend {backend} "
+                              "--neurons-range MIN:MAX)")
+        return n_neurons
 
     @staticmethod
     def _check_frames(frames, stream, allow_empty: bool) -> np.ndarray:

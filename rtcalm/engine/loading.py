@@ -165,18 +165,25 @@ def _explicit_artifact(checkpoint: LoadedCheckpoint, path, backend: str, machine
     return Path(path), payload, sidecar
 
 
+def _compiled_artifact(checkpoint: LoadedCheckpoint, artifact, backend: str,
+                       machine_check) -> tuple[Path, bytes, dict] | None:
+    """(path, payload, sidecar) of the artifact to run: ``artifact`` if given (an error if it does not fit),
+    else the widest usable one in the checkpoint's compiled folder, else None."""
+    if artifact is not None:
+        return _explicit_artifact(checkpoint, artifact, backend, machine_check)
+    usable = _usable_artifacts(checkpoint, backend, machine_check)
+    return usable[0] if usable else None
+
+
 def _load_onnx(checkpoint: LoadedCheckpoint, reason: str, artifact, threads: int) -> StepEngine:
     from rtcalm.engine.onnx_backend import OnnxEngine
 
     def no_machine_check(path, sidecar):
         return None
 
-    if artifact is not None:
-        found = [_explicit_artifact(checkpoint, artifact, "onnx", no_machine_check)]
-    else:
-        found = _usable_artifacts(checkpoint, "onnx", no_machine_check)
-    if found:
-        path, payload, sidecar = found[0]
+    found = _compiled_artifact(checkpoint, artifact, "onnx", no_machine_check)
+    if found is not None:
+        path, payload, sidecar = found
         neurons, where = sidecar["neuron_range"], str(path)
         reason += f"; compiled artifact {path}"
     else:
@@ -212,12 +219,9 @@ def tensorrt_machine_check(path, sidecar: dict) -> None:
 def _load_tensorrt(checkpoint: LoadedCheckpoint, reason: str, artifact, cuda_graphs: bool) -> StepEngine:
     from rtcalm.engine.tensorrt_backend import TensorRTEngine, build_plan
 
-    if artifact is not None:
-        found = [_explicit_artifact(checkpoint, artifact, "tensorrt", tensorrt_machine_check)]
-    else:
-        found = _usable_artifacts(checkpoint, "tensorrt", tensorrt_machine_check)
-    if found:
-        path, plan, sidecar = found[0]
+    found = _compiled_artifact(checkpoint, artifact, "tensorrt", tensorrt_machine_check)
+    if found is not None:
+        path, plan, sidecar = found
         neurons, fp16, where = sidecar["neuron_range"], sidecar["precision"] == "fp16", str(path)
         reason += f"; compiled artifact {path}"
     else:

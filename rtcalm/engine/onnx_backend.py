@@ -34,7 +34,6 @@ from rtcalm.engine.step_graph import (
     output_names,
     state_layout,
 )
-from rtcalm.errors import RtcalmError
 from rtcalm.model.calm import CalmConfig
 
 log = logging.getLogger("rtcalm.engine")
@@ -149,12 +148,7 @@ class OnnxEngine(StepEngine):
                 "in_place_caches": sorted(self.in_place)}
 
     def new_stream(self, n_neurons: int) -> _OrtStream:
-        n_neurons = self._check_neurons(n_neurons)
-        if not self.neurons.contains(n_neurons):
-            raise RtcalmError(f"a stream of {n_neurons} neurons cannot run on {self.artifact or 'this ONNX graph'}: "
-                              f"it was compiled for {self.neurons.describe()} (rtcalm compile --backend onnx "
-                              "--neurons-range MIN:MAX)")
-        return _OrtStream(self, n_neurons)
+        return _OrtStream(self, self._check_compiled_for(n_neurons, "this ONNX graph", "onnx"))
 
     def _advance(self, frame: np.ndarray, stream: _OrtStream) -> None:
         np.copyto(stream.frame, frame)

@@ -218,11 +218,7 @@ class TensorRTEngine(StepEngine):
                 "cuda_graphs": self.cuda_graphs, **device_info()}
 
     def new_stream(self, n_neurons: int) -> _TrtStream:
-        n_neurons = self._check_neurons(n_neurons)
-        if not self.neurons.contains(n_neurons):
-            raise RtcalmError(f"a stream of {n_neurons} neurons cannot run on {self.artifact or 'this TensorRT engine'}"
-                              f": it was built for {self.neurons.describe()} (rtcalm compile --backend tensorrt "
-                              "--neurons-range MIN:MAX)")
+        n_neurons = self._check_compiled_for(n_neurons, "this TensorRT engine", "tensorrt")
         with torch.inference_mode():
             return _TrtStream(self, n_neurons)
 

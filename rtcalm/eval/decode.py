@@ -188,7 +188,8 @@ class BinnedDecoder:
 
     def __init__(self, per_frame: np.ndarray, targets: np.ndarray, kind: str, metric: str,
                  bin_counts: Sequence[int] | None = None, seed: int = 0):
-        from rtcalm.eval.linear import BIN_COUNTS, penalties, time_binned
+        from rtcalm.eval.linear import BIN_COUNTS, penalties
+        from rtcalm.model.heads.linear import time_binned
 
         frames = per_frame.shape[1]
         counts = [b for b in (bin_counts or BIN_COUNTS) if b <= frames]
@@ -404,7 +405,7 @@ class TimeResolvedDecoder:
         self.selected: list[dict] = []
 
     def _features(self, train: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
-        from rtcalm.eval.linear import principal_projection, time_binned
+        from rtcalm.model.heads.linear import principal_projection, time_binned
 
         trials, frames, neurons, width = self.per_frame.shape
         if width == 1:

@@ -100,7 +100,7 @@ class ServedDecoder:
                                   features=candidate.features)
 
     def _projection(self, train: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        from rtcalm.eval.linear import principal_projection
+        from rtcalm.model.heads.linear import principal_projection
 
         widest = max((c.components for c in self.candidates), default=0)
         return principal_projection(self.windows.hidden[train], widest) if widest else None
@@ -110,9 +110,9 @@ class ServedDecoder:
         training trials' principal axes)."""
         import torch
 
-        from rtcalm.eval.linear import time_binned
         from rtcalm.model.heads import TimeResolvedHead
         from rtcalm.model.heads.fitting import window_features
+        from rtcalm.model.heads.linear import time_binned
 
         binned = {}
         for kind, components in dict.fromkeys((c.features, c.components) for c in self.candidates):

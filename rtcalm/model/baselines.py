@@ -21,7 +21,7 @@ the same recordings as the model (``python -m trainer baselines``); shipped ones
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtcalm.model.calm import config_from_dict
 from rtcalm.model.checkpoint import (
     SHIPPED_MODELS_DIR,
     CheckpointError,
     _write_atomically,
     check_state_dict,
-    read_json_object,
+    read_config_json,
     read_weights,
 )
 from rtcalm.model.encoder import TemporalEncoder, normalise_windows
@@ -68,12 +69,7 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> BaselineConfig:
-        if not isinstance(d, dict):
-            raise ValueError(f"baseline config must be a JSON object, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown baseline config keys: {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d, "baseline config")
 
 
 class PopulationFiLM(nn.Module):
@@ -177,7 +173,7 @@ def load_baseline(directory) -> BaselineForecaster:
     """Load a baseline directory; every problem raises CheckpointError naming the file."""
     directory = Path(directory)
     path = directory / "config.json"
-    document = read_json_object(path, "a baseline")
+    document = read_config_json(path, "a baseline")
     if document.get("format") != BASELINE_FORMAT:
         raise CheckpointError(path, f"not an rtcalm baseline (format must be {BASELINE_FORMAT!r})")
     if document.get("format_version") != BASELINE_FORMAT_VERSION:

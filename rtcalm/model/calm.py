@@ -119,14 +119,18 @@ class CalmConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> CalmConfig:
-        """Strict: unknown keys are an error (a config from a newer version must not load silently)."""
-        if not isinstance(d, dict):
-            raise ValueError(f"model config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d, "model config")
+
+
+def config_from_dict(cls, d: dict, what: str):
+    """The dataclass ``cls`` from the JSON object ``d`` (``what`` it is, for the errors). Strict: unknown
+    keys are a ValueError (a config from a newer version must not load silently)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {unknown}")
+    return cls(**d)
 
 
 @dataclass

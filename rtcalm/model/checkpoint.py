@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rtcalm.errors import RtcalmError
+from rtcalm.errors import FileError, read_json_object
 from rtcalm.model.calm import Calm, CalmConfig
 
 CHECKPOINT_FORMAT = "rtcalm-calm"
@@ -35,13 +35,8 @@ SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-class CheckpointError(RtcalmError, ValueError):
+class CheckpointError(FileError):
     """A checkpoint cannot be used: missing, corrupt, or not matching the model it describes."""
-
-    def __init__(self, path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -78,7 +73,7 @@ def read_checkpoint_config(directory) -> tuple[CalmConfig, dict]:
         raise CheckpointError(directory, f"a checkpoint is a directory with {CONFIG_FILE} and {WEIGHTS_FILE}, "
                                          "not a file")
     path = directory / CONFIG_FILE
-    document = read_json_object(path, "a checkpoint")
+    document = read_config_json(path, "a checkpoint")
     if document.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(path, f"format is {document.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
     if document.get("format_version") != FORMAT_VERSION:
@@ -94,17 +89,9 @@ def read_checkpoint_config(directory) -> tuple[CalmConfig, dict]:
     return config, metadata
 
 
-def read_json_object(path: Path, what: str) -> dict:
+def read_config_json(path: Path, what: str) -> dict:
     """The JSON object in ``path`` (the config.json of ``what``), or CheckpointError naming the file."""
-    if not path.is_file():
-        raise CheckpointError(path, f"missing ({what} needs config.json next to model.safetensors)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise CheckpointError(path, "must be a JSON object")
-    return document
+    return read_json_object(path, CheckpointError, f"missing ({what} needs config.json next to model.safetensors)")
 
 
 def read_weights(path) -> dict[str, torch.Tensor]:

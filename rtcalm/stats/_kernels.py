@@ -219,19 +219,6 @@ def update_many(state, frames, first_index, decay):
     return 0
 
 
-@njit(**_JIT)
-def mean_std_into(state, mean_out, std_out, min_count):
-    """Running mean and std (ddof=0) into caller arrays; NaN where the count (weight) is below
-    ``min_count`` or the variance is 0."""
-    for i in range(state.shape[1]):
-        count = state[ROW_COUNT, i]
-        ready = count >= min_count and count > 0.0
-        var = state[ROW_M2, i] / count if ready else 0.0
-        ok = ready and var > 0.0
-        mean_out[i] = state[ROW_MEAN, i] if ok else np.nan
-        std_out[i] = np.sqrt(var) if ok else np.nan
-
-
 # No fastmath here: the daemon normalises with these numbers and they must not depend on the compiler.
 @njit(cache=True, error_model="numpy")
 def scale_into(state, warmup, mean_out, std_out, inv_std_out):

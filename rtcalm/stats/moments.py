@@ -215,14 +215,6 @@ class StreamingStats:
         return twin
 
     # --- results ---------------------------------------------------------------------------------
-    def mean_std_into(self, mean_out: np.ndarray, std_out: np.ndarray, *, min_count: float = 1.0) -> None:
-        """Write the running mean and std (ddof=0) into caller-owned float32/float64 arrays, allocating
-        nothing (for per-frame normalisation). NaN where fewer than ``min_count`` values (total weight,
-        with forgetting) were seen or the variance is 0."""
-        self._check_out("mean_out", mean_out)
-        self._check_out("std_out", std_out)
-        k.mean_std_into(self._state, mean_out, std_out, float(min_count))
-
     def scale_into(self, mean_out: np.ndarray, std_out: np.ndarray, inv_std_out: np.ndarray, *,
                    min_count: float) -> None:
         """The per-frame normalisation scale, into caller-owned float32 arrays, allocating nothing: the
@@ -233,12 +225,6 @@ class StreamingStats:
             if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == self._frame_shape):
                 raise StatsError(f"{name} must be a float32 array of shape ({self.n_neurons},), got {_describe(out)}")
         k.scale_into(self._state, float(min_count), mean_out, std_out, inv_std_out)
-
-    def _check_out(self, name: str, out) -> None:
-        if (not isinstance(out, np.ndarray) or out.dtype not in _FLOAT_DTYPES or out.shape != self._frame_shape
-                or not out.flags.writeable):
-            raise StatsError(f"{name} must be a writeable float32 or float64 array of shape "
-                             f"({self.n_neurons},), got {_describe(out)}")
 
     def snapshot(self) -> NeuronStats:
         """The current statistics (new arrays; meant for reporting, not for every frame)."""

@@ -9,9 +9,10 @@
 
 For each horizon h, when frame t arrives it is compared with the forecast made at frame t - h for it
 and with copy-last's (frame t - h itself), over the neurons where all three are present; the squared
-errors summed over neurons enter exponentially forgetting sums (``time_constant_frames``), and the skill
-is one minus their ratio: 0 is copy-last's skill, above 0 better, below 0 worse. It is forecast-eval's
-``1 - mse_ratio`` in the daemon's running z units, over a recent window instead of a whole file.
+errors summed over neurons enter exponentially forgetting sums (``time_constant_frames``; None: plain
+sums, nothing forgotten), and the skill is one minus their ratio: 0 is copy-last's skill, above 0 better,
+below 0 worse. It is forecast-eval's ``1 - mse_ratio`` in the daemon's running z units, over a recent
+window instead of a whole file (``rtcalm demo`` scores in ΔF/F, forgetting nothing).
 
 State is allocated in the constructor; :meth:`update` is one numba call that allocates nothing.
 """
@@ -32,7 +33,8 @@ _JIT = dict(cache=True, error_model="numpy")
 class RollingSkill:
     """Skill against copy-last at ``horizons`` (frames ahead, each within the forecast's ``horizon``)."""
 
-    def __init__(self, n_neurons: int, horizon: int, horizons: Sequence[int], *, time_constant_frames: float = 1800.0):
+    def __init__(self, n_neurons: int, horizon: int, horizons: Sequence[int], *,
+                 time_constant_frames: float | None = 1800.0):
         horizons = tuple(horizons)
         if not horizons or any(type(h) is not int or not 1 <= h <= horizon for h in horizons):
             raise StatsError(f"horizons must be frames ahead from 1 to {horizon}, got {list(horizons)}")

@@ -8,7 +8,7 @@ import pytest
 
 from rtcalm.data import Recording, TrialTable
 from rtcalm.eval.decode import BinnedDecoder, TimeResolvedDecoder, evaluate, standard_error
-from rtcalm.eval.linear import ShrinkageLDA, time_binned
+from rtcalm.model.heads.linear import ShrinkageLDA, time_binned
 
 
 @pytest.mark.parametrize("trials, features", [(96, 12), (80, 300)])  # fewer and more features than trials
@@ -131,7 +131,8 @@ def test_standard_errors():
 def test_time_resolved_decoder_scores_the_daemons_head(metric):
     """The decoder's test predictions come from the head file format's own fit (fit_time_resolved_head),
     and equal the plain numpy estimator on PCA-projected time bins."""
-    from rtcalm.eval.linear import make_estimator, principal_projection
+    from rtcalm.eval.linear import make_estimator
+    from rtcalm.model.heads.linear import principal_projection
 
     rng = np.random.default_rng(4)
     per_frame = rng.standard_normal((64, 12, 5, 3)).astype(np.float32)

@@ -53,7 +53,7 @@ def _inputs(features, dff, hidden):
 
 
 def test_backbone_head_computes_the_offline_estimator_and_decodes_held_out_trials():
-    from rtcalm.eval.linear import ShrinkageLDA, principal_projection, time_binned
+    from rtcalm.model.heads.linear import ShrinkageLDA, principal_projection, time_binned
 
     z, x, y = _frames()
     train, test = np.arange(96) % 4 != 0, np.arange(96) % 4 == 0
@@ -75,7 +75,7 @@ def test_backbone_head_computes_the_offline_estimator_and_decodes_held_out_trial
 
 @pytest.mark.parametrize("features", ["raw", "both"])
 def test_raw_and_both_heads_are_shrinkage_lda_on_their_frame_features(features):
-    from rtcalm.eval.linear import ShrinkageLDA, principal_projection, time_binned
+    from rtcalm.model.heads.linear import ShrinkageLDA, principal_projection, time_binned
 
     z, x, y = _frames(seed=3)
     train, test = np.arange(96) % 4 != 0, np.arange(96) % 4 == 0

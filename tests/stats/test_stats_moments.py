@@ -324,35 +324,38 @@ def test_per_frame_update_allocates_no_arrays():
     assert peak - before < 4 * n, f"an update allocated {peak - before} bytes (one frame is {4 * n})"
 
 
-def test_mean_std_into_matches_snapshot_without_allocating():
+def test_scale_into_after_a_batch_update_matches_the_snapshot_without_allocating():
     rng = np.random.default_rng(14)
     x = _heavy_tailed(rng, 200, 6)
     x[:, 1] = 2.0  # constant: std 0 -> NaN
     x[150:, 2] = np.nan  # fewer values than min_count below
     stats = StreamingStats(6)
     stats.update_many(x)
-    mean = np.empty(6, dtype=np.float32)
-    std = np.empty(6, dtype=np.float32)
-    stats.mean_std_into(mean, std, min_count=151)
+    mean, std, inv_std = (np.empty(6, dtype=np.float32) for _ in range(3))
+    stats.scale_into(mean, std, inv_std, min_count=151)
     snap = stats.snapshot()
-    expect_ok = np.array([True, False, False, True, True, True])
-    np.testing.assert_allclose(mean[expect_ok], snap.mean[expect_ok], rtol=1e-6)
-    np.testing.assert_allclose(std[expect_ok], snap.std[expect_ok], rtol=1e-6)
-    assert np.isnan(mean[~expect_ok]).all() and np.isnan(std[~expect_ok]).all()
+    ready = np.array([True, False, False, True, True, True])
+    np.testing.assert_allclose(mean, snap.mean, rtol=1e-6)  # the mean is written while a neuron warms up
+    np.testing.assert_allclose(std[ready], snap.std[ready], rtol=1e-6)
+    assert np.isnan(std[~ready]).all() and np.isnan(inv_std[~ready]).all()
+    n = 4096  # wide enough that any temporary array of a frame would dwarf Python's call overhead
+    wide = StreamingStats(n)
+    wide.update_many(rng.standard_normal((40, n)).astype(np.float32))
+    mean, std, inv_std = (np.empty(n, dtype=np.float32) for _ in range(3))
+    wide.scale_into(mean, std, inv_std, min_count=20)  # compiled before measuring
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         for _ in range(100):
-            stats.mean_std_into(mean, std)
-        _, peak = tracemalloc.get_traced_memory()
+            wide.scale_into(mean, std, inv_std, min_count=20)
+        after, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak - before < 4 * 6 * 10
-    with pytest.raises(StatsError, match="mean_out"):
-        stats.mean_std_into(np.empty(5, dtype=np.float32), std)
+    assert after - before < 1024, "memory kept growing across calls"
+    assert peak - before < 4 * n, f"a call allocated {peak - before} bytes (one frame is {4 * n})"
     with pytest.raises(StatsError, match="std_out"):
-        stats.mean_std_into(mean, np.empty(6, dtype=np.int32))
+        wide.scale_into(mean, np.empty(n, dtype=np.int32), inv_std, min_count=20)
 
 
 def test_scale_into_is_the_snapshot_in_float32_with_nan_std_while_warming_up():

@@ -17,6 +17,8 @@ module         job
                pool, ring buffer of per-frame contributions); what the daemon runs
 ``fitting``    :func:`fit_head`, :func:`fit_time_resolved_head`: closed-form estimators folded into the
                head's tensors
+``linear``     :func:`time_binned`, :func:`principal_projection`, :class:`ShrinkageLDA`: the linear pieces
+               the time-resolved head is fitted with (decode-eval uses them too)
 ``training``   :func:`finetune_head`: head and backbone trained together (gradient descent)
 ``files``      :func:`save_head`, :func:`load_head`, :func:`read_provenance`: the file format, versions 1-3
 ============== =============================================================================================

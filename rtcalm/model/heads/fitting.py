@@ -1,5 +1,5 @@
 """Fitting a head: closed-form linear estimators (scikit-learn's, or their exact equivalents in
-:mod:`rtcalm.eval.linear`) whose solution is folded into the head's tensors, so that the head computes
+:mod:`.linear`) whose solution is folded into the head's tensors, so that the head computes
 exactly the estimator's decision values. No training loop (that is :mod:`.training`), no choice of
 hyperparameters (inner cross-validation: :mod:`rtcalm.eval.served`).
 
@@ -67,7 +67,7 @@ def linear_readout(features: np.ndarray, targets: np.ndarray, config, alpha: flo
     or ridge of ``alpha`` on standardised features (regression), on (samples, F) features."""
     from sklearn.linear_model import Ridge
 
-    from rtcalm.eval.linear import ShrinkageLDA
+    from rtcalm.model.heads.linear import ShrinkageLDA
 
     if config.kind == "classification":
         index = class_indices(config.classes, targets)
@@ -98,7 +98,7 @@ def fit_time_resolved_head(config: TimeResolvedConfig, targets: np.ndarray, *, d
     daemon received them (raw and both heads), ``hidden`` (trials, window_frames, N, D), their hidden states
     (backbone and both heads). ``projection``: (mean (D,), basis (D, >= components)) to use instead of the
     principal axes of ``hidden`` (e.g. those of a larger set of unlabelled frames)."""
-    from rtcalm.eval.linear import principal_projection, time_binned
+    from rtcalm.model.heads.linear import principal_projection, time_binned
 
     expected = (config.window_frames, config.n_neurons)
     for name, values, needed in (("dff", dff, config.uses_raw), ("hidden", hidden, config.uses_backbone)):

@@ -9,7 +9,7 @@ Nothing here keeps state across frames (:mod:`.streaming`), fits (:mod:`.fitting
   (config.features: the ΔF/F with missing values as 0, and/or the hidden state projected per neuron on
   ``components`` principal axes);
   :meth:`~TimeResolvedHead.forward` averages a window of them in time bins and reads the bins out
-  linearly (bin-major, as :func:`rtcalm.eval.linear.time_binned`).
+  linearly (bin-major, as :func:`rtcalm.model.heads.linear.time_binned`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,99 @@
+"""The closed-form linear pieces a time-resolved head is fitted with and folded into (:mod:`.fitting`):
+
+- :func:`time_binned`: a trial's per-frame features (frames, F) averaged in ``n_bins`` equal, contiguous
+  time bins of the response window and concatenated, (n_bins * F,);
+- :func:`principal_projection`: the principal axes of the backbone's hidden states;
+- :class:`ShrinkageLDA`: linear discriminant analysis with Ledoit-Wolf shrinkage, the same estimate as
+  scikit-learn's ``LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")`` (a test checks the
+  predictions agree), solved in the dual so that thousands of features cost O(trials² · features)
+  instead of O(features³).
+
+They live with the heads, not in :mod:`rtcalm.eval.linear` (decode-eval's estimators and inner
+cross-validation, which use them too), because the model does not depend on the evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def time_binned(per_frame: np.ndarray, n_bins: int) -> np.ndarray:
+    """(trials, frames, F) -> (trials, n_bins * F): the mean of each of ``n_bins`` contiguous, as equal as
+    possible, runs of frames (``np.array_split``), bin-major."""
+    trials, frames = per_frame.shape[:2]
+    if not 1 <= n_bins <= frames:
+        raise ValueError(f"n_bins must be between 1 and the {frames} frames of the window, got {n_bins}")
+    flat = per_frame.reshape(trials, frames, -1)
+    return np.concatenate([chunk.mean(axis=1) for chunk in np.array_split(flat, n_bins, axis=1)], axis=1)
+
+
+def principal_projection(hidden: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), basis (D, components)): the principal axes of hidden states (..., D) pooled over trials,
+    frames and neurons (the backbone's D-space is shared by all neurons), largest first."""
+    flat = hidden.reshape(-1, hidden.shape[-1]).astype(np.float64)
+    mean = flat.mean(axis=0)
+    covariance = np.atleast_2d(np.cov(flat - mean, rowvar=False))
+    _, vectors = np.linalg.eigh(covariance)
+    basis = vectors[:, ::-1][:, :components].copy()  # a fresh array: torch refuses negative strides
+    basis *= np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(components)])  # a fixed sign per axis
+    return mean, basis
+
+
+def _ledoit_wolf_shrinkage(centered: np.ndarray) -> tuple[float, float]:
+    """(shrinkage, mu) of scikit-learn's ``ledoit_wolf`` for centred samples (n, p), computed through the
+    (n, n) Gram matrix instead of the (p, p) covariance."""
+    n, p = centered.shape
+    if n < 2:
+        return 0.0, float(np.sum(centered ** 2) / max(n, 1) / p)
+    squared = centered ** 2
+    trace = squared.sum() / n  # trace of the empirical covariance
+    mu = trace / p
+    beta_ = np.sum(squared.sum(axis=1) ** 2)  # sum of <X2.T, X2>
+    gram = centered @ centered.T
+    delta_ = np.sum(gram ** 2) / n ** 2  # sum of squared <X.T, X> / n^2
+    beta = (beta_ / n - delta_) / (p * n)
+    delta = (delta_ - 2.0 * mu * trace + p * mu ** 2) / p
+    beta = min(beta, delta)
+    return (0.0 if beta == 0 else float(beta / delta)), float(mu)
+
+
+class ShrinkageLDA:
+    """Ledoit-Wolf shrinkage LDA: scikit-learn's ``solver="lsqr", shrinkage="auto"`` estimate.
+
+    Per class: standardise that class's centred trials, shrink their correlation matrix towards mu * I
+    with the Ledoit-Wolf weight, scale back; the within-class covariance is the prior-weighted sum of
+    these. It is a diagonal plus a rank-(trials) matrix, so (Woodbury) the discriminant weights
+    covariance⁻¹ · means need only a (trials, trials) solve."""
+
+    def fit(self, features: np.ndarray, targets: np.ndarray) -> ShrinkageLDA:
+        x = np.asarray(features, dtype=np.float64)
+        self.classes_, index = np.unique(targets, return_inverse=True)
+        n, p = x.shape
+        counts = np.bincount(index)
+        priors = counts / n
+        means = np.stack([x[index == g].mean(axis=0) for g in range(len(counts))])
+        diagonal = np.zeros(p)
+        low_rank = []
+        for g, count in enumerate(counts):
+            centered = x[index == g] - means[g]
+            scale = centered.std(axis=0)
+            scale[scale < 10 * np.finfo(np.float64).eps] = 1.0  # StandardScaler's rule for constant features
+            standardised = centered / scale
+            shrinkage, mu = _ledoit_wolf_shrinkage(standardised)
+            diagonal += priors[g] * shrinkage * mu * scale ** 2
+            low_rank.append(np.sqrt(priors[g] * (1.0 - shrinkage) / count) * standardised * scale)
+        u = np.concatenate(low_rank)  # covariance = diag(diagonal) + u.T @ u
+        diagonal = np.maximum(diagonal, 1e-12 * max(diagonal.max(), 1e-300))
+        scaled_means = means.T / diagonal[:, None]  # (p, classes)
+        scaled_u = u / diagonal[None, :]
+        inner = np.eye(u.shape[0]) + scaled_u @ u.T
+        weights = scaled_means - scaled_u.T @ np.linalg.solve(inner, u @ scaled_means)  # covariance^-1 means
+        self.coef_ = weights.T
+        self.intercept_ = -0.5 * np.sum(means * self.coef_, axis=1) + np.log(priors)
+        return self
+
+    def decision_function(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(features, dtype=np.float64) @ self.coef_.T + self.intercept_
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.classes_[np.argmax(self.decision_function(features), axis=1)]
