@@ -1,13 +1,10 @@
 """tools/profile_onnx_step.py runs and reports what docs/benchmarks.md quotes (tiny sizes; the numbers
-themselves are the profiler's business), tools/plot_latency.py draws from bench latency records, and
-docs/benchmarks.md holds what tools/closed_loop_bench.py renders."""
+themselves are the profiler's business), and tools/plot_latency.py draws from bench latency records."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -63,8 +60,3 @@ def test_plot_latency_draws_bench_latency_records_and_refuses_others(tmp_path):
     with pytest.raises(SystemExit, match="not a record of rtcalm bench latency"):
         tool.main([str(other), "--out", str(out)])
 
-
-def test_benchmarks_md_renders_from_the_stored_closed_loop_bench():
-    tool = TOOLS / "closed_loop_bench.py"
-    done = subprocess.run([sys.executable, str(tool), "render", "--check"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
