@@ -76,7 +76,8 @@ def tokenizer_step(sharding: Sharding, precision: Precision, model: Calm, optimi
                    sampler: TokenWindowSampler, generator: torch.Generator,
                    batch_windows: int, missing_probability: float, stream_start_probability: float) -> dict:
     """One optimizer step of stage 1: masked reconstruction MSE + commitment loss of the global batch.
-    Returns the step's global reconstruction MSE and commitment loss (identical on every rank)."""
+    Returns the step's global reconstruction MSE, commitment loss and their sum, "loss" (identical on
+    every rank)."""
     rt, accumulation = sharding.runtime, sharding.accumulation_steps
     tokenizer = model.tokenizer
     b = sharding.micro_batch(batch_windows, "tokenizer.batch_windows")

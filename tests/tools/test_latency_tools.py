@@ -3,7 +3,6 @@ quotes (tiny sizes; the numbers themselves are the benchmarks' business)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,17 +13,9 @@ import pytest
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_profile_of_the_onnx_step_lists_the_cache_writes_as_scatternd(capsys):
+def test_profile_of_the_onnx_step_lists_the_cache_writes_as_scatternd(tool, capsys):
     pytest.importorskip("onnxruntime")
-    tool = load_tool("profile_onnx_step")
-    assert tool.main(["--neurons", "16", "--frames", "20", "--json"]) == 0
+    assert tool("profile_onnx_step").main(["--neurons", "16", "--frames", "20", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["neurons"] == 16 and report["nodes"] > 10
     assert report["per_op_us"]["ScatterND"] > 0  # the key and value ring writes
@@ -32,10 +23,9 @@ def test_profile_of_the_onnx_step_lists_the_cache_writes_as_scatternd(capsys):
     assert report["kernel_us_per_step"] == pytest.approx(sum(report["per_op_us"].values()))
 
 
-def test_bad_profile_arguments_are_refused():
-    tool = load_tool("profile_onnx_step")
+def test_bad_profile_arguments_are_refused(tool):
     with pytest.raises(SystemExit):
-        tool.main(["--neurons", "0"])
+        tool("profile_onnx_step").main(["--neurons", "0"])
 
 
 def test_transport_floor_times_zeromq_and_a_plain_socket_paced_and_back_to_back(tmp_path):
@@ -54,10 +44,9 @@ def test_transport_floor_times_zeromq_and_a_plain_socket_paced_and_back_to_back(
     assert "plain_tcp_socket_paced" in done.stdout
 
 
-def test_bad_transport_floor_arguments_are_refused():
-    tool = load_tool("bench_transport_floor")
+def test_bad_transport_floor_arguments_are_refused(tool):
     with pytest.raises(SystemExit):
-        tool.main(["--rate", "0"])
+        tool("bench_transport_floor").main(["--rate", "0"])
 
 
 def test_benchmarks_md_renders_from_the_stored_closed_loop_bench():
