@@ -163,6 +163,28 @@ def test_end_to_end_run_writes_safe_checkpoints_and_held_out_metrics(data_root, 
     assert "mouse-c" in (out / "checkpoints/best/README.md").read_text()
 
 
+def test_a_short_run_of_each_stage_lowers_its_loss(data_root, tmp_path):
+    """100 steps of each stage in the trainer's loop, logged every step: the tokenizer's reconstruction
+    loss and the transformer's forecast loss fall (observed: from 1.01 to 0.18, and from 0.78 to 0.63,
+    means of the first and last 10 steps)."""
+    import csv
+
+    from trainer.distributed import DistributedSettings
+
+    config = tiny_config(**{"tokenizer.steps": 100, "tokenizer.warmup_steps": 2, "tokenizer.lr": 5e-3,
+                            "tokenizer.validate_every": 100, "transformer.steps": 100, "transformer.warmup_steps": 2,
+                            "transformer.lr": 5e-3, "transformer.validate_every": 100,
+                            "transformer.checkpoint_every": 100, "transformer.batch_crops": 4})
+    out = tmp_path / "run"
+    pretrain(config, data_root, out, progress=False, log=lambda *_: None, settings=DistributedSettings(log_every=1))
+    with open(out / "steps.csv") as f:
+        rows = list(csv.DictReader(f))
+    for stage, factor in (("tokenizer", 0.5), ("transformer", 0.9)):
+        losses = [float(row["loss"]) for row in rows if row["stage"] == stage]
+        assert len(losses) == 100
+        assert np.mean(losses[-10:]) < factor * np.mean(losses[:10]), stage
+
+
 def last_weights(out: Path) -> dict:
     return load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
 
