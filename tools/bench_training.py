@@ -111,7 +111,7 @@ def run(args) -> int:
         start_runtime,
         stop_runtime,
     )
-    from trainer.pretrain import freeze_tokenizer, transformer_parameter_groups
+    from trainer.pretrain import freeze_tokenizer
     from trainer.steps import TransformerObjective, tokenizer_step, transformer_step
 
     for name in ("steps", "sessions", "neurons", "frames", "accumulation_steps"):
@@ -159,8 +159,7 @@ def run(args) -> int:
             result["stages"]["tokenizer"] = summary(runtime, timing, args.steps, tokenizer_batch, "windows")
         if "transformer" in args.stages:
             freeze_tokenizer(model)
-            optimizer = torch.optim.AdamW(transformer_parameter_groups(model, scfg.weight_decay), lr=scfg.lr,
-                                          betas=(0.9, 0.95))
+            optimizer = model.configure_optimizers(scfg.weight_decay, scfg.lr, betas=(0.9, 0.95))
             crop_frames = scfg.context_frames + config.model.forecast_horizon_frames
             sampler = CropSampler(sessions, crop_frames, scfg.max_neurons)
             model.train()

@@ -3,10 +3,11 @@
     python -m trainer baselines --config configs/pretrain_default.json --out runs/baselines [--kinds mlp,poco]
 
 Same data and the same split by mouse as the model the config trains (``trainer.data``), so model and
-baselines are compared on equal terms. The recipe is the anchors' of the forecasting issue: Adam 1e-3 with
-cosine decay; every step draws ``windows_per_step`` windows of context + horizon frames (all neurons, at
-most ``max_neurons``) from one training recording; loss = mean over horizon steps of the batch MSE over
-the batch copy-last MSE in ΔF/F units (:func:`rtcalm.model.encoder.copy_last_ratio_loss`).
+baselines are compared on equal terms. The recipe is the anchors' of the forecasting issue: Adam 1e-3 (no
+weight decay) with cosine decay; every step draws ``windows_per_step`` windows of context + horizon frames
+(all neurons, at most ``max_neurons``) from one training recording; loss = mean over horizon steps of the
+batch MSE over the batch copy-last MSE in ΔF/F units (:func:`rtcalm.model.encoder.copy_last_ratio_loss`).
+The steps are the trainer's one loop's (trainer.loop; the step is trainer.steps.baseline_step).
 Each baseline is written to ``<out>/<kind>/`` (config.json + model.safetensors) and, with ``--ship``, to
 ``rtcalm/models/baselines/<kind>/``.
 """
@@ -19,12 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from rtcalm.model.baselines import SHIPPED_BASELINES_DIR, BaselineConfig, BaselineForecaster, save_baseline
-from rtcalm.model.encoder import copy_last_ratio_loss
 from trainer.config import TrainConfig
 from trainer.data import CropSampler, Session, load_sessions, split_by_mouse
+from trainer.loop import TrainingLoop, lr_at
+from trainer.steps import baseline_step
 
 
 @dataclass
@@ -36,14 +37,6 @@ class BaselineRecipe:
     seed: int = 0
 
 
-def window_batch(sampler: CropSampler, context: int, n_windows: int, generator: torch.Generator):
-    """(windows (B, N, context), future (B, N, horizon), scale (N,)): one batch of crops of one epoch
-    (trainer.data.CropSampler, all neurons up to max_neurons), laid out neuron-major for the baselines."""
-    crops, scale = sampler.sample(n_windows, generator)
-    crops = crops.transpose(1, 2)  # (B, N, context + horizon)
-    return crops[..., :context], crops[..., context:], scale
-
-
 def fit_baseline(kind: str, train: list[Session], recipe: BaselineRecipe, horizon: int = 30,
                  progress: bool = True, **config) -> tuple[BaselineForecaster, dict]:
     """``config``: further BaselineConfig fields (e.g. context_frames, hidden)."""
@@ -52,21 +45,19 @@ def fit_baseline(kind: str, train: list[Session], recipe: BaselineRecipe, horizo
     context = model.config.context_frames
     sampler = CropSampler(train, context + horizon, recipe.max_neurons)
     generator = torch.Generator().manual_seed(recipe.seed + 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.steps)
-    curve, start = [], time.time()
+    optimizer = model.configure_optimizers(weight_decay=0.0, lr=recipe.lr, betas=(0.9, 0.999))
+    curve, start, state = [], time.time(), {"step": 0}
+
+    def step() -> dict:
+        parts = baseline_step(model, optimizer, sampler, generator, context, recipe.windows_per_step)
+        if state["step"] % 100 == 0 or state["step"] == recipe.steps - 1:
+            curve.append({"step": state["step"], "loss": parts["loss"]})
+        return parts
+
     model.train()
-    for step in tqdm(range(recipe.steps), desc=f"baseline {kind}", disable=not progress, mininterval=2.0):
-        windows, future, scale = window_batch(sampler, context, recipe.windows_per_step, generator)
-        forecast = model(windows)
-        loss = copy_last_ratio_loss(forecast, future, windows[..., -1], torch.ones_like(future, dtype=torch.bool),
-                                    scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 100 == 0 or step == recipe.steps - 1:
-            curve.append({"step": step, "loss": float(loss.detach())})
+    TrainingLoop(progress=progress).run(f"baseline {kind}", state, optimizer, step, total=recipe.steps,
+                                        lr=lambda s: lr_at(s, recipe.steps, recipe.lr, 0, 0.0),
+                                        samples_per_step=recipe.windows_per_step)
     model.eval()
     info = {"kind": kind, "parameters": model.n_parameters(), "recipe": asdict(recipe),
             "train_files": [s.source for s in train], "train_mice": sorted({s.mouse for s in train}),

@@ -193,6 +193,12 @@ class Sharding:
         return rank_rows(self.micro_batch(global_batch, what), rt.world_size, self.accumulation_steps, rt.rank)
 
 
+def single_process() -> tuple[Sharding, Precision]:
+    """One CPU process, one micro-batch per step, fp32: how the learned baselines train."""
+    runtime = Runtime()
+    return Sharding(runtime, 1), Precision("fp32", runtime.device)
+
+
 def all_reduce_gradients(runtime: Runtime, parameters) -> None:
     """Sum the gradients over the processes, once per optimizer step, in one flat all-reduce: each
     process's loss is its share of the global batch's loss, so the sum is the global gradient (and every

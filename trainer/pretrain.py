@@ -21,24 +21,23 @@ recordings, and everything is written to ``metrics.json`` and a model card in ``
 Everything is seeded (``seed``); ``--resume`` continues from ``checkpoints/last`` (weights, optimizer,
 RNG states, step) and gives the same result as an uninterrupted run.
 
-This is the one training loop. In a plain process it runs alone; launched by torchrun, every rank runs
-this same loop on its share of each step's global batch, and the gradients are summed over the ranks
-before each optimizer step (trainer.distributed: the process group; trainer.steps: one optimizer step of
-each stage). One process is the degenerate case: no process group, every collective the identity. Rank 0 validates, keeps ``checkpoints/best``, writes the logs, the checkpoints and the final
+Both stages take their steps in the trainer's one training loop (:class:`trainer.loop.TrainingLoop`, which
+the learned baselines and the movie decoder use too). In a plain process it runs alone; launched by
+torchrun, every rank runs this same loop on its share of each step's global batch, and the gradients are
+summed over the ranks before each optimizer step (trainer.distributed: the process group; trainer.steps:
+one optimizer step of each stage). One process is the degenerate case: no process group, every collective
+the identity. Rank 0 validates, keeps ``checkpoints/best``, writes the logs, the checkpoints and the final
 report; a checkpoint resumes with any world size whose split of the global batch comes out even.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import platform
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from rtcalm.errors import RtcalmError
 from rtcalm.model import Calm, codebook_perplexity, load_checkpoint, save_checkpoint
@@ -55,20 +54,13 @@ from trainer.distributed import (
     rank_seed,
     resolve_precision,
 )
+from trainer.loop import StepLog, TrainingLoop, lr_at
 from trainer.state import load_training_state, read_rank_rng_state, read_trainer_state, save_training_state
 from trainer.steps import TransformerObjective, next_code_weight, tokenizer_step, transformer_step
 
 
 class TrainingError(RtcalmError):
     pass
-
-
-def lr_at(step: int, total: int, base: float, warmup: int, minimum: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay from ``base`` to ``minimum``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * progress))
 
 
 # --- stage 1 ---------------------------------------------------------------------------------------------
@@ -107,18 +99,6 @@ def freeze_tokenizer(model: Calm) -> None:
     if has_tokenizer(model):
         model.tokenizer.requires_grad_(False)
         model.tokenizer.eval()
-
-
-def transformer_parameter_groups(model: Calm, weight_decay: float, freeze_per_neuron: bool = False) -> list[dict]:
-    """Everything except the (frozen) tokenizer (and, with ``freeze_per_neuron``, the encoder mode's
-    per-neuron path); weight decay on matrices only (as nanoGPT), and not on the autoregressive skip,
-    which starts at a least-squares fit that decay would pull towards zero."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if name.startswith("tokenizer.") or (freeze_per_neuron and name.startswith(PER_NEURON_PREFIXES)):
-            continue
-        (decay if p.dim() >= 2 and not name.startswith("forecast_skip.") else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @torch.no_grad()
@@ -329,31 +309,6 @@ def model_card(config: TrainConfig, metrics: dict, size_bytes: int) -> str:
 
 # --- driver ----------------------------------------------------------------------------------------------
 
-class StepLog:
-    """``steps.csv``: stage, step, loss, lr, samples (windows or crops) per second over the last interval."""
-
-    COLUMNS = ["stage", "step", "loss", "lr", "samples_per_s", "wall_s"]
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.last_time, self.last_step = time.perf_counter(), None
-        if enabled and not path.exists():
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerow(self.COLUMNS)
-
-    def restart(self, step: int) -> None:
-        self.last_time, self.last_step = time.perf_counter(), step
-
-    def write(self, stage: str, step: int, loss: float, lr: float, samples_per_step: int, wall_s: float) -> None:
-        now = time.perf_counter()
-        steps = step - (self.last_step if self.last_step is not None else step - 1)
-        rate = steps * samples_per_step / max(now - self.last_time, 1e-9)
-        self.last_time, self.last_step = now, step
-        if self.enabled:
-            with open(self.path, "a", newline="") as f:
-                csv.writer(f).writerow([stage, step, f"{loss:.8g}", f"{lr:.6g}", f"{rate:.2f}", f"{wall_s:.1f}"])
-
-
 def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, progress: bool = True,
              stop_after_steps: int | None = None, log=print, settings: DistributedSettings | None = None,
              runtime: Runtime | None = None) -> dict:
@@ -414,11 +369,6 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         elapsed_before = float(state.get("elapsed_s", 0.0))
         main_log(f"resuming from {last_dir}: stage {state['stage']}, step {state['step']} (world size "
                  f"{state.get('distributed', {}).get('world_size', 1)} -> {rt.world_size})")
-    steps_taken = 0
-    step_log = StepLog(out_dir / "steps.csv", rt.is_main)
-
-    def budget_exhausted() -> bool:
-        return stop_after_steps is not None and steps_taken >= stop_after_steps
 
     def model_metadata() -> dict:
         return {"training_config": config.to_dict(), "stage": state["stage"], "step": state["step"]}
@@ -443,17 +393,18 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         load_training_state(last_dir, model, optimizer, generator, state)
         precision.load_state(state.get("grad_scaler"))
 
-    def stopped(bar, optimizer, stage: str) -> dict:
-        bar.close()
-        save_last(optimizer)
-        return {"stopped_at": {"stage": stage, "step": state["step"]}}
+    def stopped() -> dict:
+        return {"stopped_at": {"stage": state["stage"], "step": state["step"]}}
+
+    loop = TrainingLoop(rt, config.seed, StepLog(out_dir / "steps.csv", rt.is_main), settings.log_every, progress,
+                        stop_after_steps, elapsed=lambda: elapsed_before + time.time() - start_time,
+                        save_last=save_last)
 
     # ---- stage 1: tokenizer (encoder mode has none) ----
     if state["stage"] == "tokenizer" and not has_tokenizer(model):
         state["stage"] = "transformer"
     if state["stage"] == "tokenizer":
-        optimizer = torch.optim.Adam([*model.tokenizer.encoder.parameters(), *model.tokenizer.decoder.parameters()],
-                                     lr=tcfg.lr)
+        optimizer = model.tokenizer.configure_optimizers(weight_decay=0.0, lr=tcfg.lr, betas=(0.9, 0.999))
         if resume_from_checkpoint:
             restore(optimizer)
         val_windows = (validation_windows(validation, W, tcfg.validation_windows, config.seed + 2).to(rt.device)
@@ -461,33 +412,25 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         sampler = TokenWindowSampler(train, W)
         broadcast_parameters(rt, model)
         model.tokenizer.train()
-        bar = tqdm(total=tcfg.steps, initial=state["step"], desc="tokenizer", disable=not (progress and rt.is_main),
-                   dynamic_ncols=True, mininterval=2.0)
-        step_log.restart(state["step"])
-        while state["step"] < tcfg.steps:
-            if budget_exhausted():
-                return stopped(bar, optimizer, "tokenizer")
-            lr = lr_at(state["step"], tcfg.steps, tcfg.lr, tcfg.warmup_steps, tcfg.lr * 0.1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if rt.device.type == "cuda":  # dead-code restarts draw on the device: make them a function of the step
-                torch.cuda.manual_seed(rank_seed(config.seed, state["step"], 0))
-            parts = tokenizer_step(sharding, precision, model, optimizer, sampler, generator, tcfg.batch_windows,
-                                   tcfg.missing_probability, tcfg.stream_start_probability)
-            state["step"] += 1
-            steps_taken += 1
-            bar.update(1)
-            if state["step"] % settings.log_every == 0 or state["step"] == tcfg.steps:
-                step_log.write("tokenizer", state["step"], parts["mse"] + parts["commitment"], lr, tcfg.batch_windows,
-                               elapsed_before + time.time() - start_time)
-            if rt.is_main and (state["step"] % tcfg.validate_every == 0 or state["step"] == tcfg.steps):
-                metrics = tokenizer_metrics(model, val_windows)
-                state["history"].append({"stage": "tokenizer", "step": state["step"], "train_mse": parts["mse"],
-                                         **{f"validation_{k}": v for k, v in metrics.items()}})
-                bar.set_postfix(mse=f"{parts['mse']:.3f}", val_r2=f"{metrics.get('reconstruction_r2', float('nan')):.3f}",
-                                ppl=f"{metrics.get('perplexity', float('nan')):.0f}")
-                _append_log(out_dir, state["history"][-1])
-        bar.close()
+
+        def validate_tokenizer(parts: dict) -> dict:
+            metrics = tokenizer_metrics(model, val_windows)
+            state["history"].append({"stage": "tokenizer", "step": state["step"], "train_mse": parts["mse"],
+                                     **{f"validation_{k}": v for k, v in metrics.items()}})
+            _append_log(out_dir, state["history"][-1])
+            return {"mse": f"{parts['mse']:.3f}", "val_r2": f"{metrics.get('reconstruction_r2', float('nan')):.3f}",
+                    "ppl": f"{metrics.get('perplexity', float('nan')):.0f}"}
+
+        # every rank draws the dead-code restarts alike: rank 0's CUDA stream
+        finished = loop.run(
+            "tokenizer", state, optimizer,
+            lambda: tokenizer_step(sharding, precision, model, optimizer, sampler, generator, tcfg.batch_windows,
+                                   tcfg.missing_probability, tcfg.stream_start_probability),
+            total=tcfg.steps, lr=lambda step: lr_at(step, tcfg.steps, tcfg.lr, tcfg.warmup_steps, tcfg.lr * 0.1),
+            samples_per_step=tcfg.batch_windows, validate=validate_tokenizer, validate_every=tcfg.validate_every,
+            cuda_seed_rank=0)
+        if not finished:
+            return stopped()
         model.tokenizer.eval()
         if rt.is_main:
             test_windows = validation_windows(test, W, tcfg.validation_windows, config.seed + 3).to(rt.device)
@@ -502,8 +445,7 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
     if scfg.freeze_per_neuron:
         for p in per_neuron_parameters(model):
             p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(transformer_parameter_groups(model, scfg.weight_decay, scfg.freeze_per_neuron),
-                                  lr=scfg.lr, betas=(0.9, 0.95))
+    optimizer = model.configure_optimizers(scfg.weight_decay, scfg.lr, betas=(0.9, 0.95))
     if state["stage"] == "transformer":
         if resume_from_checkpoint:
             restore(optimizer)
@@ -543,34 +485,23 @@ def pretrain(config: TrainConfig, data_root, out_dir, resume: bool = False, prog
         model.train()
         freeze_tokenizer(model)
         objective = TransformerObjective(model, scfg)
-        bar = tqdm(total=steps, initial=state["step"], desc="transformer", disable=not (progress and rt.is_main),
-                   dynamic_ncols=True, mininterval=2.0)
-        step_log.restart(state["step"])
-        while state["step"] < steps:
-            if budget_exhausted():
-                return stopped(bar, optimizer, "transformer")
-            lr = lr_at(state["step"], steps, scfg.lr, scfg.warmup_steps, scfg.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if rt.device.type == "cuda":  # CUDA dropout: a function of the step, so resuming continues alike
-                torch.cuda.manual_seed(rank_seed(config.seed, state["step"], rt.rank))
-            parts = transformer_step(sharding, precision, objective, optimizer,
-                                     samplers[phase_at(phases, state["step"])], generator)
-            state["step"] += 1
-            steps_taken += 1
-            bar.update(1)
-            if state["step"] % settings.log_every == 0 or state["step"] == steps:
-                step_log.write("transformer", state["step"], parts["loss"], lr, scfg.batch_crops,
-                               elapsed_before + time.time() - start_time)
-            if rt.is_main and (state["step"] % scfg.validate_every == 0 or state["step"] == steps):
-                metrics = validate_transformer(model, val_crops, context, code_weight, parts, state,
-                                               out_dir, best_dir, model_metadata(), scfg.first_scored_frame)
-                freeze_tokenizer(model)  # validation put the model (and so the tokenizer) back in train mode
-                bar.set_postfix(loss=f"{parts['loss']:.3f}", val=f"{metrics['forecast_mse']:.3f}",
-                                vs_copy=f"{metrics['mse_ratio_vs_copy_last']:.3f}")
-            if state["step"] % scfg.checkpoint_every == 0 and state["step"] < steps:
-                save_last(optimizer)
-        bar.close()
+
+        def validate(parts: dict) -> dict:
+            metrics = validate_transformer(model, val_crops, context, code_weight, parts, state,
+                                           out_dir, best_dir, model_metadata(), scfg.first_scored_frame)
+            freeze_tokenizer(model)  # validation put the model (and so the tokenizer) back in train mode
+            return {"loss": f"{parts['loss']:.3f}", "val": f"{metrics['forecast_mse']:.3f}",
+                    "vs_copy": f"{metrics['mse_ratio_vs_copy_last']:.3f}"}
+
+        finished = loop.run(
+            "transformer", state, optimizer,
+            lambda: transformer_step(sharding, precision, objective, optimizer,
+                                     samplers[phase_at(phases, state["step"])], generator),
+            total=steps, lr=lambda step: lr_at(step, steps, scfg.lr, scfg.warmup_steps, scfg.min_lr),
+            samples_per_step=scfg.batch_crops, validate=validate, validate_every=scfg.validate_every,
+            checkpoint_every=scfg.checkpoint_every)
+        if not finished:
+            return stopped()
         state["stage"] = "done"
         save_last(optimizer)
 

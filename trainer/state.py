@@ -2,7 +2,8 @@
 
 A training checkpoint is a directory::
 
-    model.safetensors, config.json     the model (rtcalm.model.save_checkpoint; loadable on its own)
+    model.safetensors, config.json     the model (rtcalm.model.save_checkpoint; loadable on its own:
+                                       a CalM model, a movie decoder, ...)
     optimizer.safetensors              optimizer tensors, keyed "<param index>.<name>" (exp_avg, step, ...)
     rng.safetensors                    torch's global RNG state and the data sampler's generator state
                                        (and, from a torchrun job, ranks 1.. 's global RNG states: their
@@ -21,9 +22,10 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from rtcalm.model import Calm, save_checkpoint
-from rtcalm.model.checkpoint import CheckpointError, check_state_dict, read_weights
+from rtcalm.model import save_checkpoint
+from rtcalm.model.checkpoint import CheckpointError, load_weights, read_weights
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -47,7 +49,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-def save_training_state(directory, model: Calm, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+def save_training_state(directory, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                         trainer_state: dict, model_metadata: dict, rank_rng_states=()) -> Path:
     """``rank_rng_states``: the global RNG states of ranks 1, 2, ... (rank 0's is this process's)."""
     from safetensors.torch import save_file
@@ -87,14 +89,12 @@ def read_trainer_state(directory) -> dict:
     return state
 
 
-def load_training_state(directory, model: Calm, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+def load_training_state(directory, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                         trainer_state: dict) -> None:
     """Load weights, optimizer and RNG state of ``directory`` into the given objects (built by the caller
     for ``trainer_state['stage']``)."""
     directory = Path(directory)
-    weights = read_weights(directory / "model.safetensors")
-    check_state_dict(directory / "model.safetensors", model.state_dict(), weights)
-    model.load_state_dict(weights, strict=True)
+    load_weights(model, directory)
     try:
         restore_optimizer(optimizer, read_weights(directory / OPTIMIZER_FILE), trainer_state["optimizer_param_groups"])
     except (KeyError, ValueError, RuntimeError) as exc:

@@ -1,25 +1,53 @@
-"""One optimizer step of each pretraining stage, on this process's share of the step's global batch.
+"""One optimizer step of everything the trainer trains, on this process's share of the step's global batch:
+the two pretraining stages (:func:`tokenizer_step`, :func:`transformer_step`), the learned baselines
+(:func:`baseline_step`) and the movie decoder (:func:`movie_step`). The loop around them is
+:class:`trainer.loop.TrainingLoop`; the backward pass of all of them is :func:`backward_step`.
 
-Both steps follow one rule, so that one process, N processes and gradient accumulation all train on
+Every step follows one rule, so that one process, N processes and gradient accumulation all train on
 the same loss: every process draws the whole global batch with the shared data generator and reads
 only its own rows (:class:`trainer.distributed.Sharding`); each part of the loss is a sum over rows
 divided by a number that does not depend on the weights (a count of targets, copy-last's squared error
-per horizon step), and that divisor is taken over the whole global batch before the backward pass. Each
-micro-batch's loss is then its share of the global loss: its gradients, accumulated over micro-batches and
-summed over processes (:func:`trainer.distributed.all_reduce_gradients`), are exactly the gradient of the
-whole batch's loss.
+per horizon step, the batch size), and that divisor is taken over the whole global batch before the
+backward pass. Each micro-batch's loss is then its share of the global loss: its gradients, accumulated
+over micro-batches and summed over processes (:func:`trainer.distributed.all_reduce_gradients`), are
+exactly the gradient of the whole batch's loss.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from rtcalm.model import Calm
+from rtcalm.model.encoder import copy_last_ratio_loss
 from rtcalm.model.objectives import future_targets, masked_positions, next_code_targets
 from trainer.config import TransformerStage
 from trainer.data import CropSampler, TokenWindowSampler, interleave, missing_frames
-from trainer.distributed import Precision, Sharding, all_reduce_gradients, gather_global_rows
+from trainer.distributed import Precision, Sharding, all_reduce_gradients, gather_global_rows, single_process
+
+# --- the backward pass -----------------------------------------------------------------------------------
+
+def backward_step(sharding: Sharding, precision: Precision, optimizer: torch.optim.Optimizer,
+                  micro_batch_loss: Callable[[int], tuple[torch.Tensor, object]], grad_clip: float = 0.0) -> list:
+    """The trainer's one backward pass and optimizer step. For each of this process's micro-batches
+    ``m``, ``micro_batch_loss(m)`` returns (its share of the global batch's loss, anything to keep), run
+    under the precision's autocast; its gradients accumulate; then they are summed over the processes,
+    clipped to ``grad_clip`` (0: no clipping), and the optimizer steps. Returns what each micro-batch
+    kept, in order."""
+    kept = []
+    for m in range(sharding.accumulation_steps):
+        with precision.autocast():
+            loss, keep = micro_batch_loss(m)
+        precision.backward(loss)
+        kept.append(keep)
+    parameters = [p for g in optimizer.param_groups for p in g["params"]]
+    all_reduce_gradients(sharding.runtime, parameters)
+    precision.step(optimizer, parameters, grad_clip)
+    optimizer.zero_grad(set_to_none=True)
+    return kept
+
 
 # --- stage 1: tokenizer ----------------------------------------------------------------------------------
 
@@ -48,7 +76,8 @@ def tokenizer_step(sharding: Sharding, precision: Precision, model: Calm, optimi
                    sampler: TokenWindowSampler, generator: torch.Generator,
                    batch_windows: int, missing_probability: float, stream_start_probability: float) -> dict:
     """One optimizer step of stage 1: masked reconstruction MSE + commitment loss of the global batch.
-    Returns the step's global reconstruction MSE and commitment loss (identical on every rank)."""
+    Returns the step's global reconstruction MSE, commitment loss and their sum, "loss" (identical on
+    every rank)."""
     rt, accumulation = sharding.runtime, sharding.accumulation_steps
     tokenizer = model.tokenizer
     b = sharding.micro_batch(batch_windows, "tokenizer.batch_windows")
@@ -70,27 +99,23 @@ def tokenizer_step(sharding: Sharding, precision: Precision, model: Calm, optimi
         tokenizer._init_codebook_from(gather_global_rows(rt, latents, accumulation))
         broadcast_tokenizer_buffers(sharding, tokenizer)
 
-    latents, codes, sums = [], [], torch.zeros(2, dtype=torch.float64, device=rt.device)
-    for m in range(accumulation):
+    def micro_batch_loss(m: int):
         part = slice(m * b, (m + 1) * b)
-        with precision.autocast():
-            reconstruction, latent, code, commitment_sum = autoencode(tokenizer, encoder_input[part])
+        reconstruction, latent, code, commitment_sum = autoencode(tokenizer, encoder_input[part])
         squared_error = ((reconstruction - values[part]).square() * observed[part]).sum()
         loss = squared_error / observed_count + tokenizer.commitment_weight * commitment_sum / commitment_count
-        precision.backward(loss)
-        latents.append(latent)
-        codes.append(code)
-        sums += torch.stack([squared_error.detach(), commitment_sum.detach()]).double()
+        return loss, (latent, code, torch.stack([squared_error.detach(), commitment_sum.detach()]).double())
+
+    kept = backward_step(sharding, precision, optimizer, micro_batch_loss)
+    # The codebook is a buffer the optimizer never touches: its EMA update follows the step.
     with torch.no_grad():
-        tokenizer._ema_update(gather_global_rows(rt, torch.cat(latents), accumulation),
-                              gather_global_rows(rt, torch.cat(codes), accumulation))
+        tokenizer._ema_update(gather_global_rows(rt, torch.cat([latent for latent, _, _ in kept]), accumulation),
+                              gather_global_rows(rt, torch.cat([code for _, code, _ in kept]), accumulation))
     broadcast_tokenizer_buffers(sharding, tokenizer)
-    all_reduce_gradients(rt, [p for g in optimizer.param_groups for p in g["params"]])
-    precision.step(optimizer)
-    optimizer.zero_grad(set_to_none=True)
-    sums = rt.all_reduce_sum(sums).cpu()
-    return {"mse": float(sums[0]) / observed_count,
-            "commitment": tokenizer.commitment_weight * float(sums[1]) / commitment_count}
+    sums = rt.all_reduce_sum(sum(part_sums for _, _, part_sums in kept).to(rt.device)).cpu()
+    mse = float(sums[0]) / observed_count
+    commitment = tokenizer.commitment_weight * float(sums[1]) / commitment_count
+    return {"loss": mse + commitment, "mse": mse, "commitment": commitment}
 
 
 # --- stage 2: transformer --------------------------------------------------------------------------------
@@ -210,7 +235,7 @@ class TransformerObjective:
 def transformer_step(sharding: Sharding, precision: Precision, objective: TransformerObjective,
                      optimizer: torch.optim.Optimizer, sampler: CropSampler, generator: torch.Generator) -> dict:
     """One optimizer step of stage 2. Returns the step's global loss parts (identical on every rank)."""
-    rt, accumulation, stage = sharding.runtime, sharding.accumulation_steps, objective.stage
+    rt, stage = sharding.runtime, objective.stage
     batch, context = stage.batch_crops, stage.context_frames
     b = sharding.micro_batch(batch, "transformer.batch_crops")
     rows = sharding.rows(batch, "transformer.batch_crops")
@@ -222,17 +247,68 @@ def transformer_step(sharding: Sharding, precision: Precision, objective: Transf
     crops, model_input, scale = crops.to(rt.device), model_input.to(rt.device), scale.to(rt.device)
 
     divisors = {name: rt.all_reduce_sum(value.to(rt.device)) for name, value in objective.divisors(crops, scale).items()}
-    sums: dict[str, torch.Tensor] = {}
-    for m in range(accumulation):
+
+    def micro_batch_loss(m: int):
         part = slice(m * b, (m + 1) * b)
-        with precision.autocast():
-            loss, micro_sums = objective.loss(crops[part], model_input[part], scale, divisors)
-        precision.backward(loss)
+        return objective.loss(crops[part], model_input[part], scale, divisors)
+
+    sums: dict[str, torch.Tensor] = {}
+    for micro_sums in backward_step(sharding, precision, optimizer, micro_batch_loss, stage.grad_clip):
         for name, value in micro_sums.items():
             sums[name] = sums[name] + value if name in sums else value
-    parameters = [p for g in optimizer.param_groups for p in g["params"]]
-    all_reduce_gradients(rt, parameters)
-    precision.step(optimizer, parameters, stage.grad_clip)
-    optimizer.zero_grad(set_to_none=True)
     sums = {name: rt.all_reduce_sum(value) for name, value in sums.items()}
     return objective.parts(sums, divisors)
+
+
+# --- the learned baselines -------------------------------------------------------------------------------
+
+def window_batch(sampler: CropSampler, context: int, n_windows: int, generator: torch.Generator):
+    """(windows (B, N, context), future (B, N, horizon), scale (N,)): one batch of crops of one epoch
+    (trainer.data.CropSampler, all neurons up to max_neurons), laid out neuron-major for the baselines."""
+    crops, scale = sampler.sample(n_windows, generator)
+    crops = crops.transpose(1, 2)  # (B, N, context + horizon)
+    return crops[..., :context], crops[..., context:], scale
+
+
+def baseline_step(model, optimizer: torch.optim.Optimizer, sampler: CropSampler, generator: torch.Generator,
+                  context: int, n_windows: int) -> dict:
+    """One optimizer step of a learned baseline (rtcalm.model.baselines), in one process on the whole
+    batch: the mean over horizon steps of its squared error over copy-last's
+    (:func:`rtcalm.model.encoder.copy_last_ratio_loss`), whose divisor is the whole batch's."""
+    windows, future, scale = window_batch(sampler, context, n_windows, generator)
+
+    def micro_batch_loss(_m: int):
+        loss = copy_last_ratio_loss(model(windows), future, windows[..., -1],
+                                    torch.ones_like(future, dtype=torch.bool), scale)
+        return loss, loss.detach()
+
+    sharding, precision = single_process()
+    [loss] = backward_step(sharding, precision, optimizer, micro_batch_loss)
+    return {"loss": float(loss)}
+
+
+# --- the movie decoder -----------------------------------------------------------------------------------
+
+def movie_step(sharding: Sharding, precision: Precision, model, loss_fn, optimizer: torch.optim.Optimizer,
+               sample: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], n_samples: int,
+               batch: int, generator: torch.Generator) -> dict:
+    """One optimizer step of the movie decoder (rtcalm.model.movie_decoder). The global batch is
+    ``batch`` training samples drawn with replacement from ``n_samples``; ``sample(indices)`` returns
+    their (ΔF/F windows (b, window, N), target frames (b, 1, H, W)). Every term of the movie loss is a
+    mean over equal-sized images, so a micro-batch's share of the global loss is its own loss times
+    b / batch. Returns the step's loss and its (unweighted) terms, averaged over micro-batches."""
+    b = sharding.micro_batch(batch, "batch_size")
+    rows = sharding.rows(batch, "batch_size")
+    drawn = torch.randint(n_samples, (batch,), generator=generator)[rows]
+
+    def micro_batch_loss(m: int):
+        windows, targets = sample(drawn[m * b:(m + 1) * b])
+        windows, targets = windows.to(sharding.runtime.device), targets.to(sharding.runtime.device)
+        loss, terms = loss_fn(model(windows), targets)
+        return loss * (b / batch), {"loss": float(loss.detach()), **terms}
+
+    kept = backward_step(sharding, precision, optimizer, micro_batch_loss)
+    local = torch.tensor([[part[name] for name in kept[0]] for part in kept], dtype=torch.float64).sum(0)
+    total = sharding.runtime.all_reduce_sum(local.to(sharding.runtime.device)).cpu()
+    parts = sharding.runtime.world_size * sharding.accumulation_steps
+    return {name: float(value) / parts for name, value in zip(kept[0], total, strict=True)}

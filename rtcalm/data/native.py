@@ -9,6 +9,7 @@ Layout (version 1)::
     /labels/<name>          float32, dff.shape[:-1]             continuous labels
     /trials/<column>        one row per trial; strings as UTF-8 variable-length
     /neuron_info/<name>     (neurons, ...)
+    /<other>                extra datasets a writer may add (save_recording's extra_datasets); not read
 
 ``meta_json`` is the JSON of :class:`~rtcalm.data.recording.RecordingMeta`. Nothing is pickled; the
 reader validates everything through the ``Recording`` constructor.
@@ -28,10 +29,13 @@ FORMAT_NAME = "rtcalm-recording"
 FORMAT_VERSION = 1
 
 
-def save_recording(recording: Recording, path, compress: bool = True) -> Path:
+def save_recording(recording: Recording, path, compress: bool = True,
+                   extra_datasets: dict[str, np.ndarray] | None = None) -> Path:
     """Write ``recording`` to ``path`` atomically (a temporary file renamed into place), so a crash
     mid-write never leaves a half-written file under the final name. ``compress=False`` writes ``/dff``
-    contiguous and uncompressed, so it can be memory-mapped (see :mod:`rtcalm.data.store`)."""
+    contiguous and uncompressed, so it can be memory-mapped (see :mod:`rtcalm.data.store`).
+    ``extra_datasets``: more root datasets, which :func:`read_native` ignores (the trainer's Allen export
+    keeps the imaging timestamps as ``/timestamps_s``)."""
     import h5py
 
     path = Path(path)
@@ -61,6 +65,10 @@ def save_recording(recording: Recording, path, compress: bool = True) -> Path:
         info = f.create_group("neuron_info")
         for name, values in recording.neuron_info.items():
             info.create_dataset(name, data=np.asarray(values))
+        for name, values in (extra_datasets or {}).items():
+            if name in f:
+                raise ValueError(f"extra dataset {name!r} would overwrite the recording's own /{name}")
+            f.create_dataset(name, data=np.asarray(values))
     tmp.replace(path)
     return path
 

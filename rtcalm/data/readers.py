@@ -123,10 +123,11 @@ def _finite_or_error(path, name: str, values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _cre_line_from_genotype(genotype: str | None) -> str | None:
+def cre_line_from_genotype(genotype) -> str | None:
+    """The Cre line: the genotype's first allele (Allen genotypes read "Sst-IRES-Cre/wt; Ai148(...)/wt")."""
     if not genotype:
         return None
-    first = re.split(r"[;/]", genotype)[0].strip()
+    first = re.split(r"[;/]", str(genotype))[0].strip()
     return first or None
 
 
@@ -259,7 +260,7 @@ def _neurodio_meta(path: Path) -> RecordingMeta:
         raise RecordingError(metadata_file, f"cannot read metadata ({type(exc).__name__}: {exc})") from None
     meta.mouse = str(info["experiment_container_id"]) if "experiment_container_id" in info else None
     meta.session = str(info.get("ophys_experiment_id", meta.session))
-    meta.cre_line = _cre_line_from_genotype(info.get("genotype"))
+    meta.cre_line = cre_line_from_genotype(info.get("genotype"))
     meta.area = info.get("targeted_structure")
     meta.depth_um = float(info["imaging_depth_um"]) if "imaging_depth_um" in info else None
     meta.indicator = info.get("indicator")
@@ -314,11 +315,10 @@ def _allen_nwb_from_open_file(path: Path, f) -> Recording:
         speed = np.asarray(f[f"{run_path}/data"][()], dtype=np.float64).ravel()
         run_t = f[f"{run_path}/timestamps"][()] if f"{run_path}/timestamps" in f else timestamps
         if timestamps is not None and run_t is not None and speed.shape == run_t.shape:
-            # Allen running speed has NaN where the encoder dropped samples; interpolate over the
-            # valid samples onto the imaging timestamps.
-            valid = np.isfinite(speed)
-            if valid.sum() >= 2:
-                labels["running_speed"] = np.interp(timestamps, run_t[valid], speed[valid]).astype(np.float32)
+            # Allen running speed has NaN where the encoder dropped samples
+            running = on_imaging_frames(speed, run_t, timestamps, outside="edge")
+            if running is not None:
+                labels["running_speed"] = running
         elif speed.shape == (dff.shape[0],) and np.isfinite(speed).all():
             labels["running_speed"] = speed.astype(np.float32)
 
@@ -341,7 +341,7 @@ def _allen_nwb_from_open_file(path: Path, f) -> Recording:
     meta = RecordingMeta(
         source=str(path), format="allen-nwb",
         mouse=text("general/experiment_container_id"), session=text("general/session_id"),
-        cre_line=_cre_line_from_genotype(genotype), area=text("general/optophysiology/imaging_plane_1/location"),
+        cre_line=cre_line_from_genotype(genotype), area=text("general/optophysiology/imaging_plane_1/location"),
         depth_um=float(depth_match.group()) if depth_match else None,
         indicator=text("general/optophysiology/imaging_plane_1/indicator"),
         stimulus=",".join(sorted(set(trials["stimulus"]))) if trials is not None else None,
@@ -353,16 +353,13 @@ def _allen_nwb_from_open_file(path: Path, f) -> Recording:
 
 def _allen_stimulus_table(path: Path, f, timestamps, n_frames: int) -> TrialTable | None:
     """One row per stimulus presentation across all ``stimulus/presentation/*`` groups that have
-    ``frame_duration`` (start/end imaging frame). Feature columns (orientation, temporal frequency, movie
-    frame, ...) are NaN for stimuli that lack them. Allen's drifting-grating "orientation" is the
-    direction of motion, so it is also exposed as ``direction_deg``."""
+    ``frame_duration`` (start/end imaging frame); see :func:`allen_trial_table`."""
     if "stimulus/presentation" not in f:
         return None
     rows: list[dict] = []
     for group_name, group in f["stimulus/presentation"].items():
         if not hasattr(group, "keys") or "frame_duration" not in group or "data" not in group:
             continue
-        stimulus = group_name.removesuffix("_stimulus")
         frames = np.asarray(group["frame_duration"][()]).reshape(-1, 2).astype(np.int64)
         data = np.asarray(group["data"][()], dtype=np.float64)
         if data.ndim == 1:
@@ -373,17 +370,35 @@ def _allen_stimulus_table(path: Path, f, timestamps, n_frames: int) -> TrialTabl
             features = ["frame"] if data.shape[1] == 1 else [f"value{i}" for i in range(data.shape[1])]
         if data.shape[0] != frames.shape[0] or len(features) != data.shape[1]:
             raise RecordingError(path, f"stimulus table {group_name} has inconsistent data/features/frame_duration")
-        if (frames < 0).any() or (frames >= n_frames).any():
-            raise RecordingError(path, f"stimulus table {group_name} refers to frames outside the recording")
-        for k in range(frames.shape[0]):
-            row = {"stimulus": stimulus, "start_frame": frames[k, 0], "end_frame": frames[k, 1]}
-            row.update({name: data[k, i] for i, name in enumerate(features)})
-            if stimulus == "drifting_gratings" and "orientation" in row:
-                row["direction_deg"] = row["orientation"]
-            rows.append(row)
+        rows += allen_presentation_rows(path, group_name.removesuffix("_stimulus"), frames, data, features, n_frames)
+    return allen_trial_table(rows, timestamps)
+
+
+def allen_presentation_rows(where, stimulus: str, frames: np.ndarray, data: np.ndarray, features: list[str],
+                            n_frames: int) -> list[dict]:
+    """The rows of one Allen stimulus table: ``frames`` (K, 2) start/end imaging frames, ``data`` (K, F)
+    the feature values named by ``features``. Allen's drifting-grating "orientation" is the direction of
+    motion, so it is also given as ``direction_deg``. Shared by the NWB reader and the trainer's Allen
+    export (allensdk's tables)."""
+    if (frames < 0).any() or (frames >= n_frames).any():
+        raise RecordingError(where, f"stimulus table {stimulus} refers to frames outside the recording")
+    rows = []
+    for k in range(frames.shape[0]):
+        row = {"stimulus": stimulus, "start_frame": frames[k, 0], "end_frame": frames[k, 1]}
+        row.update({name: data[k, i] for i, name in enumerate(features)})
+        if stimulus == "drifting_gratings" and "orientation" in row:
+            row["direction_deg"] = row["orientation"]
+        rows.append(row)
+    return rows
+
+
+def allen_trial_table(rows: list[dict], timestamps: np.ndarray | None) -> TrialTable | None:
+    """One table of the presentation rows of every stimulus, ordered by start frame, with ``onset_s``
+    from the imaging timestamps. Feature columns (orientation, temporal frequency, movie frame, ...) are
+    NaN for stimuli that lack them."""
     if not rows:
         return None
-    rows.sort(key=lambda r: r["start_frame"])
+    rows = sorted(rows, key=lambda r: r["start_frame"])
     names = list(dict.fromkeys(name for row in rows for name in row))
     columns = {}
     for name in names:
@@ -394,6 +409,87 @@ def _allen_stimulus_table(path: Path, f, timestamps, n_frames: int) -> TrialTabl
     start = columns["start_frame"].astype(np.int64)
     columns["onset_s"] = timestamps[start] if timestamps is not None else start / ALLEN_RATE_HZ
     return TrialTable(columns)
+
+
+def on_imaging_frames(values, times, imaging_times: np.ndarray, outside: str = "edge") -> np.ndarray | None:
+    """A behavioural signal sampled at ``times`` onto the imaging frames (float32) by linear interpolation
+    over its finite samples (Allen running speed and pupil have NaN where samples were dropped or the eye
+    was closed). Imaging frames outside the signal's time range get the edge value (``outside="edge"``,
+    running speed) or NaN (``outside="nan"``: no extrapolation). None when the shapes differ or fewer
+    than two samples are finite."""
+    values, times = np.asarray(values, np.float64).ravel(), np.asarray(times, np.float64).ravel()
+    if values.shape != times.shape:
+        return None
+    valid = np.isfinite(values) & np.isfinite(times)
+    if valid.sum() < 2:
+        return None
+    t, v = times[valid], values[valid]
+    out = np.interp(imaging_times, t, v)
+    if outside == "nan":
+        out[(imaging_times < t.min()) | (imaging_times > t.max())] = np.nan
+    return out.astype(np.float32)
+
+
+# --- stimulus movie templates ------------------------------------------------------------------------
+
+def read_movie_template(path, key: str | None = None) -> np.ndarray:
+    """A movie template ``(frames, H, W)`` from ``.npy`` (read without pickle) or HDF5 (``.h5``/``.hdf5``;
+    dataset ``key``, or the only dataset, or one named ``natural_movie_one`` / ``data``), e.g. allensdk's
+    ``get_stimulus_template("natural_movie_one")`` or the trainer's Allen export. uint8 is scaled by
+    1/255; floats must already be in [0, 1]. Returns float32 in [0, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordingError(path, "template file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                names: list[str] = []
+                f.visit(lambda name: names.append(name) if isinstance(f[name], h5py.Dataset) else None)
+                if key is None:
+                    preferred = [n for n in names if n.split("/")[-1] in ("natural_movie_one", "data")]
+                    if len(names) == 1:
+                        key = names[0]
+                    elif len(preferred) == 1:
+                        key = preferred[0]
+                    else:
+                        raise RecordingError(path, f"several datasets ({', '.join(names) or 'none'}); name one "
+                                                   "(--template-key)")
+                if key not in f or not isinstance(f[key], h5py.Dataset):
+                    raise RecordingError(path, f"no dataset {key!r} (datasets: {', '.join(names) or 'none'})")
+                array = f[key][()]
+        else:
+            raise RecordingError(path, f"template must be .npy, .h5 or .hdf5, not {suffix or 'no suffix'!r}")
+    except RecordingError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise RecordingError(path, f"cannot read template: {exc}") from None
+    return checked_movie_template(array, path)
+
+
+def checked_movie_template(array, where="template") -> np.ndarray:
+    """``array`` as a float32 ``(frames, H, W)`` movie in [0, 1] (uint8 scaled by 1/255), or a
+    RecordingError naming ``where``."""
+    array = np.asarray(array)
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise RecordingError(where, f"template must be (frames, height, width) grayscale, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise RecordingError(where, f"template must be numeric, got dtype {array.dtype}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise RecordingError(where, "template has NaN/Inf values")
+    if array.min() < 0 or array.max() > 1:
+        raise RecordingError(where, f"template values must be uint8 or floats in [0, 1], "
+                                    f"got range [{array.min():g}, {array.max():g}]")
+    return array
 
 
 # --- NWB 2 (pynwb) -----------------------------------------------------------------------------------
@@ -433,7 +529,7 @@ def read_nwb2(path: Path) -> Recording:
                 source=str(path), format="nwb2",
                 mouse=getattr(subject, "subject_id", None) if subject else None,
                 session=nwbfile.session_id or nwbfile.identifier,
-                cre_line=_cre_line_from_genotype(getattr(subject, "genotype", None)) if subject else None,
+                cre_line=cre_line_from_genotype(getattr(subject, "genotype", None)) if subject else None,
                 extra={"series": chosen.name, "description": nwbfile.session_description or ""},
             )
             plane = getattr(chosen.rois.table, "imaging_plane", None)

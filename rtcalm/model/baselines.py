@@ -39,6 +39,7 @@ from rtcalm.model.checkpoint import (
     read_weights,
 )
 from rtcalm.model.encoder import TemporalEncoder, normalise_windows
+from rtcalm.model.optim import configure_adamw
 
 BASELINE_FORMAT = "rtcalm-baseline"
 BASELINE_FORMAT_VERSION = 1
@@ -123,6 +124,9 @@ class BaselineForecaster(nn.Module):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+        return configure_adamw(self, weight_decay, lr, betas)
 
 
 def context_windows(z: np.ndarray, times: np.ndarray, context_frames: int) -> np.ndarray:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtcalm.model.encoder import TemporalEncoder, normalise_windows
+from rtcalm.model.optim import configure_adamw
 from rtcalm.model.tokenizer import TraceTokenizer
 
 INPUT_MODES = ("tokens", "continuous", "encoder")
@@ -361,6 +362,8 @@ class StreamState:
 # --- the model ----------------------------------------------------------------------------------------
 
 class Calm(nn.Module):
+    checkpoint_format = "rtcalm-calm"  # config.json's "format" (rtcalm.model.checkpoint)
+
     def __init__(self, config: CalmConfig):
         super().__init__()
         self.config = config
@@ -409,6 +412,12 @@ class Calm(nn.Module):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+        """AdamW over the parameters that require gradients (the trainer freezes the tokenizer, and
+        optionally the encoder mode's per-neuron path, first); weight decay on matrices only, and not on the
+        autoregressive skip, which starts at a least-squares fit that decay would pull towards zero."""
+        return configure_adamw(self, weight_decay, lr, betas, no_decay_prefixes=("forecast_skip.",))
 
     # --- shared pieces of forward and step ---
     def _check_neuron_embedding(self, neuron_embedding: torch.Tensor | None, n_neurons: int) -> None:

@@ -11,6 +11,11 @@ config.json::
      "model_config": {...CalmConfig fields...},
      "metadata": {...free-form JSON: training data, metrics, git commit...}}
 
+The same layout holds any model that names its format in a ``checkpoint_format`` class attribute and
+has a ``config`` with ``to_dict()``: the movie decoder (``"rtcalm-movie-decoder"``,
+:func:`rtcalm.model.movie_decoder.load_movie_decoder`) is saved by :func:`save_checkpoint` too, and the
+trainer's resumable state (trainer/state.py) is such a directory plus the optimizer and RNG files.
+
 Shipped models live in ``rtcalm/models/<name>/`` (same layout plus a model card ``README.md``) and are
 loaded by name: ``load_model("default")``.
 """
@@ -23,11 +28,12 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from rtcalm.errors import FileError, read_json_object
 from rtcalm.model.calm import Calm, CalmConfig
 
-CHECKPOINT_FORMAT = "rtcalm-calm"
+CHECKPOINT_FORMAT = Calm.checkpoint_format  # "rtcalm-calm"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -48,24 +54,27 @@ def _write_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(model: Calm, directory, metadata: dict | None = None) -> Path:
-    """Save ``model`` to ``directory`` (created if needed). ``metadata`` must be JSON-serialisable."""
+def save_checkpoint(model: nn.Module, directory, metadata: dict | None = None) -> Path:
+    """Save ``model`` (a :class:`Calm`, or another model with ``checkpoint_format`` and ``config``, see
+    the module docstring) to ``directory`` (created if needed). ``metadata`` must be JSON-serialisable."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    checkpoint_format = type(model).checkpoint_format
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
     _write_atomically(directory / WEIGHTS_FILE,
-                      lambda p: save_file(tensors, str(p), metadata={"format": CHECKPOINT_FORMAT}))
-    document = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION,
+                      lambda p: save_file(tensors, str(p), metadata={"format": checkpoint_format}))
+    document = {"format": checkpoint_format, "format_version": FORMAT_VERSION,
                 "model_config": model.config.to_dict(), "metadata": metadata or {}}
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"  # fails before writing if not JSON-able
     _write_atomically(directory / CONFIG_FILE, lambda p: p.write_text(text))
     return directory
 
 
-def read_checkpoint_config(directory) -> tuple[CalmConfig, dict]:
-    """(model config, metadata) of a checkpoint directory, without loading the weights."""
+def read_checkpoint_document(directory, checkpoint_format: str, config_class):
+    """(model config, metadata) of a checkpoint directory of ``checkpoint_format``, without loading the
+    weights; ``config_class.from_dict`` reads ``model_config``."""
     directory = Path(directory)
     if not directory.exists():
         raise CheckpointError(directory, "checkpoint directory does not exist")
@@ -74,19 +83,24 @@ def read_checkpoint_config(directory) -> tuple[CalmConfig, dict]:
                                          "not a file")
     path = directory / CONFIG_FILE
     document = read_config_json(path, "a checkpoint")
-    if document.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(path, f"format is {document.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    if document.get("format") != checkpoint_format:
+        raise CheckpointError(path, f"format is {document.get('format')!r}, expected {checkpoint_format!r}")
     if document.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(path, f"format_version {document.get('format_version')!r} is not supported "
                                     f"(this rtcalm reads version {FORMAT_VERSION})")
     try:
-        config = CalmConfig.from_dict(document.get("model_config"))
+        config = config_class.from_dict(document.get("model_config"))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(path, f"bad model_config: {exc}") from None
     metadata = document.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise CheckpointError(path, "metadata must be a JSON object")
     return config, metadata
+
+
+def read_checkpoint_config(directory) -> tuple[CalmConfig, dict]:
+    """(model config, metadata) of a CalM checkpoint directory, without loading the weights."""
+    return read_checkpoint_document(directory, CHECKPOINT_FORMAT, CalmConfig)
 
 
 def read_config_json(path: Path, what: str) -> dict:
@@ -131,17 +145,21 @@ def check_state_dict(path, expected: dict[str, torch.Tensor], found: dict[str, t
             raise CheckpointError(path, f"tensor {name!r} contains NaN or Inf")
 
 
-def load_checkpoint(directory, device: str | torch.device = "cpu") -> Calm:
-    """Build the model described by ``directory/config.json`` and load ``directory/model.safetensors``
-    into it. Returns the model in eval mode."""
-    directory = Path(directory)
-    config, _ = read_checkpoint_config(directory)
-    model = Calm(config)
-    weights_path = directory / WEIGHTS_FILE
+def load_weights(model: nn.Module, directory) -> nn.Module:
+    """Load ``directory/model.safetensors`` into ``model`` (built from the directory's config.json),
+    checking names, shapes, dtypes and finiteness first."""
+    weights_path = Path(directory) / WEIGHTS_FILE
     tensors = read_weights(weights_path)
     check_state_dict(weights_path, model.state_dict(), tensors)
     model.load_state_dict(tensors, strict=True)
-    return model.to(device).eval()
+    return model
+
+
+def load_checkpoint(directory, device: str | torch.device = "cpu") -> Calm:
+    """Build the model described by ``directory/config.json`` and load ``directory/model.safetensors``
+    into it. Returns the model in eval mode."""
+    config, _ = read_checkpoint_config(directory)
+    return load_weights(Calm(config), directory).to(device).eval()
 
 
 def resolve_model(name_or_path) -> Path:

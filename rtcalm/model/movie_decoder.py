@@ -33,11 +33,16 @@ the mean over the SSIM map.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from rtcalm.model.checkpoint import CONFIG_FILE, CheckpointError, load_weights, read_checkpoint_document
+from rtcalm.model.optim import configure_adamw
+
+MOVIE_DECODER_FORMAT = "rtcalm-movie-decoder"  # config.json's "format" (rtcalm.model.checkpoint)
 
 # --- configs -----------------------------------------------------------------------------------------
 
@@ -81,6 +86,34 @@ class SkipUNetDecoderConfig:
     def stage_grids(self) -> list[tuple[int, int]]:
         scale = 2**self.n_upsample
         return [(self.height // scale << s, self.width // scale << s) for s in range(self.n_upsample + 1)]
+
+
+def _strict(cls, d: dict, what: str):
+    """``cls(**d)``, refusing anything but a JSON object of ``cls``'s fields."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {unknown}")
+    return cls(**d)
+
+
+@dataclass
+class MovieDecoderConfig:
+    """A checkpointed :class:`MovieDecodingModel`: the window encoder's and the decoder's configs."""
+
+    encoder: ActivityWindowEncoderConfig
+    decoder: SkipUNetDecoderConfig
+
+    def to_dict(self) -> dict:
+        return {"encoder": asdict(self.encoder), "decoder": asdict(self.decoder)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MovieDecoderConfig:
+        if not isinstance(d, dict) or set(d) != {"encoder", "decoder"}:
+            raise ValueError("movie decoder config must be a JSON object with exactly 'encoder' and 'decoder'")
+        return cls(_strict(ActivityWindowEncoderConfig, d["encoder"], "encoder config"),
+                   _strict(SkipUNetDecoderConfig, d["decoder"], "decoder config"))
 
 
 @dataclass
@@ -323,12 +356,39 @@ class SkipUNetDecoder(nn.Module):
 
 class MovieDecodingModel(nn.Module):
     """Encoder + :class:`SkipUNetDecoder`. The encoder is any module mapping a batch to ``(B, E)``
-    (here :class:`ActivityWindowEncoder`; a CalM backbone with pooled latents can take its place)."""
+    (here :class:`ActivityWindowEncoder`; a CalM backbone with pooled latents can take its place).
+    With the window encoder it is saved like every rtcalm model (:func:`rtcalm.model.save_checkpoint`:
+    ``config.json`` + ``model.safetensors``) and read back with :func:`load_movie_decoder`."""
+
+    checkpoint_format = MOVIE_DECODER_FORMAT
 
     def __init__(self, encoder: nn.Module, decoder: SkipUNetDecoder):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
 
+    @classmethod
+    def from_config(cls, config: MovieDecoderConfig) -> MovieDecodingModel:
+        return cls(ActivityWindowEncoder(config.encoder), SkipUNetDecoder(config.decoder))
+
+    @property
+    def config(self) -> MovieDecoderConfig:
+        return MovieDecoderConfig(self.encoder.cfg, self.decoder.cfg)
+
+    def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+        """Weight decay on weight matrices and kernels only: not on biases, norms or the frame prior."""
+        return configure_adamw(self, weight_decay, lr, betas, no_decay_prefixes=("decoder.frame_prior",))
+
     def forward(self, activity: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(activity))  # (B, 1, H, W)
+
+
+def load_movie_decoder(directory) -> MovieDecodingModel:
+    """A movie decoder checkpoint directory -> the model in eval mode; every problem with it raises
+    :class:`rtcalm.model.CheckpointError` naming the file."""
+    config, _ = read_checkpoint_document(directory, MOVIE_DECODER_FORMAT, MovieDecoderConfig)
+    try:
+        model = MovieDecodingModel.from_config(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{directory}/{CONFIG_FILE}", f"bad model_config: {exc}") from None
+    return load_weights(model, directory).eval()

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtcalm.model.optim import configure_adamw
+
 
 class TraceTokenizer(nn.Module):
     def __init__(self, window_frames: int, codebook_size: int, code_dim: int, hidden: int,
@@ -55,6 +57,10 @@ class TraceTokenizer(nn.Module):
         self.register_buffer("ema_cluster_size", torch.ones(codebook_size))  # (K,) running assignments per batch
         self.register_buffer("ema_code_sum", self.codebook.clone())  # (K, code_dim) running sum of assigned z
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+        """AdamW over the encoder and decoder (the codebook is a buffer, moved by EMA, not by gradients)."""
+        return configure_adamw(self, weight_decay, lr, betas)
 
     # --- inference ------------------------------------------------------------------------------
     def encode_latent(self, window: torch.Tensor) -> torch.Tensor:

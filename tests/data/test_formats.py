@@ -12,39 +12,8 @@ from rtcalm.data import Recording, RecordingMeta, TrialTable, load_recording, sa
 from rtcalm.errors import RecordingError
 from rtcalm.sim import make_synthetic
 
-PIPE = "processing/brain_observatory_pipeline"
 
-
-def write_allen_nwb(path, n_cells=5, n_frames=300, rate=30.0, seed=0, **overrides):
-    rng = np.random.default_rng(seed)
-    dff = rng.standard_normal((n_cells, n_frames)).astype(np.float32)  # Allen: cells x time
-    timestamps = np.arange(n_frames) / rate + 10.0
-    with h5py.File(path, "w") as f:
-        f[f"{PIPE}/DfOverF/imaging_plane_1/data"] = overrides.get("data", dff)
-        f[f"{PIPE}/DfOverF/imaging_plane_1/timestamps"] = overrides.get("timestamps", timestamps)
-        f[f"{PIPE}/ImageSegmentation/cell_specimen_ids"] = np.arange(n_cells) + 517000000
-        speed = rng.random(n_frames) * 20
-        speed[5] = np.nan  # Allen running speed has dropped samples
-        f[f"{PIPE}/BehavioralTimeSeries/running_speed/data"] = speed
-        f[f"{PIPE}/BehavioralTimeSeries/running_speed/timestamps"] = timestamps
-        dg = f.create_group("stimulus/presentation/drifting_gratings_stimulus")
-        dg["data"] = np.array([[2.0, 0.0, 0.0], [2.0, 90.0, 0.0], [1.0, 270.0, 0.0]])
-        dg["features"] = np.array([b"temporal_frequency", b"orientation", b"blank_sweep"])
-        dg["frame_duration"] = overrides.get("frame_duration", np.array([[10, 70], [100, 160], [200, 260]]))
-        nm = f.create_group("stimulus/presentation/natural_movie_one_stimulus")
-        nm["data"] = np.arange(3)
-        nm["frame_duration"] = np.array([[270, 271], [271, 272], [272, 273]])
-        f["general/session_id"] = b"123456"
-        f["general/experiment_container_id"] = b"999"
-        f["general/session_type"] = b"three_session_A"
-        f["general/subject/genotype"] = b"Sst-IRES-Cre/wt; Ai148(TIT2L-GC6f-ICL-tTA2)/wt"
-        f["general/optophysiology/imaging_plane_1/imaging depth"] = b"275 microns"
-        f["general/optophysiology/imaging_plane_1/location"] = b"VISp"
-        f["general/optophysiology/imaging_plane_1/indicator"] = b"GCaMP6f"
-    return dff, timestamps
-
-
-def test_allen_nwb(tmp_path):
+def test_allen_nwb(tmp_path, write_allen_nwb):
     path = tmp_path / "experiment.nwb"
     dff, timestamps = write_allen_nwb(path)
     rec = load_recording(path)
@@ -69,14 +38,14 @@ def test_allen_nwb(tmp_path):
     ({"timestamps": np.arange(10.0)}, "timestamps"),
     ({"frame_duration": np.array([[10, 70], [100, 160], [200, 9999]])}, "outside"),
 ])
-def test_allen_nwb_bad(tmp_path, override, problem):
+def test_allen_nwb_bad(tmp_path, write_allen_nwb, override, problem):
     path = tmp_path / "bad.nwb"
     write_allen_nwb(path, **override)
     with pytest.raises(RecordingError, match=problem):
         load_recording(path)
 
 
-def test_allen_nwb_nan_and_truncated(tmp_path):
+def test_allen_nwb_nan_and_truncated(tmp_path, write_allen_nwb):
     path = tmp_path / "nan.nwb"
     data = np.zeros((5, 300), np.float32)
     data[2, 7] = np.nan

@@ -4,12 +4,11 @@ see tests/conftest.py)."""
 from __future__ import annotations
 
 import pytest
-from engine_helpers import randomised_model
 
 from rtcalm.model import save_checkpoint
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
+def checkpoint(randomised_model, tmp_path):
     """A checkpoint directory of a small randomised model."""
     return save_checkpoint(randomised_model(), tmp_path / "small-model")

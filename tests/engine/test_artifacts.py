@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-from engine_helpers import randomised_model
 
 from rtcalm.engine import ArtifactError, NeuronRange, load_engine
 from rtcalm.engine.artifact import (
@@ -68,7 +67,7 @@ def test_daemon_loads_the_compiled_artifact_and_it_matches_torch(checkpoint, com
         onnx.new_stream(65)
 
 
-def test_artifact_from_other_weights_is_refused(checkpoint, compiled, caplog):
+def test_artifact_from_other_weights_is_refused(randomised_model, checkpoint, compiled, caplog):
     retrained = randomised_model(seed=7)
     save_checkpoint(retrained, checkpoint)  # retrained in place: the compiled file is now stale
     with pytest.raises(ArtifactError, match="built from model weights .* but the checkpoint's weights are"):
@@ -79,7 +78,7 @@ def test_artifact_from_other_weights_is_refused(checkpoint, compiled, caplog):
     assert any("skipping compiled artifact" in r.message and "rebuild" in r.message for r in caplog.records)
 
 
-def test_artifact_for_another_checkpoint_is_refused(checkpoint, compiled, tmp_path):
+def test_artifact_for_another_checkpoint_is_refused(randomised_model, checkpoint, compiled, tmp_path):
     other = save_checkpoint(randomised_model(seed=3), tmp_path / "other-model")
     with pytest.raises(ArtifactError, match="built from model weights"):
         load_engine(other, "onnx", artifact=compiled)
@@ -103,7 +102,7 @@ def test_garbage_with_a_matching_checksum_is_refused_by_onnx_runtime(checkpoint,
         load_engine(checkpoint, "onnx", artifact=compiled)
 
 
-def test_a_valid_onnx_graph_of_another_layout_is_refused(checkpoint, compiled):
+def test_a_valid_onnx_graph_of_another_layout_is_refused(randomised_model, checkpoint, compiled):
     other = randomised_model(n_layers=1)  # one layer: inputs keys_0/values_0 only
     payload = export_onnx(other, SMALL_RANGE)
     compiled.write_bytes(payload)

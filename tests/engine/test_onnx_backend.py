@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_helpers import randomised_model
 
 from rtcalm.engine.artifact import NeuronRange
 from rtcalm.engine.export import export_onnx
@@ -23,7 +22,7 @@ def onnx_engine(model, neurons=DYNAMIC, **kwargs) -> OnnxEngine:
 
 
 @pytest.fixture(scope="module")
-def tokens_model():
+def tokens_model(randomised_model):
     return randomised_model(seed=0)
 
 
@@ -33,7 +32,7 @@ def tokens_engine(tokens_model):
 
 
 @pytest.fixture(scope="module", params=["continuous", "encoder"])
-def continuous_model(request):
+def continuous_model(randomised_model, request):
     return randomised_model(seed=1, input_mode=request.param)
 
 
@@ -71,7 +70,7 @@ def test_tokens_mode_matches_torch_over_hundreds_of_steps(tokens_model, tokens_e
     assert result.compared_steps >= 297 and result.passed
 
 
-def test_validation_catches_a_wrong_model(tokens_model):
+def test_validation_catches_a_wrong_model(randomised_model, tokens_model):
     """The comparison is not vacuous: an engine of slightly different weights fails it."""
     other = randomised_model(seed=0)
     with torch.no_grad():

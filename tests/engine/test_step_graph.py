@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_helpers import randomised_model
 
 from rtcalm.engine.step_graph import StepGraph, initial_state, input_names, output_names, state_layout
 from rtcalm.engine.validate import validation_frames
@@ -26,7 +25,7 @@ def run_both(model, frames):
 
 @pytest.mark.parametrize("input_mode", ["tokens", "continuous", "encoder"])
 @pytest.mark.parametrize("n_neurons", [1, 37])
-def test_state_is_bit_identical_to_calm_step_for_hundreds_of_steps(input_mode, n_neurons):
+def test_state_is_bit_identical_to_calm_step_for_hundreds_of_steps(randomised_model, input_mode, n_neurons):
     """Covers the warm-up (first window - 1 frames, unwritten slots masked), many wraps of the ring
     (300 steps, window 12), scattered NaNs, a dropped frame and a never-valid (+Inf) neuron."""
     model = randomised_model(input_mode=input_mode)
@@ -52,7 +51,7 @@ def test_state_is_bit_identical_to_calm_step_for_hundreds_of_steps(input_mode, n
     assert worst_hidden == 0.0
 
 
-def test_position_never_grows_past_twice_the_window():
+def test_position_never_grows_past_twice_the_window(randomised_model):
     model = randomised_model()
     W = model.config.attention_window_frames
     positions = [outputs[4].item() for _, _, outputs in run_both(model, validation_frames(5 * W, 3))]
@@ -60,7 +59,7 @@ def test_position_never_grows_past_twice_the_window():
     assert max(positions) == 2 * W - 1 and min(positions[W:]) == W
 
 
-def test_layout_names_and_shapes():
+def test_layout_names_and_shapes(randomised_model):
     model = randomised_model()
     config = model.config
     layout = state_layout(config)
@@ -72,13 +71,13 @@ def test_layout_names_and_shapes():
     assert state[2].dtype == torch.int32 and state[2].item() == 0
 
 
-def test_needs_eval_mode():
+def test_needs_eval_mode(randomised_model):
     model = randomised_model().train()
     with pytest.raises(RuntimeError, match="eval mode"):
         StepGraph(model)
 
 
-def test_missing_means_nan_or_inf_only():
+def test_missing_means_nan_or_inf_only(randomised_model):
     """The graph's "missing" test (not |x| < inf) must flag exactly what ~isfinite flags."""
     model = randomised_model()
     frame = torch.tensor([0.0, -1.5, np.inf, -np.inf, np.nan, 3e38, -3e38, 1e-45], dtype=torch.float32)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_helpers import randomised_model
 
 import rtcalm.engine.validate as validate
 from rtcalm.engine.torch_backend import TorchEngine
 from rtcalm.engine.validate import compare_with_reference, near_tie_neurons, validation_frames
 
 
-def test_near_tie_neurons_flags_windows_between_two_codes():
+def test_near_tie_neurons_flags_windows_between_two_codes(randomised_model):
     model = randomised_model()
     window = torch.randn(1, 2 * model.config.token_window_frames)
     latent = model.tokenizer.encode_latent(window).detach()[0]
@@ -45,7 +44,7 @@ class OffByOneNeuron(TorchEngine):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_a_large_error_counts_as_a_code_flip_only_at_a_near_tie(monkeypatch, tie):
+def test_a_large_error_counts_as_a_code_flip_only_at_a_near_tie(randomised_model, monkeypatch, tie):
     model = randomised_model()
     engine = OffByOneNeuron(model, "test@0", mode="graph")
     monkeypatch.setattr(validate, "near_tie_neurons", lambda m, w, margin: np.arange(w.shape[0]) == 2 if tie
@@ -57,7 +56,7 @@ def test_a_large_error_counts_as_a_code_flip_only_at_a_near_tie(monkeypatch, tie
     assert result.max_abs_error == (0.0 if tie else pytest.approx(1.0))
 
 
-def test_torch_graph_mode_equals_eager_calm_step():
+def test_torch_graph_mode_equals_eager_calm_step(randomised_model):
     """The CPU run of the code the CUDA-graph path captures (pure graph + copy back into the stream)."""
     model = randomised_model()
     eager, graph = TorchEngine(model, "test@0"), TorchEngine(model, "test@0", mode="graph")

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from rtcalm.model import Calm, CalmConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from engine_helpers import SMALL, randomised_model  # noqa: E402  (the one copy, shared with the engine tests)
 
 
 def frames_with_gaps(n_frames: int, n_neurons: int, seed: int = 1) -> torch.Tensor:
@@ -32,7 +26,7 @@ def run_steps(model: Calm, frames: torch.Tensor, with_code_logits: bool = True):
 
 @pytest.mark.parametrize("input_mode, autoregressive_order",
                          [("tokens", 16), ("continuous", 16), ("tokens", 2), ("encoder", 16)])
-def test_step_equals_full_forward_after_hundreds_of_steps(input_mode, autoregressive_order):
+def test_step_equals_full_forward_after_hundreds_of_steps(randomised_model, input_mode, autoregressive_order):
     # order 16 > token window 4: the raw ring buffer is the skip's; order 2 < 4: it is the tokenizer's
     model = randomised_model(input_mode=input_mode, autoregressive_order=autoregressive_order)
     frames = frames_with_gaps(400, 23)
@@ -55,7 +49,7 @@ def test_step_equals_full_forward_after_hundreds_of_steps(input_mode, autoregres
         assert full.codes is None and outs[0].codes is None
 
 
-def test_step_many_equals_single_steps():
+def test_step_many_equals_single_steps(randomised_model):
     model = randomised_model()
     frames = frames_with_gaps(80, 9)
     single, _ = run_steps(model, frames)
@@ -70,7 +64,7 @@ def test_step_many_equals_single_steps():
                        torch.stack([o.next_code_logits for o in single]))
 
 
-def test_output_depends_only_on_the_receptive_field():
+def test_output_depends_only_on_the_receptive_field(randomised_model):
     """A bounded window: the forecast at t is the same whether the history is everything before t or only
     the last receptive_field_frames frames (this is what makes the step's cost history-independent)."""
     model = randomised_model()
@@ -85,7 +79,7 @@ def test_output_depends_only_on_the_receptive_field():
     assert (long - too_short).abs().max().item() > 1e-4  # the field is not smaller than documented
 
 
-def test_state_memory_is_fixed_and_reused():
+def test_state_memory_is_fixed_and_reused(randomised_model):
     """No buffer grows or is reallocated as the stream goes on: the same storage serves step 1 and 1000."""
     model = randomised_model()
     state = model.new_state(5)
@@ -95,11 +89,12 @@ def test_state_memory_is_fixed_and_reused():
     model.step_many(torch.randn(1000, 5), state)
     assert [b.data_ptr() for b in buffers] == pointers
     assert [b.numel() for b in buffers] == sizes
-    assert state.keys_t[0].shape == (5, SMALL["d_model"] // SMALL["n_heads"], SMALL["attention_window_frames"])
+    cfg = model.config
+    assert state.keys_t[0].shape == (5, cfg.d_model // cfg.n_heads, cfg.attention_window_frames)
 
 
 @pytest.mark.parametrize("n_neurons", [1, 2, 17, 300])
-def test_shapes_for_any_population_size(n_neurons):
+def test_shapes_for_any_population_size(randomised_model, n_neurons):
     model = randomised_model()
     frames = torch.randn(3, 20, n_neurons)
     with torch.no_grad():
@@ -115,7 +110,7 @@ def test_shapes_for_any_population_size(n_neurons):
     assert step_out.forecast.shape == (n_neurons, 5) and step_out.codes.shape == (n_neurons,)
 
 
-def test_neurons_have_no_identity_permutation_equivariance():
+def test_neurons_have_no_identity_permutation_equivariance(randomised_model):
     model = randomised_model()
     frames = frames_with_gaps(40, 11)
     perm = torch.randperm(11, generator=torch.Generator().manual_seed(3))
@@ -125,7 +120,7 @@ def test_neurons_have_no_identity_permutation_equivariance():
     assert (out[:, perm] - permuted).abs().max().item() <= 1e-5
 
 
-def test_cross_neuron_attention_mixes_neurons():
+def test_cross_neuron_attention_mixes_neurons(randomised_model):
     """Changing one neuron's input changes the other neurons' forecasts (the neuron axis is used)."""
     model = randomised_model()
     frames = torch.randn(30, 6)
@@ -136,7 +131,7 @@ def test_cross_neuron_attention_mixes_neurons():
     assert diff > 1e-3
 
 
-def test_missing_values_never_reach_the_outputs():
+def test_missing_values_never_reach_the_outputs(randomised_model):
     model = randomised_model()
     frames = frames_with_gaps(60, 8)
     frames[10:20] = float("nan")  # ten dropped frames in a row
@@ -148,7 +143,7 @@ def test_missing_values_never_reach_the_outputs():
     assert all(torch.isfinite(o.forecast).all() and torch.isfinite(o.next_code_logits).all() for o in outs)
 
 
-def test_missing_flag_is_not_the_same_as_a_zero_value():
+def test_missing_flag_is_not_the_same_as_a_zero_value(randomised_model):
     model = randomised_model()
     zeros = torch.zeros(30, 4)
     gaps = zeros.clone()
@@ -157,10 +152,10 @@ def test_missing_flag_is_not_the_same_as_a_zero_value():
         assert (model(zeros).forecast[-1, 0] - model(gaps).forecast[-1, 0]).abs().max().item() > 1e-4
 
 
-def test_neuron_embedding_in_forward_and_step():
+def test_neuron_embedding_in_forward_and_step(randomised_model):
     model = randomised_model()
     frames = frames_with_gaps(50, 6)
-    embedding = torch.randn(6, SMALL["d_model"])
+    embedding = torch.randn(6, model.config.d_model)
     with torch.no_grad():
         plain = model(frames).forecast
         full = model(frames, neuron_embedding=embedding).forecast
@@ -172,7 +167,7 @@ def test_neuron_embedding_in_forward_and_step():
         model.new_state(7, neuron_embedding=embedding)
 
 
-def test_step_rejects_bad_input_and_training_mode():
+def test_step_rejects_bad_input_and_training_mode(randomised_model):
     model = randomised_model()
     state = model.new_state(4)
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
@@ -205,7 +200,7 @@ def test_config_round_trip_and_unknown_keys():
         CalmConfig.from_dict({**cfg.to_dict(), "use_rope": True})
 
 
-def test_full_forward_is_differentiable_and_tokenizer_gets_no_gradient_through_codes():
+def test_full_forward_is_differentiable_and_tokenizer_gets_no_gradient_through_codes(randomised_model):
     model = randomised_model()
     model.train()
     out = model(torch.randn(2, 16, 5), with_code_logits=True)
@@ -216,7 +211,7 @@ def test_full_forward_is_differentiable_and_tokenizer_gets_no_gradient_through_c
     assert all(p.grad is None for p in model.tokenizer.encoder.parameters())  # codes are discrete
 
 
-def test_without_the_autoregressive_skip():
+def test_without_the_autoregressive_skip(randomised_model):
     model = randomised_model(autoregressive_skip=False)
     assert not hasattr(model, "forecast_skip")
     frames = frames_with_gaps(60, 5)
@@ -228,7 +223,7 @@ def test_without_the_autoregressive_skip():
 
 
 @pytest.mark.parametrize("autoregressive_order", [2, 7])
-def test_the_autoregressive_skip_adds_a_linear_function_of_the_last_raw_values(autoregressive_order):
+def test_the_autoregressive_skip_adds_a_linear_function_of_the_last_raw_values(randomised_model, autoregressive_order):
     model = randomised_model(autoregressive_skip=True, autoregressive_order=autoregressive_order)
     assert model.forecast_skip.in_features == 2 * autoregressive_order
     frames = frames_with_gaps(60, 5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_model_calm import randomised_model  # noqa: E402  (every parameter non-trivial)
 
 from rtcalm.model.objectives import crop_losses, latent_masked_losses, masked_positions
 
@@ -24,7 +23,7 @@ def crops(seed=0, batch=2, frames=30, neurons=7):
     return torch.randn(batch, frames, neurons, generator=generator).cumsum(1) * 0.3
 
 
-def test_the_masked_view_sees_the_unmasked_steps_only_and_regresses_onto_the_full_view():
+def test_the_masked_view_sees_the_unmasked_steps_only_and_regresses_onto_the_full_view(randomised_model):
     model = randomised_model(0, **OBJECTIVE_MODEL).eval()  # no dropout: the views differ only by the mask
     crop, context = crops(), 20
     hidden_steps = masked_positions(context, 0.5)
@@ -41,7 +40,7 @@ def test_the_masked_view_sees_the_unmasked_steps_only_and_regresses_onto_the_ful
     assert float(loss.detach()) == pytest.approx(parts["forecast_mse"] + parts["latent_l1"], rel=1e-5)
 
 
-def test_the_full_view_is_a_target_only():
+def test_the_full_view_is_a_target_only(randomised_model):
     """Gradients reach the weights through the masked view and the forecast, never through the target:
     with the forecast loss removed (head and skip frozen) the L1 still trains the blocks."""
     model = randomised_model(1, **OBJECTIVE_MODEL).train()

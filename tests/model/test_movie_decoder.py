@@ -1,21 +1,20 @@
-"""The movie decoder: shapes, multi-scale embedding injection, SSIM, losses, training, the trainer's
-split and its Allen natural-movie path (with a small fake template)."""
+"""The movie decoder model: shapes, multi-scale embedding injection, SSIM, losses, learning, its optimizer
+groups and its checkpoint (the trainer's side is tests/trainer/test_trainer_movie.py)."""
 
 from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
-from rtcalm.data import save_recording
-from rtcalm.data.recording import TrialTable
-from rtcalm.errors import RtcalmError
+from rtcalm.model import CheckpointError, load_checkpoint, save_checkpoint
 from rtcalm.model.movie_decoder import (
     ActivityWindowEncoder,
     ActivityWindowEncoderConfig,
+    MovieDecoderConfig,
+    MovieDecodingModel,
     MovieLoss,
     MovieLossConfig,
     SkipUNetDecoder,
@@ -23,10 +22,9 @@ from rtcalm.model.movie_decoder import (
     fft_amplitude_loss,
     focal_frequency_loss,
     gaussian_window,
+    load_movie_decoder,
     ssim,
 )
-from rtcalm.sim.visual_cortex import VisualCortexConfig, make_movie, simulate_visual_cortex
-from trainer import movie as movie_trainer
 
 torch.set_num_threads(1)
 
@@ -182,139 +180,49 @@ def test_decoder_learns_to_map_embeddings_to_frames():
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.fixture(scope="module")
-def tiny_synthetic():
-    return movie_trainer.synthetic_movie_data(seed=1, n_neurons=128, n_frames=2400, height=16, width=32)
+# --- optimizer and checkpoint ------------------------------------------------------------------------
+
+def small_model() -> MovieDecodingModel:
+    torch.manual_seed(0)
+    return MovieDecodingModel.from_config(MovieDecoderConfig(
+        ActivityWindowEncoderConfig(n_neurons=12, window=4, hidden_dim=16, embed_dim=16),
+        SkipUNetDecoderConfig(embed_dim=16, height=16, width=32, n_upsample=3, base_channels=32, min_channels=8)))
 
 
-def test_split_is_temporally_separated(tiny_synthetic):
-    train, held_out = movie_trainer.split_samples(tiny_synthetic, window=8, lag=4, held_out_fraction=0.2,
-                                                  gap_frames=60)
-    end = tiny_synthetic.neural_frame + 4
-    assert end[train].max() < end[held_out].min() - 7 - 60  # training windows end > gap before held-out ones start
-    assert 0.15 < held_out.size / (train.size + held_out.size) < 0.25
-    assert (end[train] - 7).min() >= 0 and end[held_out].max() < tiny_synthetic.dff.shape[0]
+def test_weight_decay_on_matrices_and_kernels_only():
+    model = small_model()
+    decay, no_decay = model.configure_optimizers(0.05, 1e-3, (0.9, 0.999)).param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "decoder.stem.weight" in decayed and "decoder.head.2.weight" in decayed  # a matrix, a conv kernel
+    assert "decoder.frame_prior" not in decayed and "decoder.stem.bias" not in decayed
+    assert not decayed & {names[id(p)] for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_tiny_training_run_improves(tiny_synthetic):
-    cfg = movie_trainer.MovieTrainConfig(steps=60, batch_size=32, eval_every=60, lr=3e-3,
-                                         encoder=dict(hidden_dim=64, embed_dim=32),
-                                         decoder=dict(base_channels=32, min_channels=8, n_upsample=3))
-    result = movie_trainer.train_movie_decoder(tiny_synthetic, cfg, log=lambda _msg: None)
-    m = result["metrics"]
-    assert m["final_loss"] < 0.8 * m["first_loss"]
-    assert np.isfinite(m["heldout_ssim_model"]) and np.isfinite(m["heldout_ssim_mean_frame"])
-    assert result["decoded"].shape == result["true"].shape == (m["n_heldout"], 16, 32)
-
-
-# --- Allen natural-movie path (fake template) --------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def fake_allen(tmp_path_factory):
-    """A 40-frame 'natural movie' (24x48 uint8) shown 6 times with gray in between, the simulated
-    cortex watching it, and an Allen-style stimulus table (plus rows of another stimulus)."""
-    folder = tmp_path_factory.mktemp("allen")
-    clip, _ = make_movie(VisualCortexConfig(n_frames=40, height=24, width=48, seed=9))
-    template = np.round(clip * 255).astype(np.uint8)
-    gray = np.full((20, 24, 48), 0.5, dtype=np.float32)
-    shown, start_frame, movie_frame = [gray], [], []
-    for _repeat in range(6):
-        offset = sum(len(block) for block in shown)
-        shown.append(template.astype(np.float32) / 255)
-        shown.append(gray)
-        start_frame += list(offset + np.arange(40))
-        movie_frame += list(range(40))
-    screen = np.concatenate(shown)
-    recording = simulate_visual_cortex(screen, n_neurons=64, seed=9)
-    n_other = 5
-    recording.trials = TrialTable({
-        "onset_s": np.r_[np.array(start_frame) / 30.0, np.arange(n_other)],
-        "stimulus": np.array(["natural_movie_one"] * len(start_frame) + ["spontaneous"] * n_other),
-        "start_frame": np.r_[start_frame, np.arange(n_other)].astype(np.float64),
-        "end_frame": np.r_[np.array(start_frame) + 1, np.arange(n_other) + 1].astype(np.float64),
-        "frame": np.r_[movie_frame, np.full(n_other, np.nan)],
-    })
-    recording_path = folder / "session.rtcalm.h5"
-    save_recording(recording, recording_path)
-    np.save(folder / "template.npy", template)
-    with h5py.File(folder / "template.h5", "w") as f:
-        f["natural_movie_one"] = template
-        f["other"] = np.zeros(3)
-    return {"folder": folder, "recording": recording, "template": template, "path": recording_path,
-            "start_frame": np.array(start_frame), "movie_frame": np.array(movie_frame)}
-
-
-def test_allen_template_loading_and_alignment(fake_allen):
-    folder = fake_allen["folder"]
-    from_npy = movie_trainer.load_template(folder / "template.npy")
-    from_h5 = movie_trainer.load_template(folder / "template.h5")
-    assert np.array_equal(from_npy, from_h5) and from_npy.dtype == np.float32
-    assert np.allclose(from_npy * 255, fake_allen["template"])
-    data = movie_trainer.allen_movie_data(fake_allen["recording"], from_npy, height=16, width=32)
-    assert data.n_samples == 240  # the 'spontaneous' rows are ignored
-    assert np.array_equal(data.neural_frame, fake_allen["start_frame"])
-    assert np.array_equal(data.movie_frame, fake_allen["movie_frame"])
-    assert data.frames.shape == (40, 16, 32)
-    assert np.allclose(data.frames.mean(axis=(1, 2)), from_npy.mean(axis=(1, 2)), atol=0.01)
-    # with an integer factor the area resize is exactly the block mean
-    half = movie_trainer.allen_movie_data(fake_allen["recording"], from_npy, height=12, width=24)
-    block_mean = from_npy.reshape(40, 12, 2, 24, 2).mean(axis=(2, 4))
-    assert np.allclose(half.frames, block_mean, atol=1e-6)
-
-
-def test_allen_bad_inputs_are_rejected(fake_allen, tmp_path):
-    recording, template = fake_allen["recording"], fake_allen["template"]
-    with pytest.raises(RtcalmError, match="frame indices"):
-        movie_trainer.allen_movie_data(recording, template[:30])
-    with pytest.raises(RtcalmError, match="grayscale"):
-        movie_trainer.allen_movie_data(recording, template[0])
-    bad = template.astype(np.float32)
-    with pytest.raises(RtcalmError, match="\\[0, 1\\]"):
-        movie_trainer.allen_movie_data(recording, bad)
-    bad[0, 0, 0] = np.nan
-    with pytest.raises(RtcalmError, match="NaN"):
-        movie_trainer.allen_movie_data(recording, bad)
-    with pytest.raises(RtcalmError, match="no natural_movie_three"):
-        movie_trainer.allen_movie_data(recording, template, stimulus="natural_movie_three")
-    with pytest.raises(RtcalmError, match="not found"):
-        movie_trainer.load_template(tmp_path / "missing.npy")
-    (tmp_path / "movie.txt").write_text("1 2 3")
-    with pytest.raises(RtcalmError, match=".npy, .h5"):
-        movie_trainer.load_template(tmp_path / "movie.txt")
-    (tmp_path / "broken.npy").write_bytes(b"not a numpy file")
-    with pytest.raises(RtcalmError, match="cannot read"):
-        movie_trainer.load_template(tmp_path / "broken.npy")
-    with h5py.File(tmp_path / "two.h5", "w") as f:
-        f["a"] = template
-        f["b"] = template
-    with pytest.raises(RtcalmError, match="template-key"):
-        movie_trainer.load_template(tmp_path / "two.h5")
-    assert movie_trainer.load_template(tmp_path / "two.h5", key="b").shape == template.shape
-    with pytest.raises(RtcalmError, match="no dataset"):
-        movie_trainer.load_template(tmp_path / "two.h5", key="c")
-
-
-def test_allen_cli_trains_and_writes_outputs(fake_allen, tmp_path, capsys):
-    out = tmp_path / "run"
-    code = movie_trainer.main(["--allen-recording", str(fake_allen["path"]),
-                               "--allen-template", str(fake_allen["folder"] / "template.npy"),
-                               "--height", "16", "--width", "32", "--steps", "20", "--batch-size", "16",
-                               "--out", str(out), "--threads", "1"])
-    assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_heldout"] > 0 and np.isfinite(metrics["heldout_ssim_model"])
-    assert (out / "movie_decoding.png").stat().st_size > 1000
-    model = movie_trainer.load_checkpoint(out / "movie_decoder.safetensors")
-    assert model.decoder.cfg.height == 16 and model.encoder.cfg.n_neurons == 64
-    assert "held-out SSIM" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--allen-recording", "x.nwb"], "needs --allen-template"),
-    (["--synthetic", "--steps", "0"], "--steps must be >= 1"),
-    (["--synthetic", "--lag", "-1"], "--lag must be >= 0"),
-    (["--synthetic", "--height", "24"], "divisible"),
-])
-def test_cli_rejects_bad_arguments(argv, message, capsys, tmp_path):
-    assert movie_trainer.main([*argv, "--out", str(tmp_path), "--neurons", "8", "--frames", "300"]) == 2
-    assert message in capsys.readouterr().err
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    model = small_model().eval()
+    with torch.no_grad():
+        model.decoder.frame_prior.normal_()
+    directory = save_checkpoint(model, tmp_path / "movie", metadata={"note": "test"})
+    document = json.loads((directory / "config.json").read_text())
+    assert document["format"] == "rtcalm-movie-decoder" and document["metadata"] == {"note": "test"}
+    loaded = load_movie_decoder(directory)
+    assert loaded.config == model.config and not loaded.training
+    activity = torch.randn(3, 4, 12)
+    assert torch.equal(loaded(activity), model(activity))
+    with pytest.raises(CheckpointError, match="expected 'rtcalm-calm'"):
+        load_checkpoint(directory)  # a movie decoder is not a CalM model
+    document["model_config"]["decoder"]["height"] = 20
+    (directory / "config.json").write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="divisible"):
+        load_movie_decoder(directory)
+    document["model_config"]["decoder"]["height"] = 32  # valid, but not the weights' shape
+    (directory / "config.json").write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_movie_decoder(directory)
+    document["model_config"]["encoder"]["use_rope"] = True
+    (directory / "config.json").write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="unknown encoder config keys"):
+        load_movie_decoder(directory)

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import curriculum_experiment  # noqa: E402
-import results_tables  # noqa: E402
+
+@pytest.fixture(scope="module")
+def curriculum_experiment(tool):
+    return tool("curriculum_experiment")
 
 
-def test_mean_and_95_percent_interval_over_seeds():
+@pytest.fixture(scope="module")
+def results_tables(tool):
+    return tool("results_tables")
+
+
+def test_mean_and_95_percent_interval_over_seeds(curriculum_experiment):
     summary = curriculum_experiment.mean_and_ci([1.0, 2.0, 3.0])
     # Student t with 2 degrees of freedom: 4.3027 x sd 1 / sqrt(3)
     assert summary["mean"] == 2.0 and summary["n"] == 3
     assert summary["ci95"] == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)
 
 
-def test_each_row_is_a_config_change_of_the_base_and_the_table_renders(tmp_path):
+def test_each_row_is_a_config_change_of_the_base_and_the_table_renders(curriculum_experiment, results_tables, tmp_path):
     base = json.loads((Path(__file__).resolve().parents[2] / "configs" / "pretrain_tokens.json").read_text())
     config = curriculum_experiment.make_config(base, "mixed, latent masked", 2, 40)
     assert config["seed"] == 2 and config["name"] == "mixed-latent-masked-seed2"

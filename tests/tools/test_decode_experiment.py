@@ -3,18 +3,13 @@ the rendered block (numbers from the results only) and its place in results.md."
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
+import pytest
 import torch
 
 from rtcalm.data import Recording, RecordingMeta, TrialTable
 from rtcalm.eval.decode import BackboneFrames
 from rtcalm.model import Calm, CalmConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import decode_experiment  # noqa: E402
 
 SMALL = CalmConfig(d_model=8, n_layers=1, n_heads=2, mlp_hidden=16, attention_window_frames=8, n_latents=4,
                    token_window_frames=4, codebook_size=16, code_dim=4, tokenizer_hidden=8,
@@ -35,7 +30,12 @@ def _mouse(name, tuned, seed):
                      continuous_labels=behaviour, meta=RecordingMeta(source=f"{name}.mat", mouse=name))
 
 
-def test_results_render_into_their_block(tmp_path):
+@pytest.fixture(scope="module")
+def decode_experiment(tool):
+    return tool("decode_experiment")
+
+
+def test_results_render_into_their_block(decode_experiment, tmp_path):
     torch.manual_seed(0)
     model = Calm(SMALL).eval()
     recordings = [_mouse("tuned", True, 0), _mouse("quiet", False, 1)]

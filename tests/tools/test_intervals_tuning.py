@@ -3,16 +3,15 @@ and per-neuron coverages are what they say."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import intervals_tuning  # noqa: E402
+from rtcalm.eval.intervals import interval_scores
 
-from rtcalm.eval.intervals import interval_scores  # noqa: E402
+
+@pytest.fixture(scope="module")
+def intervals_tuning(tool):
+    return tool("intervals_tuning")
 
 
 def _data(n_frames=700, n_neurons=6, seed=0):
@@ -21,7 +20,7 @@ def _data(n_frames=700, n_neurons=6, seed=0):
     return {"z": z, "model": np.zeros((n_frames, n_neurons, 30), np.float32), "std": np.ones(n_neurons)}
 
 
-def test_per_neuron_variant_is_one_object_per_neuron():
+def test_per_neuron_variant_is_one_object_per_neuron(intervals_tuning):
     data = _data()
     sums = intervals_tuning.per_neuron_scores(data, data["model"])
     single = interval_scores(data["z"][:, [2]], np.ascontiguousarray(data["model"][:, [2]]), data["std"][[2]],
@@ -31,7 +30,7 @@ def test_per_neuron_variant_is_one_object_per_neuron():
     assert sums[0.95][5]["covered"] != shared[0.95][5]["covered"]  # a different method, not a copy
 
 
-def test_pooled_and_neuron_coverage_agree():
+def test_pooled_and_neuron_coverage_agree(intervals_tuning):
     data = _data(seed=1)
     sums = interval_scores(data["z"], data["model"], data["std"], intervals_tuning.LEVELS, intervals_tuning.HORIZONS)
     pooled = intervals_tuning.pooled([sums])

@@ -3,26 +3,14 @@ themselves are the profiler's business), and tools/plot_latency.py draws from be
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_profile_of_the_onnx_step_lists_the_cache_writes_as_scatternd(capsys):
+def test_profile_of_the_onnx_step_lists_the_cache_writes_as_scatternd(tool, capsys):
     pytest.importorskip("onnxruntime")
-    tool = load_tool("profile_onnx_step")
-    assert tool.main(["--neurons", "16", "--frames", "20", "--json"]) == 0
+    assert tool("profile_onnx_step").main(["--neurons", "16", "--frames", "20", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["neurons"] == 16 and report["nodes"] > 10
     assert report["per_op_us"]["ScatterND"] > 0  # the key and value ring writes
@@ -30,10 +18,9 @@ def test_profile_of_the_onnx_step_lists_the_cache_writes_as_scatternd(capsys):
     assert report["kernel_us_per_step"] == pytest.approx(sum(report["per_op_us"].values()))
 
 
-def test_bad_profile_arguments_are_refused():
-    tool = load_tool("profile_onnx_step")
+def test_bad_profile_arguments_are_refused(tool):
     with pytest.raises(SystemExit):
-        tool.main(["--neurons", "0"])
+        tool("profile_onnx_step").main(["--neurons", "0"])
 
 
 def latency_record(stage_ms: float) -> dict:
@@ -46,17 +33,17 @@ def latency_record(stage_ms: float) -> dict:
                        "stages": stages}}
 
 
-def test_plot_latency_draws_bench_latency_records_and_refuses_others(tmp_path):
+def test_plot_latency_draws_bench_latency_records_and_refuses_others(tmp_path, tool):
     pytest.importorskip("matplotlib")
-    tool = load_tool("plot_latency")
+    plot_latency = tool("plot_latency")
     runs = [tmp_path / "a.json", tmp_path / "b.json"]
     for path, stage_ms in zip(runs, (0.1, 0.3), strict=True):
         path.write_text(json.dumps(latency_record(stage_ms)))
     out = tmp_path / "waterfall.png"
-    tool.main([*map(str, runs), "--out", str(out)])
+    plot_latency.main([*map(str, runs), "--out", str(out)])
     assert out.read_bytes().startswith(b"\x89PNG")
     other = tmp_path / "step.json"
     other.write_text(json.dumps({**latency_record(0.1), "command": "rtcalm bench step"}))
     with pytest.raises(SystemExit, match="not a record of rtcalm bench latency"):
-        tool.main([str(other), "--out", str(out)])
+        plot_latency.main([str(other), "--out", str(out)])
 

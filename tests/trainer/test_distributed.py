@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_trainer_curriculum import write_mixed_recordings
+from test_trainer_pretrain import ENCODER_MODEL, TINY, write_recordings
 
 from rtcalm.data import load_recording
 from rtcalm.data.store import SessionStore
@@ -48,10 +50,6 @@ from trainer.distributed import (
 )
 from trainer.pretrain import pretrain
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer_curriculum import write_mixed_recordings  # noqa: E402
-from test_trainer_pretrain import ENCODER_MODEL, TINY, write_recordings  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5  # weights: float summation order (observed ~1e-7); one optimizer step moves them by ~1e-3
 LOSS_TOLERANCE = 1e-5  # relative, per logged step loss (observed ~1e-7)
@@ -73,10 +71,10 @@ CURRICULUM_CONFIG["transformer"].update(
 
 # Runs trainer's command line, then writes the native threads left in the process (after the process
 # group's teardown) to $THREADS_DIR/rank<r>.txt: a gloo thread still alive there is torn down during
-# interpreter finalisation.
+# interpreter finalisation. (It imports this checkout's trainer: torchrun_counting_threads puts the
+# repository on PYTHONPATH.)
 THREADS_AT_EXIT = """
 import os, sys
-sys.path.insert(0, os.getcwd())
 from trainer.__main__ import main
 code = main(sys.argv[1:])
 names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
@@ -163,7 +161,8 @@ def torchrun_counting_threads(tmp_path: Path, *args) -> list[str]:
     """Run 2 processes; returns each rank's native threads left after the teardown."""
     script = tmp_path / "threads_at_exit.py"
     script.write_text(THREADS_AT_EXIT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "THREADS_DIR": str(tmp_path)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "THREADS_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
                "pretrain", "--no-progress", *map(str, args)]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -16,7 +16,8 @@ from rtcalm.model import CalmConfig, load_model
 from trainer.__main__ import main as trainer_main
 from trainer.config import TrainConfigError, load_train_config, parse_train_config
 from trainer.data import TrainDataError, load_sessions, split_by_mouse
-from trainer.pretrain import TrainingError, lr_at, pretrain
+from trainer.loop import lr_at
+from trainer.pretrain import TrainingError, pretrain
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,6 +163,28 @@ def test_end_to_end_run_writes_safe_checkpoints_and_held_out_metrics(data_root, 
     assert "mouse-c" in (out / "checkpoints/best/README.md").read_text()
 
 
+def test_a_short_run_of_each_stage_lowers_its_loss(data_root, tmp_path):
+    """100 steps of each stage in the trainer's loop, logged every step: the tokenizer's reconstruction
+    loss and the transformer's forecast loss fall (observed: from 1.01 to 0.18, and from 0.78 to 0.63,
+    means of the first and last 10 steps)."""
+    import csv
+
+    from trainer.distributed import DistributedSettings
+
+    config = tiny_config(**{"tokenizer.steps": 100, "tokenizer.warmup_steps": 2, "tokenizer.lr": 5e-3,
+                            "tokenizer.validate_every": 100, "transformer.steps": 100, "transformer.warmup_steps": 2,
+                            "transformer.lr": 5e-3, "transformer.validate_every": 100,
+                            "transformer.checkpoint_every": 100, "transformer.batch_crops": 4})
+    out = tmp_path / "run"
+    pretrain(config, data_root, out, progress=False, log=lambda *_: None, settings=DistributedSettings(log_every=1))
+    with open(out / "steps.csv") as f:
+        rows = list(csv.DictReader(f))
+    for stage, factor in (("tokenizer", 0.5), ("transformer", 0.9)):
+        losses = [float(row["loss"]) for row in rows if row["stage"] == stage]
+        assert len(losses) == 100
+        assert np.mean(losses[-10:]) < factor * np.mean(losses[:10]), stage
+
+
 def last_weights(out: Path) -> dict:
     return load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
 
@@ -214,7 +237,7 @@ def test_autoregressive_skip_starts_at_the_least_squares_ar_fit():
     """On an AR(1) process x(t+1) = 0.9 x(t) + noise the best linear forecast of x(t+k) is 0.9^k x(t):
     the fitted skip must find it, and the model's forecast must then be the skip alone."""
     from rtcalm.model import Calm
-    from trainer.pretrain import fit_autoregressive_skip, transformer_parameter_groups
+    from trainer.pretrain import fit_autoregressive_skip, freeze_tokenizer
 
     torch.manual_seed(0)
     config = CalmConfig(**{**TINY["model"], "autoregressive_order": 3})
@@ -241,8 +264,12 @@ def test_autoregressive_skip_starts_at_the_least_squares_ar_fit():
         windows, _ = model.raw_windows(crop, 3)
         assert torch.allclose(model(crop).forecast, model.forecast_skip(windows), atol=1e-6)
     # and it is not weight-decayed towards zero afterwards
-    decayed = {id(p) for g in transformer_parameter_groups(model, 0.05) if g["weight_decay"] > 0 for p in g["params"]}
+    freeze_tokenizer(model)
+    groups = model.configure_optimizers(0.05, 1e-3, (0.9, 0.95)).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert id(model.forecast_skip.weight) not in decayed and id(model.blocks[0].mlp.fc.weight) in decayed
+    trained = {id(p) for g in groups for p in g["params"]}  # the frozen tokenizer is not optimised
+    assert not trained & {id(p) for p in model.tokenizer.parameters()} and id(model.missing_embedding) in trained
 
 
 def test_skip_init_batches_must_be_a_whole_number():

@@ -1,8 +1,8 @@
-"""tools/allen_export.py: Allen NWB files -> native recordings + natural-movie templates + a SessionStore
-(the allensdk-free path), the clear error without allensdk, and the allensdk path's conversion run against
-a stand-in ``allensdk`` package that serves the same test NWB through allensdk 2.16's
-BrainObservatoryNwbDataSet API (return types and table construction copied from its source), in a
-subprocess that must not import torch, numba or rtcalm.data (they are absent from the allensdk
+"""``python -m trainer allen-export`` (trainer/allen_export.py): Allen NWB files -> native recordings +
+natural-movie templates + a SessionStore (the allensdk-free path), the clear error without allensdk, and the
+allensdk path's conversion run against a stand-in ``allensdk`` package that serves the same test NWB through
+allensdk 2.16's BrainObservatoryNwbDataSet API (return types and table construction copied from its
+source), in a subprocess that must not import torch, scipy or numba (they are absent from the allensdk
 environment)."""
 
 from __future__ import annotations
@@ -19,30 +19,21 @@ import h5py
 import numpy as np
 import pytest
 
-from rtcalm.data import load_recording, read_native
+from rtcalm.data import load_recording, read_movie_template, read_native
 from rtcalm.data.store import SessionStore
+from trainer import allen_export
+from trainer.__main__ import main as trainer_main
 
 REPO = Path(__file__).resolve().parents[2]
-TOOL = REPO / "tools" / "allen_export.py"
 PIPE = "processing/brain_observatory_pipeline"
 
-sys.path.insert(0, str(REPO / "tests" / "data"))
-from test_formats import write_allen_nwb  # noqa: E402
+
+def export(*argv) -> int:
+    return trainer_main(["allen-export", *map(str, argv)])
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("allen_export", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["allen_export"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-allen_export = load_tool()
-
-
-def allen_nwb(path: Path, session: str, container: str, with_eye_tracking: bool, with_template: bool,
-              seed: int = 0, template_seed: int = 0) -> dict:
+def allen_nwb(write_allen_nwb, path: Path, session: str, container: str, with_eye_tracking: bool,
+              with_template: bool, seed: int = 0, template_seed: int = 0) -> dict:
     """write_allen_nwb's Allen layout, plus pupil tracking and a natural-movie template when asked (the
     same template in every file unless ``template_seed`` differs, as Allen sessions share the movie)."""
     dff, timestamps = write_allen_nwb(path, n_cells=6, n_frames=300, seed=seed)
@@ -67,19 +58,19 @@ def allen_nwb(path: Path, session: str, container: str, with_eye_tracking: bool,
 
 
 @pytest.fixture(scope="module")
-def nwb_files(tmp_path_factory):
+def nwb_files(tmp_path_factory, write_allen_nwb):
     folder = tmp_path_factory.mktemp("nwb")
-    first = allen_nwb(folder / "a.nwb", "501", "70", with_eye_tracking=True, with_template=True, seed=0)
-    second = allen_nwb(folder / "b.nwb", "502", "71", with_eye_tracking=False, with_template=True, seed=1)
+    first = allen_nwb(write_allen_nwb, folder / "a.nwb", "501", "70", with_eye_tracking=True, with_template=True,
+                      seed=0)
+    second = allen_nwb(write_allen_nwb, folder / "b.nwb", "502", "71", with_eye_tracking=False, with_template=True,
+                       seed=1)
     return {"a": (folder / "a.nwb", first), "b": (folder / "b.nwb", second)}
 
 
-def test_nwb_export_writes_native_recordings_templates_and_a_store(nwb_files, tmp_path):
+def test_nwb_export_writes_native_recordings_templates_and_a_store(nwb_files, tmp_path, capsys):
     out, store = tmp_path / "export", tmp_path / "store"
-    logged = []
-    code = allen_export.main(["--nwb", str(nwb_files["a"][0]), str(nwb_files["b"][0]), "--out", str(out),
-                              "--store", str(store)], log=logged.append)
-    assert code == 0
+    assert export("--nwb", nwb_files["a"][0], nwb_files["b"][0], "--out", out, "--store", store) == 0
+    assert "wrote template" in capsys.readouterr().out
     path, extras = out / "recordings" / "501.rtcalm.h5", nwb_files["a"][1]
     recording = load_recording(path)
     original = load_recording(nwb_files["a"][0])
@@ -104,23 +95,22 @@ def test_nwb_export_writes_native_recordings_templates_and_a_store(nwb_files, tm
         assert f["timestamps_s"].dtype == np.float64 and np.array_equal(f["timestamps_s"][()], t)
     # the second session has no eye tracking: no pupil label, and its identical template is accepted
     assert "pupil_area" not in load_recording(out / "recordings" / "502.rtcalm.h5").continuous_labels
-    from trainer.movie import load_template
-
-    template = load_template(out / "templates" / "natural_movie_one.h5")  # what the movie trainer reads
+    template = read_movie_template(out / "templates" / "natural_movie_one.h5")  # what the movie trainer reads
     assert np.array_equal(template, extras["template"].astype(np.float32) / 255.0)
     built = SessionStore(store)
     assert len(built) == 2 and built.mice() == ["70", "71"]
     assert np.array_equal(np.asarray(built.dff(built.sessions[0]["id"])), extras["dff"].T)
     # a second run skips what exists
-    logged.clear()
-    assert allen_export.main(["--nwb", str(nwb_files["a"][0]), "--out", str(out)], log=logged.append) == 0
-    assert any("exists, skipped" in line for line in logged)
+    assert export("--nwb", nwb_files["a"][0], "--out", out) == 0
+    assert "exists, skipped" in capsys.readouterr().out
 
 
-def test_nwb_export_rejects_bad_input(nwb_files, tmp_path, capsys):
+def test_nwb_export_rejects_bad_input(nwb_files, tmp_path, capsys, write_allen_nwb):
     def error_of(*argv) -> str:
-        assert allen_export.main(list(map(str, argv)), log=lambda *_: None) == 2
-        return capsys.readouterr().err
+        assert export(*argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("trainer: error: ") and err.count("\n") == 1  # one line
+        return err
 
     nwb = nwb_files["a"][0]
     assert "missing.nwb: file not found" in error_of("--nwb", tmp_path / "missing.nwb", "--out", tmp_path / "o")
@@ -140,20 +130,22 @@ def test_nwb_export_rejects_bad_input(nwb_files, tmp_path, capsys):
     assert (tmp_path / "o2" / "recordings" / "501.rtcalm.h5").is_file()  # the good file was still exported
     # a different template under the same stimulus name is refused, not mixed
     other = tmp_path / "other.nwb"
-    allen_nwb(other, "503", "72", with_eye_tracking=False, with_template=True, seed=5, template_seed=1)
+    allen_nwb(write_allen_nwb, other, "503", "72", with_eye_tracking=False, with_template=True, seed=5,
+              template_seed=1)
     assert "differs from the one already in" in error_of("--nwb", other, "--out", tmp_path / "o2")
     with pytest.raises(SystemExit):
-        allen_export.main(["--nwb", str(nwb), "--allensdk", "--out", str(tmp_path / "o")])
+        export("--nwb", nwb, "--allensdk", "--out", tmp_path / "o")
     assert "not allowed with argument" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("allensdk") is not None, reason="allensdk is installed here")
-def test_allensdk_path_without_allensdk_says_how_to_install_it(tmp_path):
-    result = subprocess.run([sys.executable, str(TOOL), "--allensdk", "--manifest", str(tmp_path / "manifest.json"),
-                             "--experiments", "501", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                            timeout=60)
+def test_allensdk_path_without_allensdk_says_what_to_install_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "trainer", "allen-export", "--allensdk", "--manifest",
+                             str(tmp_path / "manifest.json"), "--experiments", "501", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2
-    assert "allensdk is not installed" in result.stderr and "'statsmodels<0.15' 'setuptools<81'" in result.stderr
+    assert result.stderr.startswith("trainer: error: allensdk is not installed") and result.stderr.count("\n") == 1
+    assert "pip install allensdk 'statsmodels<0.15' 'setuptools<81'" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -244,25 +236,26 @@ def test_allensdk_path_writes_what_the_nwb_path_writes(nwb_files, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "nwb_files.json").write_text(json.dumps({"501": str(nwb_files["a"][0]), "502": str(nwb_files["b"][0])}))
+    # as allensdk's environment runs it: python -m trainer from the repository root (rtcalm not installed)
     probe = textwrap.dedent(f"""
         import json, runpy, sys
-        sys.argv = [{str(TOOL)!r}, "--allensdk", "--manifest", {str(cache / "manifest.json")!r}, "--all",
-                    "--out", {str(tmp_path / "sdk_out")!r}]
+        sys.argv = ["trainer", "allen-export", "--allensdk", "--manifest", {str(cache / "manifest.json")!r},
+                    "--all", "--out", {str(tmp_path / "sdk_out")!r}]
         try:
-            runpy.run_path(sys.argv[0], run_name="__main__")
+            runpy.run_module("trainer", run_name="__main__", alter_sys=True)
         except SystemExit as exit:
             code = exit.code
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numba") or m.startswith("rtcalm.data"))
-        print(json.dumps({{"code": code, "heavy": heavy}}))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numba", "scipy"))
+        print(json.dumps({{"code": code, "heavy": heavy, "trainer": sys.modules["trainer"].__file__}}))
     """)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120,
+                            cwd=REPO)
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"code": 0, "heavy": []}, result.stderr
+    assert report == {"code": 0, "heavy": [], "trainer": str(REPO / "trainer" / "__init__.py")}, result.stderr
 
     nwb_out = tmp_path / "nwb_out"
-    assert allen_export.main(["--nwb", str(nwb_files["a"][0]), str(nwb_files["b"][0]), "--out", str(nwb_out)],
-                             log=lambda *_: None) == 0
+    assert export("--nwb", nwb_files["a"][0], nwb_files["b"][0], "--out", nwb_out) == 0
     for session in ("501", "502"):
         a = read_native(tmp_path / "sdk_out" / "recordings" / f"{session}.rtcalm.h5")
         b = read_native(nwb_out / "recordings" / f"{session}.rtcalm.h5")
@@ -318,15 +311,13 @@ def test_allensdk_failures_are_reported_and_the_rest_exported(nwb_files, tmp_pat
     monkeypatch.setattr(allen_export, "import_allensdk", lambda: (Cache, LookupError))
     ids = tmp_path / "ids.txt"
     ids.write_text("7  # good\n8\n9\n")
-    code = allen_export.main(["--allensdk", "--manifest", str(tmp_path / "m.json"), "--experiment-list", str(ids),
-                              "--out", str(tmp_path / "out")], log=lambda *_: None)
+    code = export("--allensdk", "--manifest", tmp_path / "m.json", "--experiment-list", ids, "--out", tmp_path / "out")
     err = capsys.readouterr().err
     assert code == 2 and "2 experiment(s) failed" in err
-    assert "experiment 8: ΔF/F has 150 NaN/Inf values" in err
+    assert "experiment 8: dff has 150 NaN/Inf values" in err
     assert "experiment 9: allensdk failed (ConnectionError: network down)" in err
     recording = read_native(tmp_path / "out" / "recordings" / "7.rtcalm.h5")
     assert recording.dff.shape == (50, 3) and recording.continuous_labels == {} and recording.trials is None
     ids.write_text("7\nseven\n")
-    assert allen_export.main(["--allensdk", "--manifest", "m.json", "--experiment-list", str(ids), "--out",
-                              str(tmp_path / "out")], log=lambda *_: None) == 2
+    assert export("--allensdk", "--manifest", "m.json", "--experiment-list", ids, "--out", tmp_path / "out") == 2
     assert "ids.txt:2: expected an ophys experiment id, got 'seven'" in capsys.readouterr().err
