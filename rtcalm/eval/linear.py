@@ -16,9 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-# principal_projection and time_binned are not used here: tools/decode_experiment.py imports them from
-# this module
-from rtcalm.model.heads.linear import ShrinkageLDA, principal_projection, time_binned  # noqa: F401
+from rtcalm.model.heads.linear import ShrinkageLDA
 
 LOGISTIC_C = (0.001, 0.01, 0.1, 1.0)
 RIDGE_ALPHA = (1.0, 10.0, 100.0, 1000.0, 10000.0)
