@@ -439,6 +439,59 @@ def intervals_block() -> str:
     return "\n".join(lines)
 
 
+def intervals_tuning_block() -> str:
+    document = load("intervals_tuning.json")
+    levels, horizons = [str(level) for level in document["levels"]], [str(h) for h in document["horizons"]]
+    default = document["defaults"]
+
+    def label(setting: dict) -> str:
+        text = f"{setting['learning_rate']:g}, {setting['scale_time_constant_frames']:g}"
+        is_default = (setting["learning_rate"] == default["learning_rate"]
+                      and setting["scale_time_constant_frames"] == default["scale_time_constant_frames"])
+        return f"**{text} (default)**" if is_default else text
+
+    def row(name: str, cells: dict) -> str:
+        return f"| {name} | " + " | ".join(f"{cells[lv][h]['coverage']:.3f} / {cells[lv][h]['score_ratio']:.3f}"
+                                           for lv in levels for h in horizons) + " |"
+
+    settings = document["settings"]
+    lines = [provenance(document, "intervals_tuning.json"), "",
+             f"{len(document['files'])} recordings, model `{document['model']}`, coverage pooled over the files; cells "
+             "are coverage / interval score as a fraction of copy-last's with the same settings:", "",
+             "| learning rate, scale time constant | " + " | ".join(f"{lv}: h={h}" for lv in levels for h in horizons) + " |",
+             "|---|" + "---|" * (len(levels) * len(horizons))]
+    lines += [row(label(s), s["cells"]) for s in settings]
+    per_neuron = document.get("per_neuron")
+    if per_neuron:
+        lines.append(row(f"per-neuron multipliers, {per_neuron['learning_rate']:g}, "
+                         f"{per_neuron['scale_time_constant_frames']:g}", per_neuron["cells"]))
+    gaps = [(abs(s["cells"][lv][h]["coverage"] - float(lv)), label(s)) for s in settings for lv in levels for h in horizons]
+    worst_gap, worst_setting = max(gaps)
+    chosen = next(s for s in settings if label(s).startswith("**"))
+    behind = [(chosen["cells"][lv][h]["score_ratio"] - min(s["cells"][lv][h]["score_ratio"] for s in settings), lv, h)
+              for lv in levels for h in horizons]
+    lines += ["", "Computed from the table:", "",
+              f"- The largest gap between coverage and its level over the whole grid is {worst_gap:.3f} ({worst_setting}); "
+              f"with the default settings it is {max(abs(chosen['cells'][lv][h]['coverage'] - float(lv)) for lv in levels for h in horizons):.3f}.",
+              "- The default's interval score is at most {:.3f} above the best setting's in any cell (level {}, h = {}).".format(*max(behind))]
+    if per_neuron:
+        diffs = [(per_neuron["cells"][lv][h]["score_ratio"] - chosen["cells"][lv][h]["score_ratio"], lv, h)
+                 for lv in levels for h in horizons]
+        better, worse = min(diffs), max(diffs)
+        lines.append(f"- One multiplier per neuron against the shared one: interval score {better[0]:+.3f} at best "
+                     f"(level {better[1]}, h = {better[2]}) and {worse[0]:+.3f} at worst (level {worse[1]}, h = {worse[2]}); "
+                     f"the shared multiplier is kept ({'per-neuron is better in every cell' if worse[0] < 0 else 'per-neuron is not better everywhere'}).")
+    if "neuron_spread" in document:
+        lines += ["", f"Smallest ratio of the {levels[-1]} multiplier to the {levels[0]} one at any frame and horizon "
+                  f"(below 1 the two bands would cross): {document['smallest_multiplier_ratio']:.3f}.", "",
+                  "Coverage of single neurons with the default settings (percentiles 5 / 25 / 50 / 75 / 95 over neurons):", "",
+                  "| level | " + " | ".join(f"h={h}" for h in horizons) + " |", "|---|" + "---|" * len(horizons)]
+        for lv in levels:
+            lines.append(f"| {lv} | " + " | ".join(" / ".join(f"{v:.3f}" for v in document["neuron_spread"][lv][h])
+                                                   for h in horizons) + " |")
+    return "\n".join(lines)
+
+
 # --- results.md: the tokenized model, from the shipped checkpoints' own metadata ---------------------------------
 def checkpoint_metrics(name: str) -> dict:
     return json.loads((REPOSITORY / "rtcalm" / "models" / name / "config.json").read_text())["metadata"]["metrics"]
@@ -699,6 +752,7 @@ BLOCKS = [
     Block("results.md", "triggers", triggers_block, triggers_figure),
     Block("results.md", "tokens", tokens_block),
     Block("intervals.md", "intervals", intervals_block),
+    Block("intervals.md", "intervals-tuning", intervals_tuning_block),
     Block("benchmarks.md", "latency", latency_block),
     Block("benchmarks.md", "transport", transport_block),
     Block("benchmarks.md", "closed-loop", closed_loop_block),

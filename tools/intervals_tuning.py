@@ -10,13 +10,19 @@ choice needs one number per setting, not a per-file mean). ``--neuron-spread`` p
 spreads over neurons with the default settings (the bands are calibrated over the population, so single
 neurons are covered more or less than the level).
 
-    python tools/intervals_tuning.py --cache runs/intervals-cache --per-neuron --neuron-spread FILE...
+    python tools/intervals_tuning.py --cache runs/intervals-cache --per-neuron --neuron-spread \\
+        --result docs/results/intervals_tuning.json FILE...
+
+With ``--result``, everything it prints is also stored (with the command, commit and machine) for
+``python docs/render.py``, which renders the tables of docs/intervals.md from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +31,7 @@ from rtcalm.data import load_recording
 from rtcalm.data.resample import resample_recording
 from rtcalm.eval.forecast import copy_last, first_test_frame, model_forecaster, zscore
 from rtcalm.eval.intervals import all_frame_forecasts, interval_scores
+from rtcalm.eval.report import provenance
 from rtcalm.model.checkpoint import load_model, resolve_model
 from rtcalm.stats.intervals import LEARNING_RATE, SCALE_TIME_CONSTANT_FRAMES, OnlineIntervals
 
@@ -102,13 +109,16 @@ def neuron_coverage(z: np.ndarray, forecast: np.ndarray, burn_in: int = 300) -> 
     return {key: hits[key] / counts[key] for key in hits}, smallest_ratio
 
 
-def report(name: str, model: dict, copy: dict) -> None:
-    cells = []
+def report(name: str, model: dict, copy: dict) -> dict:
+    """Print one setting's row; return it as stored: ``{level: {h: {"coverage", "score_ratio"}}}``."""
+    cells, row = [], {}
     for level in LEVELS:
         for h in HORIZONS:
             coverage, score = model[level, h]
             cells.append(f"{coverage:.3f} {score / copy[level, h][1]:.3f}")
+            row.setdefault(str(level), {})[str(h)] = {"coverage": coverage, "score_ratio": score / copy[level, h][1]}
     print(f"{name:>28s}  " + "  ".join(cells), flush=True)
+    return row
 
 
 def main() -> None:
@@ -120,7 +130,10 @@ def main() -> None:
     parser.add_argument("--scale-time-constants", type=float, nargs="+", default=[100.0, 300.0, 600.0, 1000.0])
     parser.add_argument("--per-neuron", action="store_true")
     parser.add_argument("--neuron-spread", action="store_true")
+    parser.add_argument("--result", type=Path, help="also store the results here as JSON (docs/render.py)")
     args = parser.parse_args()
+    stored = {"levels": list(LEVELS), "horizons": list(HORIZONS), "model": args.model,
+              "files": [str(path) for path in args.files], "settings": []}
     model = load_model(resolve_model(args.model))
     data = [cached_forecasts(path, args.cache, model, max(HORIZONS)) for path in args.files]
     copies = [copy_last(d["z"], np.arange(d["z"].shape[0]), 1, max(HORIZONS)) for d in data]
@@ -129,20 +142,30 @@ def main() -> None:
         options = {"learning_rate": lr, "scale_time_constant_frames": tau}
         model_sums = [interval_scores(d["z"], d["model"], d["std"], LEVELS, HORIZONS, **options) for d in data]
         copy_sums = [interval_scores(d["z"], c, d["std"], LEVELS, HORIZONS, **options) for d, c in zip(data, copies, strict=True)]
-        report(f"lr {lr:g} tau {tau:g}", pooled(model_sums), pooled(copy_sums))
+        row = report(f"lr {lr:g} tau {tau:g}", pooled(model_sums), pooled(copy_sums))
+        stored["settings"].append({"learning_rate": lr, "scale_time_constant_frames": tau, "cells": row})
     if args.per_neuron:
         options = {"learning_rate": LEARNING_RATE, "scale_time_constant_frames": SCALE_TIME_CONSTANT_FRAMES}
         model_sums = [per_neuron_scores(d, d["model"], **options) for d in data]
         copy_sums = [per_neuron_scores(d, c, **options) for d, c in zip(data, copies, strict=True)]
-        report(f"per neuron lr {options['learning_rate']:g} tau {options['scale_time_constant_frames']:g}",
-               pooled(model_sums), pooled(copy_sums))
+        row = report(f"per neuron lr {options['learning_rate']:g} tau {options['scale_time_constant_frames']:g}",
+                     pooled(model_sums), pooled(copy_sums))
+        stored["per_neuron"] = {**options, "cells": row}
     if args.neuron_spread:
         per_file, ratios = zip(*[neuron_coverage(d["z"], d["model"]) for d in data], strict=True)
         print(f"smallest multiplier ratio {LEVELS[-1]} / {LEVELS[0]} at any frame and horizon: {min(ratios):.3f}")
         print("per-neuron coverage of the model's bands (default settings), percentiles 5 / 25 / 50 / 75 / 95:")
+        stored["smallest_multiplier_ratio"] = float(min(ratios))
+        stored["neuron_spread"] = {}
         for level, h in itertools.product(LEVELS, HORIZONS):
             values = np.concatenate([coverage[level, h] for coverage in per_file])
-            print(f"  level {level} h={h:2d}: " + " / ".join(f"{v:.3f}" for v in np.percentile(values, [5, 25, 50, 75, 95])))
+            spread = [float(v) for v in np.percentile(values, [5, 25, 50, 75, 95])]
+            stored["neuron_spread"].setdefault(str(level), {})[str(h)] = spread
+            print(f"  level {level} h={h:2d}: " + " / ".join(f"{v:.3f}" for v in spread))
+    if args.result:
+        stored["defaults"] = {"learning_rate": LEARNING_RATE, "scale_time_constant_frames": SCALE_TIME_CONSTANT_FRAMES}
+        stored["made_by"] = provenance(["python", "tools/intervals_tuning.py", *sys.argv[1:]])
+        args.result.write_text(json.dumps(stored, indent=1) + "\n")
 
 
 if __name__ == "__main__":
