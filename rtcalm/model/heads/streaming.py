@@ -20,40 +20,52 @@ daemon received it (N,) (NaN = missing).
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
+from rtcalm.model.heads.kernels import absorb_frame, add_bias_softmax, ema_absorb, window_readout
 from rtcalm.model.heads.modules import DecodingHead, TimeResolvedHead
 
 
-def decoded(config, logits: torch.Tensor) -> dict:
-    """The published values: a regression head's value, or a classification head's class value and
-    its probabilities (``<name>_probabilities``)."""
+def decoded(config, logits: np.ndarray, probabilities: np.ndarray, best: int) -> dict:
+    """The published values: a regression head's value, or a classification head's class value (``best``:
+    the argmax of its probabilities) and its probabilities (``<name>_probabilities``)."""
     if config.kind == "regression":
         return {config.name: float(logits[0])}
-    probabilities = torch.softmax(logits, dim=-1)
-    return {config.name: config.classes[int(torch.argmax(probabilities))],
-            f"{config.name}_probabilities": probabilities.tolist()}
+    return {config.name: config.classes[best], f"{config.name}_probabilities": probabilities.tolist()}
+
+
+def _outputs(config) -> tuple[np.ndarray, np.ndarray]:
+    """A head's preallocated logits (float64) and probabilities (empty for a regression head, which the
+    kernels read as "no softmax")."""
+    return np.zeros(config.n_outputs), np.zeros(config.n_outputs if config.kind == "classification" else 0)
 
 
 class EmaStream:
     def __init__(self, head: DecodingHead):
-        self.head = head
-        self.pool = torch.zeros(head.config.n_neurons, head.config.d_model)
-        self.rate = 1.0 / head.config.pool_frames
+        c = head.config
+        self.head, self.config = head, c
+        self.pool = np.zeros((c.n_neurons, c.d_model), np.float32)
+        self.pooled = self.pool.reshape(-1)  # a view: vec(pool), what the readout reads
+        self.rate = np.float32(1.0 / c.pool_frames)  # float32 as torch's lerp took it
+        self.weight = head.readout.weight.detach().numpy().copy()  # (outputs, N * D) float32
+        self.bias = head.readout.bias.detach().numpy().copy()
+        self.products = np.zeros(c.n_outputs, np.float32)
+        self.logits, self.probabilities = _outputs(c)
         self.frames = 0
 
-    @torch.inference_mode()
-    def absorb(self, hidden: torch.Tensor, dff: torch.Tensor | None = None) -> None:
-        self.pool.lerp_(hidden, self.rate)
+    def absorb(self, hidden: np.ndarray, dff: np.ndarray | None = None) -> None:
+        ema_absorb(hidden, self.rate, self.pool)
         self.frames += 1
 
-    @torch.inference_mode()
-    def step(self, hidden: torch.Tensor, dff: torch.Tensor | None = None) -> dict:
+    def step(self, hidden: np.ndarray, dff: np.ndarray | None = None) -> dict:
         self.absorb(hidden, dff)
-        return decoded(self.head.config, self.head(self.pool))
+        # a (outputs, N * D) product: BLAS through numpy, a strict-order loop would be several times slower
+        np.matmul(self.weight, self.pooled, out=self.products)
+        best = add_bias_softmax(self.products, self.bias, self.logits, self.probabilities)
+        return decoded(self.config, self.logits, self.probabilities, best)
 
     def reset(self) -> None:
-        self.pool.zero_()
+        self.pool.fill(0.0)
         self.frames = 0
 
 
@@ -61,52 +73,49 @@ class RingStream:
     def __init__(self, head: TimeResolvedHead):
         c = head.config
         self.head, self.config, self.window = head, c, c.window_frames
-        with torch.no_grad():
-            weight = head.readout.weight.detach().reshape(c.n_outputs, c.n_bins, c.frame_features)
-            # per bin, the readout divided by the bin's size: (n_bins * outputs, N * width)
-            self.bin_weights = (weight / head.bin_sizes[None, :, None]).transpose(0, 1).reshape(
-                c.n_bins * c.n_outputs, c.frame_features).contiguous()
-            self.bias = head.readout.bias.detach().clone()
-        self.contributions = torch.zeros(2 * self.window, c.n_bins, c.n_outputs)
-        self.features = torch.zeros(c.frame_features)
-        n = c.n_neurons
-        self.raw_part = self.features[:n] if c.uses_raw else None
+        contributions_per_frame = c.n_bins * c.n_outputs
+        # The readout (outputs, bins * features), bin-major, as (features, bins * outputs): row j holds
+        # feature j's weight for every (bin, output), so a frame's contributions are axpys over rows.
+        weight = head.readout.weight.detach().numpy().reshape(c.n_outputs, c.n_bins, c.frame_features)
+        self.weights_t = np.ascontiguousarray(weight.transpose(2, 1, 0)).reshape(c.frame_features,
+                                                                                contributions_per_frame)
+        self.bias = head.readout.bias.detach().numpy().astype(np.float64)
+        self.bin_edges = np.concatenate([[0], np.cumsum(np.bincount(c.bin_of_frame()))]).astype(np.int64)
+        self.reads_raw = c.uses_raw
+        self.reads_hidden = c.uses_backbone
         if c.uses_backbone:
-            offset = n if c.uses_raw else 0
-            self.projected_part = self.features[offset:].view(n, c.components)
-            self.centred = torch.zeros(n, c.d_model)
-        self.window_index = torch.arange(self.window)
-        self.bin_of_frame = head.bin_of_frame
+            self.projection_mean = head.projection_mean.numpy().astype(np.float64)
+            self.projection_t = np.ascontiguousarray(head.projection.numpy().T, np.float64)  # (k, D)
+        else:  # a projection on no axes: the kernel reads no hidden state
+            self.projection_mean, self.projection_t = np.zeros(1), np.zeros((0, 1))
+        # what the kernel is handed for an input the head does not read (one type for every head kind)
+        self.no_dff, self.no_hidden = np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+        self.features = np.zeros(c.frame_features)
+        self.contributions = np.zeros((2 * self.window, contributions_per_frame))  # (frame slot, bin * outputs)
+        self.logits, self.probabilities = _outputs(c)
         self.slot = self.window - 1  # the slot of the newest frame
         self.frames = 0
 
-    @torch.inference_mode()
-    def absorb(self, hidden: torch.Tensor | None, dff: torch.Tensor | None) -> None:
+    def absorb(self, hidden: np.ndarray | None, dff: np.ndarray | None) -> None:
         """Add this frame to the window, without the readout."""
-        if self.raw_part is not None:
-            torch.nan_to_num(dff, nan=0.0, posinf=0.0, neginf=0.0, out=self.raw_part)
-        if self.config.uses_backbone:
-            torch.sub(hidden, self.head.projection_mean, out=self.centred)
-            torch.matmul(self.centred, self.head.projection, out=self.projected_part)
-        slot = (self.slot + 1) % self.window
-        torch.mv(self.bin_weights, self.features, out=self.contributions[slot].view(-1))
-        self.contributions[slot + self.window].copy_(self.contributions[slot])
+        slot = self.slot + 1
+        if slot == self.window:
+            slot = 0
+        absorb_frame(dff if self.reads_raw else self.no_dff, hidden if self.reads_hidden else self.no_hidden,
+                     self.projection_mean, self.projection_t, self.reads_raw, self.features, self.weights_t,
+                     self.contributions, slot, self.window)
         self.slot = slot
         self.frames += 1
 
-    @torch.inference_mode()
-    def logits(self) -> torch.Tensor:
-        window = self.contributions[self.slot + 1:self.slot + 1 + self.window]  # (window, bins, outputs), oldest first
-        return window[self.window_index, self.bin_of_frame].sum(dim=0) + self.bias
-
-    @torch.inference_mode()
-    def step(self, hidden: torch.Tensor | None, dff: torch.Tensor | None) -> dict:
+    def step(self, hidden: np.ndarray | None, dff: np.ndarray | None) -> dict:
         """Take this frame into the window and return the decoded value."""
         self.absorb(hidden, dff)
-        return decoded(self.config, self.logits())
+        best = window_readout(self.contributions, self.slot, self.window, self.bin_edges, self.bias, self.logits,
+                              self.probabilities)
+        return decoded(self.config, self.logits, self.probabilities, best)
 
     def reset(self) -> None:
-        self.contributions.zero_()
+        self.contributions.fill(0.0)
         self.slot = self.window - 1
         self.frames = 0
 
