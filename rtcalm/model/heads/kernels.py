@@ -2,14 +2,15 @@
 head's frame into its ring buffer, its window read out, and the softmax both head kinds publish.
 
 One compiled pass for a frame's state update and one for its readout, instead of a chain of a dozen small
-torch ops: at these sizes (a few hundred kB of weights) each op's dispatch cost more than its arithmetic,
+torch ops: at these sizes (a few hundred kB of weights) each op's dispatch costs more than its arithmetic,
 and at 30 Hz every frame's code runs with cold caches, where the cost grows with the amount of code a
 frame touches (rtcalm.daemon.kernels says the same of the normalisation).
 
 Inputs are float32, as the engines give them and as the head's weights are stored; features, the ring
 buffer's contributions and the logits are float64, so the readout equals the head's forward in float64
-(on the same float32 inputs and weights) to rounding, whatever the summation order. No fast-math: plain
-IEEE arithmetic in a fixed order, so the values do not depend on the machine's vector width.
+(on the same float32 inputs and weights) to rounding (~1e-15), whatever the summation order, and the
+float32 forward to float32 rounding. Plain IEEE arithmetic in a fixed order, except the per-neuron
+projection's sum (:func:`_centred_dot`), whose float64 rounding may differ between machines.
 """
 
 from __future__ import annotations

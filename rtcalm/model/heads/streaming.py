@@ -3,19 +3,29 @@
 :func:`open_stream` gives a head's stream; per consumed frame the daemon (rtcalm.daemon.heads) calls
 ``absorb(hidden, dff)`` (a frame without its own prediction) or ``step(hidden, dff)`` (the answered
 frame: the same update, then the readout) with the frame's hidden state (N, D) and its ΔF/F as the
-daemon received it (N,) (NaN = missing).
+daemon received it (N,) (NaN = missing), float32 numpy arrays as the engine and the session hold them
+(nothing is converted to torch per frame). The state is numpy arrays allocated once, here; the per-frame
+work is numba kernels (:mod:`.kernels`) writing into them, and the published map is the only per-frame
+object.
 
-- :class:`EmaStream` (:class:`DecodingHead`): the EMA pool ``pooled_t = (1 - a) pooled_{t-1} + a hidden_t``,
-  ``a = 1 / pool_frames``, then the readout.
 - :class:`RingStream` (:class:`TimeResolvedHead`): the readout is linear, so each frame's contribution to
   every bin's logits is computed once when the frame arrives, (n_bins, outputs) numbers, and kept in a
   doubled ring buffer of the last ``window_frames`` frames (each written at ``slot`` and
-  ``slot + window``, so the window is always the contiguous view ``[slot + 1, slot + 1 + window)``); the
-  logits are the sum, over the window, of each frame's contribution to the bin it is in now. Per frame:
-  the head's frame features written into a preallocated vector (ΔF/F with missing values as 0, and/or one
-  (N, D) x (D, k) projection), one (n_bins * outputs, N * width) matrix-vector product into the ring, a
-  gather and a sum. Until the stream has produced ``window_frames`` frames the missing frames count as
-  zero contributions. The result equals ``head(window features)`` (tests/model/test_time_resolved_head.py).
+  ``slot + window``, so the window is always the contiguous rows ``[slot + 1, slot + 1 + window)``); the
+  logits are the bias plus, per bin, the mean over the window's frames now in the bin of their
+  contributions to it. Per frame, one :func:`~.kernels.absorb_frame` call: the head's frame features
+  (ΔF/F with non-finite values as 0, and/or the hidden state centred and projected per neuron on
+  ``components`` axes) into a preallocated vector, and one (features) x (n_bins * outputs) product
+  into the ring's two rows; an answered frame adds one :func:`~.kernels.window_readout` call (the window
+  summed per bin, the bias, a classification head's softmax into its probabilities buffer). Until the
+  stream has produced ``window_frames`` frames the missing frames count as zero contributions. The
+  features, contributions and logits are float64 from the float32 inputs and weights, so the result
+  equals ``head(window features)`` computed in float64 to rounding, and the float32 forward fit-head
+  scores to float32 rounding (tests/model/test_time_resolved_head.py).
+- :class:`EmaStream` (:class:`DecodingHead`, file version 1, rarely used): the float32 EMA pool
+  ``pooled_t = (1 - a) pooled_{t-1} + a hidden_t``, ``a = 1 / pool_frames`` (one kernel call), then the
+  (outputs, N * D) readout of the pool (one BLAS product through numpy) and the bias and softmax (one
+  kernel call).
 """
 
 from __future__ import annotations
