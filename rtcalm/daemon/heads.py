@@ -182,13 +182,11 @@ class SessionHeads:
     def absorb(self, hidden: np.ndarray, dff: np.ndarray) -> None:
         """A consumed frame without its own prediction: every head's state takes its hidden state
         (N, d_model) and its ΔF/F (N,), exactly as ``step`` would, without the readout."""
-        hidden, dff = torch.from_numpy(hidden), torch.from_numpy(dff)
         for loaded in self._heads.values():
             loaded.stream.absorb(hidden, dff)
 
     def decode(self, hidden: np.ndarray, dff: np.ndarray) -> dict:
         """The answered frame: ``stream.step(hidden, dff)`` per head; their outputs merged (name -> value)."""
-        hidden, dff = torch.from_numpy(hidden), torch.from_numpy(dff)
         decoded = {}
         for loaded in self._heads.values():
             decoded.update(loaded.stream.step(hidden, dff))

@@ -45,7 +45,7 @@ from rtcalm.daemon.session import DUPLICATE, GAP, OUT_OF_ORDER, Session, new_qua
 from rtcalm.daemon.wire import FrameDecoder, PredictionEncoder
 from rtcalm.engine import StepEngine
 from rtcalm.errors import RtcalmError
-from rtcalm.model.heads import DecodingHead, HeadConfig
+from rtcalm.model.heads import DecodingHead, HeadConfig, TimeResolvedConfig, TimeResolvedHead
 from rtcalm.protocol import Frame, ProtocolError, Trigger
 from rtcalm.triggers import kernels as rule_kernels
 from rtcalm.triggers.rules import RulesError, RuleSpec, read_rules_file
@@ -486,12 +486,18 @@ class Pipeline:
         frame = np.linspace(-1.0, 1.0, n_probe, dtype=np.float32)
         self.frames.parse(protocol.build_frame("warm-up", 0, 0, frame))
         self.frames.parse(protocol.build_frame("warm-up", 0, 0, raw=frame + 2.0, neuropil=frame + 1.0))
-        warm_head = DecodingHead(HeadConfig("warm-up", "classification", n_probe, self.engine.config.d_model,
-                                            pool_frames=2.0, classes=[0.0, 1.0]))
+        d_model = self.engine.config.d_model
+        # one head of each family: their kernels' argument types do not depend on the head's kind or features
+        warm_heads = [DecodingHead(HeadConfig("warm-up", "classification", n_probe, d_model, pool_frames=2.0,
+                                              classes=[0.0, 1.0])),
+                      TimeResolvedHead(TimeResolvedConfig("warm-up-bins", "classification", n_probe, d_model,
+                                                          window_frames=4, n_bins=2, components=1,
+                                                          classes=[0.0, 1.0], features="both"))]
         for kind in ("dff", "fluorescence"):
             session = Session("warm-up", frame.shape[0], 0, self.engine, self.config, pinned=False)
-            if kind == "dff":  # a decoding head's pool and readout too
-                session.heads.install(LoadedHead(warm_head, "warm-up"))
+            if kind == "dff":  # the decoding heads' state updates and readouts too
+                for warm_head in warm_heads:
+                    session.heads.install(LoadedHead(warm_head, "warm-up"))
             probe = Frame("warm-up", 0, 0, n_probe, frame if kind == "dff" else None,
                           raw=None if kind == "dff" else frame + 2.0, neuropil=None if kind == "dff" else frame + 1.0)
             session.accepts_kind(probe)

@@ -88,7 +88,7 @@ class DecodingReference:
         self.stream.step(frame)
         decoded = {}
         for _head, stream in self.heads.values():
-            decoded.update(stream.step(self.stream.hidden, torch.from_numpy(np.asarray(frame, np.float32))))
+            decoded.update(stream.step(self.stream.hidden.numpy(), np.asarray(frame, np.float32)))
         return decoded
 
     def run(self, frames) -> list[dict]:

@@ -48,11 +48,11 @@ def test_regression_head_and_streaming_pool(tmp_path):
     config = HeadConfig("speed", "regression", n_neurons=5, d_model=4, pool_frames=4)
     head = fit_head(x, y / 90.0, config)
     stream = open_stream(head)
-    hidden = torch.from_numpy(x[0]).float()
+    hidden = x[0].astype(np.float32)
     for _ in range(200):  # a constant input: the EMA converges to it
         out = stream.step(hidden)
-    assert torch.allclose(stream.pool, hidden, atol=1e-5) and stream.frames == 200
-    assert out["speed"] == pytest.approx(float(head(hidden).detach()[0]), abs=1e-5)
+    assert np.allclose(stream.pool, hidden, atol=1e-5) and stream.frames == 200
+    assert out["speed"] == pytest.approx(float(head(torch.from_numpy(hidden)).detach()[0]), abs=1e-5)
     loaded = load_head(save_head(head, tmp_path), expected=DecodingHead)
     assert torch.equal(loaded.readout.weight, head.readout.weight) and loaded.config == head.config
 

@@ -103,7 +103,7 @@ def test_streaming_ring_buffer_equals_the_window_forward(features):
     h_stream = np.concatenate([x[0], x[1], x[2][:7]])
     stream = open_stream(head)
     for t in range(31):
-        decoded = stream.step(torch.from_numpy(h_stream[t]), torch.from_numpy(z_stream[t]))
+        decoded = stream.step(h_stream[t], z_stream[t])
         if t >= 11:
             expected = head.window_logits(torch.from_numpy(z_stream[t - 11:t + 1]), torch.from_numpy(h_stream[t - 11:t + 1]))
             probabilities = torch.softmax(expected, -1)
@@ -112,11 +112,102 @@ def test_streaming_ring_buffer_equals_the_window_forward(features):
     assert stream.frames == 31
     absorbed = open_stream(head)
     for t in range(30):
-        absorbed.absorb(torch.from_numpy(h_stream[t]), torch.from_numpy(z_stream[t]))
-    last = absorbed.step(torch.from_numpy(h_stream[30]), torch.from_numpy(z_stream[30]))
+        absorbed.absorb(h_stream[t], z_stream[t])
+    last = absorbed.step(h_stream[30], z_stream[30])
     assert last == decoded  # absorb = step without the readout
     stream.reset()
     assert stream.frames == 0 and not stream.contributions.any()
+
+
+def _random_head(kind, features, n_neurons=6, d_model=5, seed=0, **overrides):
+    """A head with random weights, projection and bias (the streaming readout must equal the module's
+    forward whatever they are)."""
+    torch.manual_seed(seed)
+    head = TimeResolvedHead(_config(kind, features=features, n_neurons=n_neurons, d_model=d_model, **overrides))
+    with torch.no_grad():
+        for tensor in [*head.parameters(), *([head.projection, head.projection_mean] if features != "raw" else [])]:
+            tensor.normal_(0.0, 0.5)
+    return head
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+@pytest.mark.parametrize("features", ["raw", "backbone", "both"])
+def test_streaming_readout_equals_the_module_forward_on_random_windows(kind, features):
+    """The numba readout against the module's forward in float64 on the same float32 inputs: every frame
+    from the load (the window partly filled: frames before the stream count as zero features), through
+    three wraps of the ring, some frames absorbed without a readout, then again after a reset."""
+    import copy
+
+    head = _random_head(kind, features, n_bins=5)  # bins of 3, 3, 2, 2, 2 frames
+    exact = copy.deepcopy(head).double()
+    rng = np.random.default_rng(7)
+    hidden = rng.standard_normal((60, 6, 5)).astype(np.float32)
+    dff = rng.standard_normal((60, 6)).astype(np.float32)
+    dff[rng.random(dff.shape) < 0.1] = np.nan
+    dff[3, 2], dff[50, 4] = np.inf, -np.inf
+    stream = open_stream(head)
+    steps = 0
+    for start in (0, 42):  # from the load; then after a reset
+        if start:
+            stream.reset()
+        per_frame = exact.frame_features(torch.from_numpy(dff[start:]).double(), torch.from_numpy(hidden[start:]).double())
+        padded = torch.cat([per_frame.new_zeros(11, per_frame.shape[1]), per_frame])  # window 12
+        for t in range(60 - start):
+            if t % 5 == 3:
+                stream.absorb(hidden[start + t], dff[start + t])
+                continue
+            got = stream.step(hidden[start + t], dff[start + t])
+            steps += 1
+            with torch.no_grad():
+                logits = exact(padded[t:t + 12]).numpy()
+                served = head(padded[t:t + 12].float()).numpy()  # the float32 module fit-head scores
+            np.testing.assert_allclose(stream.logits, logits, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(stream.logits, served, rtol=1e-5, atol=1e-5)
+            if kind == "regression":
+                assert got == {"direction": pytest.approx(float(logits[0]), rel=1e-12, abs=1e-12)}
+            else:
+                probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+                assert list(got) == ["direction", "direction_probabilities"]
+                assert got["direction"] == CLASSES[int(np.argmax(logits))]
+                assert got["direction_probabilities"] == pytest.approx(list(probabilities), rel=1e-12, abs=1e-15)
+    assert steps == 48 + 15 and stream.frames == 18
+
+
+@pytest.mark.parametrize("features", ["raw", "backbone", "both", "ema"])
+def test_streaming_allocates_nothing_per_frame(features):
+    """A frame reuses the stream's preallocated arrays (the same objects, the same memory) and makes no
+    array of its own: at 512 neurons any per-frame array of features would be kB, the published dict a
+    few hundred bytes."""
+    import tracemalloc
+
+    n, d = 512, 8
+    if features == "ema":
+        head = DecodingHead(HeadConfig("direction", "classification", n, d, pool_frames=4.0, classes=CLASSES))
+    else:
+        head = _random_head("classification", features, n_neurons=n, d_model=d, n_bins=4, window_frames=20,
+                            components=0 if features == "raw" else 2)
+    stream = open_stream(head)
+    rng = np.random.default_rng(0)
+    hidden, dff = rng.standard_normal((2, n, d)).astype(np.float32), rng.standard_normal((2, n)).astype(np.float32)
+    stream.step(hidden[0], dff[0])  # the kernels compiled or loaded
+
+    def buffers():
+        return {name: (id(value), value.ctypes.data) for name, value in vars(stream).items()
+                if isinstance(value, np.ndarray)}
+
+    before = buffers()
+    tracemalloc.start()
+    try:
+        growth = []
+        for t in range(25):
+            start = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            (stream.absorb if t % 2 else stream.step)(hidden[t % 2], dff[t % 2])
+            growth.append(tracemalloc.get_traced_memory()[1] - start)
+    finally:
+        tracemalloc.stop()
+    assert buffers() == before and len(before) >= 4
+    assert max(growth) < 1024, growth
 
 
 @pytest.mark.parametrize("features", ["raw", "backbone", "both"])
@@ -136,7 +227,7 @@ def test_regression_head_round_trip(tmp_path, features):
                           head.window_logits(inputs["dff"], inputs["hidden"]))
     stream = open_stream(loaded)
     for t in range(12):
-        out = stream.step(torch.from_numpy(x[3, t]), torch.from_numpy(z[3, t]))
+        out = stream.step(x[3, t], z[3, t])
     assert out["direction"] == pytest.approx(float(predicted[3]), abs=1e-4)
 
 

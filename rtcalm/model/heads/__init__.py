@@ -15,6 +15,7 @@ module         job
                logits), and the time-resolved head's per-frame features
 ``streaming``  :func:`open_stream`: a head serving one stream frame by frame in preallocated state (EMA
                pool, ring buffer of per-frame contributions); what the daemon runs
+``kernels``    the numba kernels of that per-frame work (the ring's update, its readout, the softmax)
 ``fitting``    :func:`fit_head`, :func:`fit_time_resolved_head`: closed-form estimators folded into the
                head's tensors
 ``linear``     :func:`time_binned`, :func:`principal_projection`, :class:`ShrinkageLDA`: the linear pieces
