@@ -67,7 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtcalm.bench.timing import pace, percentiles_ms
+from rtcalm.bench.timing import format_targets, pace, percentiles_ms
 from rtcalm.bench.transport import raw_transport
 from rtcalm.client import ControlClient, DaemonError, Prediction, PredictionSubscriber, RigSender
 from rtcalm.daemon.metrics import RULES_STAGE
@@ -436,8 +436,5 @@ def format_report(result: dict) -> str:
             row = triggers[name]
             lines.append(f"  {label:<36} {ms(row['p50_ms'])} {ms(row['p99_ms'])} {ms(row['p999_ms'])}")
     lines.append("  targets:")
-    for name, target in result["targets"].items():
-        value = target.get("value_ms", target.get("value"))
-        limit = target.get("limit_ms", target.get("limit"))
-        lines.append(f"    {name:<30} {'met' if target['met'] else 'NOT met':8} (measured {value}, limit {limit})")
+    lines += format_targets(result["targets"], 30)
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from rtcalm.bench.timing import format_targets
 from rtcalm.stats.percentile import percentile
 
 # Issue 4's targets for the shipped default model on one thread (docs/benchmarks.md, "Model step"): the
@@ -108,8 +109,5 @@ def format_report(result: dict) -> str:
     for n, ratio in history_ratios(result["rows"]).items():
         lines.append(f"  {n} neurons: longest / shortest history p50 ratio {ratio:.2f}")
     lines.append("  targets (issue 4, the default model on one thread):")
-    for name, target in result["targets"].items():
-        value = target.get("value_ms", target.get("value"))
-        limit = target.get("limit_ms", target.get("limit"))
-        lines.append(f"    {name:<24} {'met' if target['met'] else 'NOT met':8} (measured {value:.3f}, limit {limit:.3f})")
+    lines += format_targets(result["targets"], 24)
     return "\n".join(lines)

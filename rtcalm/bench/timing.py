@@ -25,3 +25,13 @@ def percentiles_ms(durations_ns) -> dict:
         return {"p50_ms": None, "p99_ms": None, "p999_ms": None}
     p50, p99, p999 = percentile(values, [50, 99, 99.9])
     return {"p50_ms": float(p50), "p99_ms": float(p99), "p999_ms": float(p999)}
+
+
+def format_targets(targets: dict, name_width: int) -> list[str]:
+    """The report lines of a result's ``targets`` map (each: value or value_ms, limit or limit_ms, met)."""
+    lines = []
+    for name, target in targets.items():
+        value = target.get("value_ms", target.get("value"))
+        limit = target.get("limit_ms", target.get("limit"))
+        lines.append(f"    {name:<{name_width}} {'met' if target['met'] else 'NOT met':8} (measured {value:.3f}, limit {limit:.3f})")
+    return lines

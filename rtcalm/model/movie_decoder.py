@@ -33,12 +33,13 @@ the mean over the SSIM map.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rtcalm.model.calm import config_from_dict
 from rtcalm.model.checkpoint import CONFIG_FILE, CheckpointError, load_weights, read_checkpoint_document
 from rtcalm.model.optim import configure_adamw
 
@@ -88,16 +89,6 @@ class SkipUNetDecoderConfig:
         return [(self.height // scale << s, self.width // scale << s) for s in range(self.n_upsample + 1)]
 
 
-def _strict(cls, d: dict, what: str):
-    """``cls(**d)``, refusing anything but a JSON object of ``cls``'s fields."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
-    unknown = sorted(set(d) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {what} keys: {unknown}")
-    return cls(**d)
-
-
 @dataclass
 class MovieDecoderConfig:
     """A checkpointed :class:`MovieDecodingModel`: the window encoder's and the decoder's configs."""
@@ -112,8 +103,8 @@ class MovieDecoderConfig:
     def from_dict(cls, d: dict) -> MovieDecoderConfig:
         if not isinstance(d, dict) or set(d) != {"encoder", "decoder"}:
             raise ValueError("movie decoder config must be a JSON object with exactly 'encoder' and 'decoder'")
-        return cls(_strict(ActivityWindowEncoderConfig, d["encoder"], "encoder config"),
-                   _strict(SkipUNetDecoderConfig, d["decoder"], "decoder config"))
+        return cls(config_from_dict(ActivityWindowEncoderConfig, d["encoder"], "encoder config"),
+                   config_from_dict(SkipUNetDecoderConfig, d["decoder"], "decoder config"))
 
 
 @dataclass
