@@ -103,7 +103,12 @@ def forecast_block() -> str:
     document = load("forecast.json")
     summary, horizons = document["summary"], [str(h) for h in document["horizons"]]
     mean = {name: {h: summary[name][h]["mean"] for h in horizons} for name in summary}
-    lines = [provenance(document, "forecast.json"), "",
+    scored_at = {}
+    for entry in document["per_seed"]:
+        scored_at.setdefault(str(entry.get("commit")), []).append(str(entry["seed"]))
+    lines = [provenance(document, "forecast.json") + " Seeds scored at commit "
+             + "; ".join(f"{commit} (seed {', '.join(seeds)})" for commit, seeds in scored_at.items())
+             + " (each seed's scores are kept beside its model and reused).", "",
              f"Held-out test mice {', '.join(document['test_mice'])} ({len(document['test_files'])} files), trained "
              f"on mice {', '.join(document['train_mice'])}; context {document['context']} frames; mse_ratio (lower is "
              f"better, copy-last = 1), mean over seeds {', '.join(map(str, document['seeds']))} with min-max. Every "

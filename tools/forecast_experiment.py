@@ -125,12 +125,37 @@ def mean_and_spread(values: list[float]) -> dict:
             "seeds": [float(v) for v in values]}
 
 
+def evaluate_seed(seed: int, checkpoint: Path, baselines_dir: Path, test_recordings, pooled_ar, *, first: bool,
+                  out: Path) -> dict:
+    """One seed's mse_ratio of the model, its ablations and every baseline on the test files (and, for the
+    first seed, session adaptation and the forecast figure), with the commit of the code that scored it."""
+    from rtcalm.eval.forecast import baseline_forecasters, evaluate, model_forecaster
+    from rtcalm.eval.report import PACKAGE_ROOT, code_state
+    from rtcalm.model import load_checkpoint
+    from rtcalm.model.baselines import baseline_forecaster, load_baseline
+
+    model = load_checkpoint(checkpoint)
+    model_forecast = model_forecaster(model)
+    forecasters = {"model": model_forecast,
+                   "model_population_shuffled": shuffled_population_forecaster(model_forecast, seed=seed),
+                   "model_population_off": model_forecaster(population_off(model)),
+                   **baseline_forecasters(pooled_ar, HORIZONS[-1]),
+                   **{kind: baseline_forecaster(load_baseline(baselines_dir / kind)) for kind in ("mlp", "poco")}}
+    forecasters.pop("context_mean")
+    result = evaluate(test_recordings, forecasters, HORIZONS, CONTEXT)
+    scores = {name: {str(h): float(np.mean([f[name][str(h)]["mse_ratio"] for f in result["per_file"]]))
+                     for h in HORIZONS} for name in forecasters}
+    entry = {"seed": seed, "mse_ratio": scores, "parameters": model.n_parameters(), "commit": code_state(PACKAGE_ROOT)}
+    if first:
+        entry["calibration"] = calibrated_scores(model, test_recordings)
+        plot_forecasts(model, baselines_dir, test_recordings[0], out / "forecast_examples.png")
+    return entry
+
+
 def run(args) -> dict:
     import torch
 
-    from rtcalm.eval.forecast import baseline_forecasters, evaluate, fit_pooled_ar, model_forecaster
-    from rtcalm.model import load_checkpoint
-    from rtcalm.model.baselines import baseline_forecaster, load_baseline
+    from rtcalm.eval.forecast import fit_pooled_ar
     from trainer.config import load_train_config
     from trainer.data import load_sessions, split_by_mouse
 
@@ -144,23 +169,17 @@ def run(args) -> dict:
     per_seed = []
     for seed in args.seeds:
         checkpoint, baselines_dir = train_seed(config, seed, args.data_root, out)
-        model = load_checkpoint(checkpoint)
-        model_forecast = model_forecaster(model)
-        forecasters = {"model": model_forecast,
-                       "model_population_shuffled": shuffled_population_forecaster(model_forecast, seed=seed),
-                       "model_population_off": model_forecaster(population_off(model)),
-                       **baseline_forecasters(pooled_ar, HORIZONS[-1]),
-                       **{kind: baseline_forecaster(load_baseline(baselines_dir / kind)) for kind in ("mlp", "poco")}}
-        forecasters.pop("context_mean")
-        result = evaluate(test_recordings, forecasters, HORIZONS, CONTEXT)
-        scores = {name: {str(h): float(np.mean([f[name][str(h)]["mse_ratio"] for f in result["per_file"]]))
-                         for h in HORIZONS} for name in forecasters}
-        entry = {"seed": seed, "mse_ratio": scores, "parameters": model.n_parameters()}
-        if seed == args.seeds[0]:
-            entry["calibration"] = calibrated_scores(model, test_recordings)
-            plot_forecasts(model, baselines_dir, test_recordings[0], out / "forecast_examples.png")
+        # a seed's scores are kept beside its model, so a rerun with more seeds evaluates only the new ones
+        stored = out / f"model-seed{seed}" / "evaluation.json"
+        if stored.exists():
+            entry = json.loads(stored.read_text())
+        else:
+            entry = evaluate_seed(seed, checkpoint, baselines_dir, test_recordings, pooled_ar,
+                                  first=seed == args.seeds[0], out=out)
+            stored.write_text(json.dumps(entry, indent=1) + "\n")
         per_seed.append(entry)
-        print(json.dumps({"seed": seed, "model": scores["model"], "mlp": scores["mlp"]}), flush=True)
+        print(json.dumps({"seed": seed, "model": entry["mse_ratio"]["model"], "mlp": entry["mse_ratio"]["mlp"]}),
+              flush=True)
     names = list(per_seed[0]["mse_ratio"])
     summary = {name: {str(h): mean_and_spread([s["mse_ratio"][name][str(h)] for s in per_seed]) for h in HORIZONS}
                for name in names}
