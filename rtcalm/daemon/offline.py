@@ -17,7 +17,7 @@ import numpy as np
 
 from rtcalm.daemon.config import DaemonConfig
 from rtcalm.daemon.heads import LoadedHead, read_head
-from rtcalm.daemon.pipeline import fold_frames, step_session
+from rtcalm.daemon.pipeline import fold_frames, refresh_due_mask, step_session
 from rtcalm.daemon.session import Session
 from rtcalm.engine import StepEngine
 from rtcalm.triggers.rules import RuleSpec
@@ -69,8 +69,10 @@ class OfflineStream:
                                            z=session.newest_normalised(), forecast_dff=session.forecast,
                                            forecast_z=forecast, predictable=session.predictable,
                                            decoded=self.decoded)
-        # the daemon's housekeeping, which runs between frames when the ingest queue is empty
+        # what the daemon does after it sends the prediction, and (knee thresholds due) in its housekeeping,
+        # which at a rig's pace runs before the next frame arrives
         stats = self.config.stats
-        if session.stream_frames - session.frames_at_mask >= stats.predictable_refresh_frames:
+        if refresh_due_mask(session, stats) is None and \
+                session.stream_frames - session.frames_at_mask >= stats.predictable_refresh_frames:
             session.refresh_predictable(stats.predictable_method, stats.thresholds_refresh_frames)
         return count

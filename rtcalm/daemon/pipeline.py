@@ -160,6 +160,10 @@ class Pipeline:
         end = perf_ns()
         self._account(session, folded, t_pub_ns - frame.t_acq_ns, end - t_recv, validate_ns, stats_ns, model_ns,
                       end - start - rules_ns, rules_ns)
+        # after the send: the mask the next frames' rules read is refreshed at the frame it is due
+        fraction = refresh_due_mask(session, self.config.stats)
+        if fraction is not None:
+            self.metrics.predictable_ratio.labels(session=session.id).set(fraction)
 
     def _apply_rules(self, session: Session, frame: Frame, dff: np.ndarray, forecast_z: np.ndarray,
                      decoded: dict) -> None:
@@ -518,8 +522,9 @@ class Pipeline:
                                         self.config.stats.thresholds_refresh_frames)
 
     def housekeeping(self) -> None:
-        """Expire idle sessions and refresh the predictable masks that are due. Called when the ingest queue
-        is empty."""
+        """Expire idle sessions and refresh the predictable masks still due: those whose knee thresholds
+        must be re-chosen first (too slow for the per-frame path, :func:`refresh_due_mask`). Called when
+        the ingest queue is empty."""
         stats = self.config.stats
         self.expire_idle_sessions()
         for session in list(self.sessions.values()):
@@ -583,6 +588,22 @@ def _warm_up_rules(horizon: int) -> list[RuleSpec]:
 
 
 # --- stepping a session's model and heads: the daemon's and the offline replay's (rtcalm.daemon.offline) ---
+def refresh_due_mask(session: Session, stats) -> float | None:
+    """Refresh the session's predictable mask if it is due (``stats.predictable_refresh_frames`` frames
+    since the last), from the statistics as they stand after the frame that made it due; return the
+    predictable fraction, or None if nothing was done. Called between frames by the daemon (right after
+    a prediction is sent) and by the offline replay, so rules on ``predictable`` neurons read the same
+    mask in both whatever the daemon's load (with no frame folded). Applying thresholds to the current
+    skewness and kurtosis costs microseconds; re-choosing knee thresholds (``stats.predictable_method =
+    "knee"``, hundreds of ms at thousands of neurons) does not belong on the per-frame path, so a mask
+    whose thresholds are due is left to housekeeping (None)."""
+    if session.stream_frames - session.frames_at_mask < stats.predictable_refresh_frames:
+        return None
+    if session.thresholds_due(stats.predictable_method, stats.thresholds_refresh_frames):
+        return None
+    return session.refresh_predictable(stats.predictable_method, stats.thresholds_refresh_frames)
+
+
 def step_session(engine: StepEngine, session: Session) -> tuple[np.ndarray, dict]:
     """The session's pending frames through the model: the newest frame's forecast (normalised, an
     engine buffer) and its decoded values. Decoding heads take *every* consumed frame (its hidden state

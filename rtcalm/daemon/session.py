@@ -189,13 +189,19 @@ class Session:
         return self.history[idx]
 
     # --- predictable mask (housekeeping, not per frame) ---
+    def thresholds_due(self, method: str, thresholds_every: int) -> bool:
+        """Whether :meth:`refresh_predictable` would re-choose the thresholds (knee: none yet, or
+        ``thresholds_every`` frames since the last choice; POYO-CAP's are fixed)."""
+        return method != "poyo-cap" and (self.thresholds is None
+                                         or self.stream_frames - self.frames_at_thresholds >= thresholds_every)
+
     def refresh_predictable(self, method: str, thresholds_every: int) -> float:
         """Recompute the predictable mask from the current skewness and kurtosis; re-choose the
         thresholds (knee) every ``thresholds_every`` frames. Returns the predictable fraction."""
         snapshot = self.stats.snapshot()
         if method == "poyo-cap":
             self.thresholds = POYO_CAP
-        elif self.thresholds is None or self.stream_frames - self.frames_at_thresholds >= thresholds_every:
+        elif self.thresholds_due(method, thresholds_every):
             self.thresholds = choose_thresholds(snapshot.skewness, snapshot.kurtosis, method=method)
             self.frames_at_thresholds = self.stream_frames
         mask = is_predictable(snapshot.skewness, snapshot.kurtosis, self.thresholds)

@@ -64,3 +64,37 @@ def test_history_tail_is_the_latest_normalised_frames_in_order(checkpoint, k):
     expected = np.array(rows[-min(k, 8):])
     np.testing.assert_array_equal(session.history_tail(k), expected)
     assert np.isfinite(expected).all() and session.stream_frames == 20
+
+
+@pytest.mark.parametrize("method", ["poyo-cap", "knee"])
+def test_the_mask_is_refreshed_at_the_frame_it_is_due(checkpoint, method):
+    """refresh_due_mask (called after each prediction is sent, and by the offline replay) refreshes the
+    predictable mask at the frame that makes it due, from the statistics at that frame; a mask whose knee
+    thresholds must be re-chosen first is left to housekeeping (None), never done on the per-frame path."""
+    from rtcalm.daemon.pipeline import refresh_due_mask
+    from rtcalm.stats import StreamingStats, is_predictable
+
+    config = make_config(stats={"predictable_method": method, "predictable_refresh_frames": 5,
+                                "thresholds_refresh_frames": 20})
+    rng = np.random.default_rng(1)
+    frames = (rng.gamma(0.5, 1.0, (30, 40)) * rng.uniform(0.2, 3.0, 40)).astype(np.float32)
+    session = Session("s", 40, 1, load_engine(str(checkpoint), backend="torch"), config, pinned=False)
+    refreshed = []
+    for t, frame in enumerate(frames):
+        if session.pending_full():
+            session.take_pending()
+        session.add_frame(frame)
+        due_thresholds = session.thresholds_due(method, 20)
+        if refresh_due_mask(session, config.stats) is not None:
+            refreshed.append(t + 1)
+            reference = StreamingStats(40)
+            reference.update_many(frames[:t + 1])
+            snapshot = reference.snapshot()
+            np.testing.assert_array_equal(session.predictable,
+                                          is_predictable(snapshot.skewness, snapshot.kurtosis, session.thresholds))
+        elif due_thresholds and session.stream_frames - session.frames_at_mask >= 5:
+            session.refresh_predictable(method, 20)  # what housekeeping does when the daemon is idle
+    if method == "poyo-cap":
+        assert refreshed == [5, 10, 15, 20, 25, 30]
+    else:  # housekeeping chooses the knee at 5 and 25 (20 frames later); every other due mask is per frame
+        assert refreshed == [10, 15, 20, 30]
