@@ -79,13 +79,6 @@ def signed_percent(fraction: float) -> str:
     return f"{100 * fraction:+.1f} %"
 
 
-def joined(items: list[str]) -> str:
-    items = list(items)
-    if len(items) <= 1:
-        return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
 # --- results.md: forecasting -----------------------------------------------------------------------------------
 FORECAST_LABELS = {
     "model": "**CalM `default`** (encoder mode)",
@@ -572,8 +565,8 @@ def commands(records: list[dict], files: list[str]) -> list[str]:
     return lines
 
 
-def ms(stats: dict | None, key: str = "p50_ms", digits: int = 3) -> str:
-    return "–" if not stats or stats.get(key) is None else f"{stats[key]:.{digits}f}"
+def ms(stats: dict | None, key: str = "p50_ms") -> str:
+    return "–" if not stats or stats.get(key) is None else f"{stats[key]:.3f}"
 
 
 def target_lines(label: str, targets: dict) -> list[str]:
