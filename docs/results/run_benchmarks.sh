@@ -18,10 +18,9 @@ run rtcalm bench latency --neurons 4096 --frames 1800 --no-references --rules co
   --json "$out/latency-4096-rules.json"
 run rtcalm bench latency --neurons 512 --frames 1800 --no-references --config configs/bench_intervals.toml \
   --json "$out/latency-512-intervals.json"
-for head in raw backbone both; do
-  run rtcalm bench latency --neurons 512 --frames 1800 --no-references --head "$head" \
-    --json "$out/latency-512-head-$head.json"
-done
+# The heads against no head in one run, blocks of 5 s in rotating order (12 cycles of 4 blocks: 4 minutes)
+run rtcalm bench latency --neurons 512 --frames 7200 --no-references --head raw --head backbone --head both \
+  --interleave 150 --json "$out/latency-512-heads-interleaved.json"
 run rtcalm bench quality --neurons 512 --json "$out/quality-512.json"
 run rtcalm bench transport --neurons 512 --json "$out/transport-512.json"
 run rtcalm bench step --model default --threads 1 --neurons 128,512,1024,4096 --history 32,1024 --steps 200 \

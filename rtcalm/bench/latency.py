@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtcalm.bench.interleave import NO_HEAD, block_schedule, check_interleave, compare_arms
 from rtcalm.bench.timing import format_targets, pace, percentiles_ms
 from rtcalm.bench.transport import raw_transport
 from rtcalm.client import ControlClient, DaemonError, Prediction, PredictionSubscriber, RigSender
@@ -83,6 +84,7 @@ TARGETS_512_AT_30HZ = {"p99_ms": 2.5, "p99_goal_ms": 2.0, "non_model_p50_ms": 0.
 TARGETS_4096_AT_30HZ = {"p99_ms": 10.0}
 # The trigger targets: the trigger path's added median, and the rule count the 4096-neuron p99 target is for.
 TRIGGER_TARGETS = {"added_p50_ms": 0.1, "rules": 16, "neurons": 4096}
+HEAD_ADDED_P50_MS = 0.1  # issue 22: a loaded head adds at most this to the daemon's receive->publish median
 WATERFALL = ("rig_to_daemon", "validate", "stats", "model", "daemon_other", "daemon_to_subscriber")
 
 
@@ -114,10 +116,12 @@ def benchmark_head(kind: str, directory, *, neurons: int, model: str) -> Path:
 def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: int = 1800, model: str = "default",
                           warmup_frames: int = 60, seed: int = 0, transport: str = "tcp", references: bool = True,
                           rules: str | Path | None = None, config: str | Path | None = None, progress=None,
-                          heads=()) -> dict:
+                          heads=(), interleave_frames: int | None = None) -> dict:
     """``rules``: a trigger rules file to load into the session, armed (the module docstring); ``config``: a
     daemon config file for the daemon under test (e.g. configs/bench_intervals.toml: forecast intervals on);
-    ``heads``: decoding heads to load (paths, or kinds raw / backbone / both for random ones)."""
+    ``heads``: decoding heads to load (paths, or kinds raw / backbone / both for random ones);
+    ``interleave_frames``: compare the heads with no head in blocks of that many frames within this run
+    (rtcalm.bench.interleave; every head is loaded for the warm-up, then one head or none per block)."""
     from rtcalm.sim import make_synthetic
 
     if neurons < 1 or frames < 1 or warmup_frames < 1 or not rate_hz > 0:
@@ -125,6 +129,7 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
     if transport not in TRANSPORTS:
         raise RtcalmError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     rule_specs = None if rules is None else check_rules_file(rules, neurons)
+    n_cycles = None if interleave_frames is None else check_interleave(interleave_frames, frames, len(heads))
     gc.collect()
     gc.freeze()  # a full collection over torch's and numba's objects here would show up as latency
     unique = make_synthetic(n_neurons=neurons, n_frames=max(2, min(frames + warmup_frames, MAX_UNIQUE_FRAMES)),
@@ -148,11 +153,17 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
                                           triggers=rule_specs is not None)
         sender = RigSender(daemon.endpoints["ingest"], session=SESSION, hwm=100000)
         served = control.status()["model"]
-        loaded_heads = []
+        loaded_heads, head_names = [], []
         if head_paths or rule_specs is not None:
             control.start_session(SESSION, neurons)
         for path in head_paths:
-            loaded_heads = control.load_head(SESSION, path)["heads"]
+            reply = control.load_head(SESSION, path)
+            loaded_heads = reply["heads"]
+            head_names.append(reply["head"]["name"])
+        if n_cycles is not None:
+            arms = [NO_HEAD, *head_names]
+            schedule = block_schedule(len(arms), n_cycles)
+            switch = HeadSwitch(daemon.endpoints["control"], dict(zip(head_names, head_paths, strict=True)))
         if rule_specs is not None:  # after the heads, which decoded rules read
             load_rules(control, rules)
         time.sleep(0.2)  # let the subscription reach the daemon before the first prediction
@@ -163,6 +174,9 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
             for seq in range(total):
                 if stop.is_set():
                     return
+                if n_cycles is not None and seq >= warmup_frames and (seq - warmup_frames) % interleave_frames == 0:
+                    if not switch.to(arms[schedule[(seq - warmup_frames) // interleave_frames]]):
+                        return  # the daemon refused a head: switch.error says why
                 pace(start, seq, period)
                 send_perf[seq] = time.perf_counter()
                 send_wall[seq] = time.time_ns()
@@ -194,6 +208,10 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
         finally:
             stop.set()
             thread.join()
+            if n_cycles is not None:
+                switch.close()
+        if n_cycles is not None and switch.error is not None:
+            raise RtcalmError(f"--interleave: {switch.error}")
         sessions = {s["session"]: s for s in control.status()["sessions"]}
         accepted = sessions.get(SESSION, {}).get("accepted", 0)
         stage_summary = control.request("status", latency_frames=max(1, sum(
@@ -216,6 +234,10 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
               "stages": _stages(own, send_perf, send_wall, stage_summary), "model": served["version"],
               "backend": served["backend"], "warmup_frames": warmup_frames,
               "heads": [{key: head[key] for key in head if key not in ("path", "pooled_frames")} for head in loaded_heads]}
+    if n_cycles is not None:
+        result["interleaved"] = {**compare_arms(arms, schedule, interleave_frames,
+                                                *interleaved_samples(own, send_perf, warmup_frames)),
+                                 "daemon_heads": switch.daemon_heads}
     if rule_specs is not None:
         result["triggers"] = trigger_latency(triggers, own, send_perf, warmup_frames,
                                              rules_file=str(rules), rule_names=[spec.name for spec in rule_specs])
@@ -229,6 +251,45 @@ def run_latency_benchmark(*, neurons: int = 512, rate_hz: float = 30.0, frames: 
         result["ratios"] = _ratios(result)
     result["targets"] = check_targets(result)
     return result
+
+
+class HeadSwitch:
+    """The interleaved run's head changes, from the sender's thread on a control socket of its own: unload
+    the loaded heads, load the block's one (or none). Each command is answered before the next frame is
+    sent, so the block's frames all see its arm."""
+
+    def __init__(self, endpoint: str, paths: dict[str, str]):
+        self.control = ControlClient(endpoint, timeout_ms=30000)
+        self.paths, self.loaded, self.error = paths, set(paths), None
+        self.daemon_heads: list[list[str]] = []  # per block: the session's heads as the daemon's last reply lists them
+
+    def to(self, arm: str) -> bool:
+        try:
+            reply = None
+            for name in sorted(self.loaded - {arm}):
+                reply = self.control.unload_head(SESSION, name)
+                self.loaded.discard(name)
+            if arm != NO_HEAD and arm not in self.loaded:
+                reply = self.control.load_head(SESSION, self.paths[arm])
+                self.loaded.add(arm)
+            self.daemon_heads.append(sorted(self.loaded) if reply is None else [h["name"] for h in reply["heads"]])
+        except DaemonError as error:
+            self.error = f"the daemon refused to switch to {arm!r} ({error.code}: {error.message})"
+            return False
+        return True
+
+    def close(self) -> None:
+        self.control.close()
+
+
+def interleaved_samples(own: list[tuple], send_perf, warmup_frames: int) -> tuple[np.ndarray, dict]:
+    """(measured frame index, {metric: ns}) of the predictions that answered their own measured frame."""
+    seq = np.array([row[0] for row in own], dtype=np.int64)
+    t_recv, t_pub = np.array([row[4] for row in own], dtype=np.int64), np.array([row[5] for row in own], dtype=np.int64)
+    return seq - warmup_frames, {
+        "receive_to_publish": (t_pub - t_recv).astype(np.float64),
+        "model": np.array([row[3].get("model", 0) for row in own], dtype=np.float64),
+        "closed_loop": (np.array([row[1] for row in own]) - send_perf[seq]) * 1e9}
 
 
 def check_rules_file(path, neurons: int) -> list:
@@ -349,6 +410,10 @@ def _ratios(result: dict) -> dict:
 def check_targets(result: dict) -> dict:
     """The targets that apply to this run, each with the measured value and whether it is met."""
     targets = _closed_loop_targets(result)
+    for head, added in result.get("interleaved", {}).get("added", {}).items():
+        value = added["receive_to_publish"]["median_ms"]
+        targets[f"head_{head}_adds_to_p50"] = {"limit_ms": HEAD_ADDED_P50_MS, "value_ms": value,
+                                               "met": value is not None and value <= HEAD_ADDED_P50_MS}
     if "triggers" in result:
         targets.update(_trigger_targets(result))
     return targets
@@ -435,6 +500,23 @@ def format_report(result: dict) -> str:
                             ("rules_stage", "rules stage (daemon, all frames)")):
             row = triggers[name]
             lines.append(f"  {label:<36} {ms(row['p50_ms'])} {ms(row['p99_ms'])} {ms(row['p999_ms'])}")
+    if "interleaved" in result:
+        lines += interleaved_lines(result["interleaved"])
     lines.append("  targets:")
     lines += format_targets(result["targets"], 30)
     return "\n".join(lines)
+
+
+def interleaved_lines(report: dict) -> list[str]:
+    def ms(value):
+        return "-" if value is None else f"{value:+.3f}"
+
+    lines = [f"  heads interleaved: {report['cycles']} cycles of {len(report['arms'])} blocks of {report['block_frames']} "
+             f"frames (first {report['settle_frames']} of each not scored); added per cycle against its no-head block, "
+             "median [p25, p75] ms:",
+             f"  {'head':<22} {'receive->publish':>26} {'model stage':>26} {'rig send->prediction':>26}"]
+    for head, added in report["added"].items():
+        cells = [f"{ms(a['median_ms'])} [{ms(a['p25_ms'])}, {ms(a['p75_ms'])}]"
+                 for a in (added["receive_to_publish"], added["model"], added["closed_loop"])]
+        lines.append(f"  {head:<22} " + " ".join(f"{c:>26}" for c in cells))
+    return lines

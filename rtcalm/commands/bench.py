@@ -154,6 +154,11 @@ def _register_latency(benchmarks) -> None:
     parser.add_argument("--head", action="append", default=[], metavar="PATH|KIND",
                         help="decode with this head (a fit-head .json for --neurons and --model), or a head of KIND "
                              "raw, backbone or both with random weights in fit-head's 2 s shape; repeat for several")
+    parser.add_argument("--interleave", type=positive_int, default=None, metavar="FRAMES",
+                        help="with --head: time the heads against no head in this one run, in blocks of FRAMES "
+                             "frames (one head or none per block, in rotating order; the heads are loaded and "
+                             "unloaded between blocks); --frames must be a whole number of cycles of (1 + heads) "
+                             "blocks. Reports each head's added median per cycle (target: <= 0.1 ms receive->publish)")
 
 
 def _run_latency(args: argparse.Namespace) -> BenchOutcome:
@@ -169,7 +174,8 @@ def _run_latency(args: argparse.Namespace) -> BenchOutcome:
         load_config(args.config)  # a bad file fails here, in one line, not in the daemon's log
     result = run_latency_benchmark(neurons=args.neurons, rate_hz=args.rate, frames=args.frames, model=args.model,
                                    transport=args.transport, references=not args.no_references, rules=args.rules,
-                                   config=args.config, heads=args.head, progress=_progress("latency"))
+                                   config=args.config, heads=args.head, interleave_frames=args.interleave,
+                                   progress=_progress("latency"))
     return BenchOutcome(result, format_report(result))
 
 

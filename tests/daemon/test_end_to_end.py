@@ -155,6 +155,27 @@ def test_bench_latency_with_decoding_heads(checkpoint, tmp_path):
     assert wrong.returncode == 2 and "head_mismatch" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
+def test_bench_latency_interleaves_heads(checkpoint):
+    """--interleave: from the daemon's own replies, every block ran with the head (or none) the schedule
+    gave it; each head gets its added-cost target."""
+    from rtcalm.bench.interleave import NO_HEAD
+
+    result = subprocess.run([sys.executable, "-m", "rtcalm", "bench", "latency", "--model", str(checkpoint),
+                             "--neurons", "32", "--frames", "108", "--rate", "100", "--no-references",
+                             "--head", "raw", "--head", "both", "--interleave", "12", "--json", "-"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["result"]
+    interleaved = report["interleaved"]
+    assert interleaved["arms"] == [NO_HEAD, "bench_raw", "bench_both"] and interleaved["cycles"] == 3
+    # The daemon's own replies: every block ran with exactly the head the schedule gave it.
+    assert interleaved["daemon_heads"] == [[] if arm == NO_HEAD else [arm] for arm in interleaved["schedule"]]
+    assert all(row["frames"] > 0 for row in interleaved["per_arm"].values())
+    assert set(interleaved["added"]) == {"bench_raw", "bench_both"}
+    assert {"head_bench_raw_adds_to_p50", "head_bench_both_adds_to_p50"} <= set(report["targets"])
+    assert report["lost_frames"] == 0
+
+
 def test_ipc_transport_serves_the_same_forecasts_as_tcp(checkpoint):
     """`rtcalm serve` on ipc:// (Unix domain sockets) answers a stream exactly as on tcp://."""
     frames = np.random.default_rng(8).standard_normal((60, 16)).astype(np.float32)
