@@ -49,6 +49,7 @@ def test_check_fails_on_a_hand_edited_number(tmp_path, render, monkeypatch):
     results.write_text(edited)
     assert render.main(["--check"]) == 1
 
+
 def test_missing_markers_are_one_line_errors(render):
     with pytest.raises(SystemExit, match="expected one generated block 'triggers'"):
         render.replace_block("no markers here", "triggers", "body", "docs/results.md")
@@ -76,3 +77,16 @@ def test_the_interval_verdict_follows_the_numbers(render):
     document["intervals"]["0.8"]["per_horizon"]["30"]["coverage"] = 0.75
     path.write_text(json.dumps(document))
     assert "limit 0.02: not met" in render.intervals_block()
+
+
+def test_the_head_cost_verdict_follows_the_numbers(render):
+    path = render.RESULTS / "bench" / f"{render.HEADS_RUN}.json"
+    document = json.loads(path.read_text())
+    heads = document["result"]["interleaved"]["added"].values()
+    for head in heads:
+        head["receive_to_publish"]["median_ms"] = render.HEAD_LIMIT_MS
+    path.write_text(json.dumps(document))
+    assert "**not met** |" not in render.closed_loop_block()
+    next(iter(heads))["receive_to_publish"]["median_ms"] = render.HEAD_LIMIT_MS + 0.05
+    path.write_text(json.dumps(document))
+    assert render.closed_loop_block().count("**not met** |") == 1

@@ -4,6 +4,8 @@ into argparse's one-line usage error."""
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
 def _integer_at_least(text: str, minimum: int, expected: str) -> int:
@@ -68,3 +70,26 @@ def client_keys(args: argparse.Namespace):
     from rtcalm.security import ClientKeys
 
     return ClientKeys.from_directory(args.keys, args.client) if args.keys else None
+
+
+def head_json(text: str) -> Path:
+    """The head's .json: ``text`` itself, or the one head file in the directory ``text``."""
+    from rtcalm.errors import RtcalmError
+
+    path = Path(text)
+    if path.is_dir():
+        found = []
+        for candidate in sorted(path.glob("*.json")):
+            try:
+                document = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(document, dict) and document.get("format") == "rtcalm-head":
+                found.append(candidate)
+        if len(found) != 1:
+            names = ", ".join(p.name for p in found) or "none"
+            raise RtcalmError(f"--head {text!r}: a directory with {len(found)} head files ({names}); give the .json")
+        return found[0]
+    if not path.is_file():
+        raise RtcalmError(f"--head {text!r}: no such head file or directory")
+    return path

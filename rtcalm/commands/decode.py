@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from rtcalm.commands.arguments import add_backend_argument, add_json_argument
+from rtcalm.commands.arguments import add_backend_argument, add_json_argument, head_json
 
 
 def register(subparsers) -> None:
@@ -37,29 +36,6 @@ def register(subparsers) -> None:
                              "as fit-head streamed them; shuffled for a head without provenance)")
     add_json_argument(parser)
     parser.set_defaults(handler=run)
-
-
-def head_json(text: str) -> Path:
-    """The head's .json: ``text`` itself, or the one head file in the directory ``text``."""
-    from rtcalm.errors import RtcalmError
-
-    path = Path(text)
-    if path.is_dir():
-        found = []
-        for candidate in sorted(path.glob("*.json")):
-            try:
-                document = json.loads(candidate.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(document, dict) and document.get("format") == "rtcalm-head":
-                found.append(candidate)
-        if len(found) != 1:
-            names = ", ".join(p.name for p in found) or "none"
-            raise RtcalmError(f"--head {text!r}: a directory with {len(found)} head files ({names}); give the .json")
-        return found[0]
-    if not path.is_file():
-        raise RtcalmError(f"--head {text!r}: no such head file or directory")
-    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         why_unscored = "the head has no provenance naming its task"
     if table is not None and cal is None:
         raise RtcalmError(f"--labels {args.labels!r}: {why_unscored}")
-    from rtcalm.commands.fit_head import file_digest
+    from rtcalm.eval.report import file_digest
 
     digest = file_digest(args.file)
     in_sample = any(item.get("sha256") == digest for item in provenance.get("inputs") or [])

@@ -79,21 +79,6 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def file_digest(path) -> str:
-    """SHA-256 of a file; of a directory (a suite2p folder), over its files' relative paths and digests."""
-    import hashlib
-
-    from rtcalm.engine.base import weights_sha256
-
-    path = Path(path)
-    if path.is_file():
-        return weights_sha256(path)
-    digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{item.relative_to(path).as_posix()}\0{weights_sha256(item)}\n".encode())
-    return digest.hexdigest()
-
-
 def run(args: argparse.Namespace) -> int:
     from rtcalm.daemon.config import DaemonConfig, load_config
     from rtcalm.daemon.heads import HEAD_NAME_PATTERN
@@ -102,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from rtcalm.errors import RtcalmError
     from rtcalm.eval.calibration import calibration, order_predictability, stream_windows
     from rtcalm.eval.decode import BASELINES, evaluate_recording
+    from rtcalm.eval.report import file_digest
     from rtcalm.eval.served import ServedDecoder, fit_served_head
     from rtcalm.model.heads import save_head
 

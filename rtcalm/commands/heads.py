@@ -41,7 +41,7 @@ def _head_path(text: str) -> str:
     from pathlib import Path
 
     if Path(text).is_dir():
-        from rtcalm.commands.decode import head_json
+        from rtcalm.commands.arguments import head_json
 
         return str(head_json(text).resolve())
     return text

@@ -82,3 +82,18 @@ def machine_facts() -> dict:
 def provenance(command_line: list[str]) -> dict:
     """``{"command", "commit", "machine"}`` of a result made now by ``command_line``."""
     return {"command": shlex.join(command_line), "commit": code_state(PACKAGE_ROOT), "machine": machine_facts()}
+
+
+def file_digest(path) -> str:
+    """SHA-256 of a file; of a directory (a suite2p folder), over its files' relative paths and digests."""
+    import hashlib
+
+    from rtcalm.engine.base import weights_sha256
+
+    path = Path(path)
+    if path.is_file():
+        return weights_sha256(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(path).as_posix()}\0{weights_sha256(item)}\n".encode())
+    return digest.hexdigest()
