@@ -168,6 +168,30 @@ BASELINES = {"accuracy": ("lda_binned", "logistic_binned", "linear_mean_response
              "r2": ("ridge_binned", "linear_mean_response")}
 
 
+def context_block() -> str:
+    """The per-neuron MLP with longer windows, on the validation mouse (tools/context_experiment.py)."""
+    document = load("context_experiment.json")
+    horizons, means = [str(h) for h in document["horizons"]], document["mean_over_seeds"]
+    names = sorted(means, key=lambda name: int(name.rsplit("ctx", 1)[1]))
+    reference = names[0]
+    lines = [provenance(document, "context_experiment.json"), "",
+             f"Validation mouse {', '.join(document['validation_mice'])} ({len(document['files'])} files), trained "
+             f"on {', '.join(document['train_mice'])}, seeds {', '.join(map(str, document['seeds']))} (mean), scored at "
+             f"--context {document['eval_context']}; mse_ratio (lower is better):", "",
+             "| per-neuron MLP window | " + " | ".join(f"h={h}" for h in horizons) + " |",
+             "|---|" + "---|" * len(horizons)]
+    for name in names:
+        lines.append(f"| {name.rsplit('ctx', 1)[1]} frames | " + " | ".join(f"{means[name][h]:.3f}" for h in horizons) + " |")
+    lines.append("")
+    for name in names[1:]:
+        changes = [(means[reference][h] - means[name][h]) / means[reference][h] for h in horizons]
+        better = [h for h, c in zip(horizons, changes, strict=True) if c > NO_CHANGE]
+        worse = [h for h, c in zip(horizons, changes, strict=True) if c < -NO_CHANGE]
+        lines.append(f"- {name.rsplit('ctx', 1)[1]} frames against {reference.rsplit('ctx', 1)[1]}: better at "
+                     f"h={', '.join(better) or 'none'}, worse at h={', '.join(worse) or 'none'}.")
+    return "\n".join(lines)
+
+
 def fmt(value: float, se: float | None = None) -> str:
     return f"{value:.3f}" + ("" if se is None else f" ± {se:.3f}")
 
@@ -767,6 +791,7 @@ class Block:
 
 BLOCKS = [
     Block("results.md", "forecast", forecast_block),
+    Block("results.md", "context", context_block),
     Block("results.md", "served-decoder", served_block, served_figure),
     Block("results.md", "triggers", triggers_block, triggers_figure),
     Block("results.md", "tokens", tokens_block),
