@@ -168,6 +168,14 @@ BASELINES = {"accuracy": ("lda_binned", "logistic_binned", "linear_mean_response
              "r2": ("ridge_binned", "linear_mean_response")}
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def horizon_list(horizons: list[str]) -> str:
+    return "h = " + ", ".join(horizons) if horizons else "no horizon"
+
+
 def context_block() -> str:
     """The per-neuron MLP with longer windows, on the validation mouse (tools/context_experiment.py)."""
     document = load("context_experiment.json")
@@ -175,7 +183,7 @@ def context_block() -> str:
     names = sorted(means, key=lambda name: int(name.rsplit("ctx", 1)[1]))
     reference = names[0]
     lines = [provenance(document, "context_experiment.json"), "",
-             f"Validation mouse {', '.join(document['validation_mice'])} ({len(document['files'])} files), trained "
+             f"Validation mouse {', '.join(document['validation_mice'])} ({plural(len(document['files']), 'file')}), trained "
              f"on {', '.join(document['train_mice'])}, seeds {', '.join(map(str, document['seeds']))} (mean), scored at "
              f"--context {document['eval_context']}; mse_ratio (lower is better):", "",
              "| per-neuron MLP window | " + " | ".join(f"h={h}" for h in horizons) + " |",
@@ -188,7 +196,8 @@ def context_block() -> str:
         better = [h for h, c in zip(horizons, changes, strict=True) if c > NO_CHANGE]
         worse = [h for h, c in zip(horizons, changes, strict=True) if c < -NO_CHANGE]
         lines.append(f"- {name.rsplit('ctx', 1)[1]} frames against {reference.rsplit('ctx', 1)[1]}: better at "
-                     f"h={', '.join(better) or 'none'}, worse at h={', '.join(worse) or 'none'}.")
+                     f"{horizon_list(better)}, worse at {horizon_list(worse)} (a relative change under "
+                     f"{100 * NO_CHANGE:g} % counts as none).")
     return "\n".join(lines)
 
 
