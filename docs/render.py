@@ -477,7 +477,19 @@ def decoder_pretraining_block() -> str:
               + "; against the same network trained from scratch it is ahead at "
               + (", ".join(size_label(s) for s in ahead_scratch) if ahead_scratch else "no size")
               + ". Issue 22's condition for `fit-head` to offer it (it wins against per-mouse LDA): "
-              + ("met." if not behind_lda else "not met."), "",
+              + ("met." if not behind_lda else "not met.")]
+    within = document.get("within_pretraining_mice")
+    if within:
+        network = [float(np.mean(list(w["held_out_accuracy"].values()))) for w in within.values()]
+        lda = [float(np.mean(list(w["lda_held_out_accuracy"].values()))) for w in within.values()]
+        seed = next(iter(within.values()))["seed"]
+        lines.append(f"- **Diagnostic on the pretraining mice alone** (seed {seed}): pretrained on 4/5 of each "
+                     f"pretraining mouse's trials, the network decodes the other 1/5 with that mouse's own embeddings at "
+                     f"{np.mean(network):.3f} (mean over the {len(within)} sets of pretraining mice; "
+                     f"{min(network):.3f}-{max(network):.3f}), against {np.mean(lda):.3f} for `lda_binned` on the same "
+                     "split: the pretrained network itself decodes new trials of the mice it was trained on "
+                     + ("at least as well as" if np.mean(network) >= np.mean(lda) else "worse than") + " LDA.")
+    lines += ["",
               "| decoder (mean over mice) | " + " | ".join(size_label(s) for s in sizes) + " |",
               "|---|" + "---|" * len(sizes)]
     for name, label in PRETRAINING_LABELS.items():

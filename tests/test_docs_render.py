@@ -102,3 +102,11 @@ def test_the_pretraining_verdict_follows_the_numbers(render):
     block = pretrained({"16": 1.0})
     assert "ahead of per-mouse LDA at 32 trials, 64 trials, all (the training fold); it is ahead at 16 trials" in block
     assert "not met." in block
+    within = document["within_pretraining_mice"]
+    assert "worse than LDA" in block or "at least as well as LDA" in block
+    for check in within.values():
+        check["held_out_accuracy"] = dict.fromkeys(check["held_out_accuracy"], 1.0)
+    assert "at least as well as LDA" in pretrained({})
+    for check in within.values():
+        check["held_out_accuracy"] = dict.fromkeys(check["held_out_accuracy"], 0.0)
+    assert "worse than LDA" in pretrained({})

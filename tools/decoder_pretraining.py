@@ -46,6 +46,10 @@ averaged over seeds (``scratch`` also depends on the seed: its initialisation an
 Hyperparameters (``DecoderConfig``, ``Recipe``) were fixed a priori, before any run on real data, from
 the sizes of the problem (a few hundred trials; width 32, one attention layer each) and not tuned on any
 mouse; the only real-data check during development was that pretraining reaches a low training loss.
+A diagnostic on the pretraining mice alone (``within_pretraining_mice``, first seed): the same pretraining
+on 4/5 of each pretraining mouse's trials, scored on the other 1/5 with the mouse's own embeddings, against
+``lda_binned`` on the same split (:func:`within_mouse_check`).
+
 The result, with the command, commit and machine, goes to ``--result``; ``python docs/render.py``
 writes the decoder-pretraining block of docs/results.md from it.
 """
@@ -378,6 +382,41 @@ class SmallCalibrationLDA:
         return PooledShrinkageLDA().fit(self.binned[best][train], targets).predict(self.binned[best][test])
 
 
+def lda_inputs(mouse: Mouse):
+    """(recording, task data) for decode-eval's ``lda_binned`` on ``mouse``: a Recording of the response
+    window alone, so ``binned_baselines`` reads exactly ``mouse.responses``."""
+    from rtcalm.data import Recording, RecordingMeta, TrialTable
+    from rtcalm.eval.decode import task_data
+
+    frames = mouse.responses.shape[1]
+    recording = Recording(dff=mouse.responses, rate_hz=16.0, neuron_ids=np.arange(mouse.responses.shape[2]),
+                          trial_time_s=np.arange(frames) / 16.0,
+                          trials=TrialTable({"onset_s": np.full(mouse.targets.shape[0], np.nan),
+                                             "direction_deg": 45.0 * mouse.targets}),
+                          meta=RecordingMeta(source=mouse.name, mouse=mouse.name))
+    data = task_data(recording, "direction")
+    assert np.array_equal(data.targets, mouse.targets) and data.response_frames.all()
+    return recording, data
+
+
+def within_mouse_check(mice: list[Mouse], config: DecoderConfig, recipe: Recipe, seed: int) -> dict:
+    """A diagnostic on the pretraining mice alone (no left-out mouse): the same pretraining on each mouse's
+    training trials of its first outer fold (4/5), scored on that fold's test trials (1/5) with the mouse's
+    own learned embeddings; and ``lda_binned`` on the same split. Does the pretrained network decode new
+    trials of the mice it was trained on?"""
+    train_mice, held_out, lda = [], {}, {}
+    for mouse in mice:
+        train, test = outer_folds(mouse.targets)[0]
+        train_mice.append(Mouse(mouse.name, mouse.responses[train], mouse.targets[train]))
+        held_out[mouse.name] = (features(mouse.responses[test], mouse.responses[train], config.bins), mouse.targets[test])
+        recording, data = lda_inputs(mouse)
+        lda[mouse.name] = float(np.mean(lda_binned(recording, data, train)(train, test) == mouse.targets[test]))
+    model, fit = pretrain(train_mice, config, recipe, seed)
+    accuracy = {name: float(np.mean(predict(model, x, name) == y)) for name, (x, y) in held_out.items()}
+    return {"seed": seed, "train_accuracy": fit["train_accuracy"], "held_out_accuracy": accuracy,
+            "lda_held_out_accuracy": lda}
+
+
 def summary(folds: list[float]) -> dict:
     values = np.asarray(folds, dtype=np.float64)
     return {"mean": float(values.mean()), "se": float(values.std(ddof=1) / np.sqrt(values.size)),
@@ -388,23 +427,12 @@ def evaluate_left_out(mouse: Mouse, models: dict[int, PoyoLite], config: Decoder
                       mouse_index: int) -> dict:
     """Fold accuracies of every decoder at every calibration size on one left-out mouse; ``models``: the
     pretrained model of each seed (pretrained without this mouse)."""
-    from rtcalm.data import Recording, RecordingMeta, TrialTable
-    from rtcalm.eval.decode import task_data
-
     seeds = sorted(models)
     accuracy = {d: {s: {size: [] for size in SIZES} for s in (seeds if d != "lda" else [None])} for d in DECODERS}
     calibration_trials = {size: [] for size in SIZES}
     fit_losses = {d: {size: [] for size in SIZES} for d in ("pretrained", "scratch")}
     lda_bins = {size: [] for size in SIZES}  # the time bins each fold's inner CV chose
-    # decode-eval's lda_binned on exactly these trials: a Recording of the response window alone
-    frames = mouse.responses.shape[1]
-    recording = Recording(dff=mouse.responses, rate_hz=16.0, neuron_ids=np.arange(mouse.responses.shape[2]),
-                          trial_time_s=np.arange(frames) / 16.0,
-                          trials=TrialTable({"onset_s": np.full(mouse.targets.shape[0], np.nan),
-                                             "direction_deg": 45.0 * mouse.targets}),
-                          meta=RecordingMeta(source=mouse.name, mouse=mouse.name))
-    data = task_data(recording, "direction")
-    assert np.array_equal(data.targets, mouse.targets) and data.response_frames.all()
+    recording, data = lda_inputs(mouse)  # decode-eval's lda_binned on exactly these trials
     y_all = torch.from_numpy(mouse.targets)
     for fold, (train, test) in enumerate(outer_folds(mouse.targets)):
         sets = calibration_sets(mouse.targets, train, seed=1000 * mouse_index + fold)
@@ -448,7 +476,7 @@ def mean_over_mice(per_mouse: dict, key: str) -> dict:
 
 
 def run(mice: list[Mouse], seeds: list[int], config: DecoderConfig, recipe: Recipe, log=print) -> dict:
-    per_mouse, pretraining = {}, {}
+    per_mouse, pretraining, within = {}, {}, {}
     for index, left_out in enumerate(mice):
         others = [m for m in mice if m is not left_out]
         models = {}
@@ -459,6 +487,12 @@ def run(mice: list[Mouse], seeds: list[int], config: DecoderConfig, recipe: Reci
             log(f"{left_out.name} left out, seed {seed}: pretraining loss {fit['train_loss']:.3f}, "
                 f"accuracy {fit['train_accuracy']:.3f} ({time.perf_counter() - start:.0f} s)")
         start = time.perf_counter()
+        within[left_out.name] = within_mouse_check(others, config, recipe, seeds[0])
+        log(f"{left_out.name} left out, within the pretraining mice: held-out accuracy "
+            f"{np.mean(list(within[left_out.name]['held_out_accuracy'].values())):.3f}, lda "
+            f"{np.mean(list(within[left_out.name]['lda_held_out_accuracy'].values())):.3f} "
+            f"({time.perf_counter() - start:.0f} s)")
+        start = time.perf_counter()
         per_mouse[left_out.name] = evaluate_left_out(left_out, models, config, recipe, index)
         row = per_mouse[left_out.name]
         log(f"{left_out.name}: " + "; ".join(f"{size}: " + " ".join(f"{d} {row[d][size]['mean']:.3f}" for d in DECODERS)
@@ -467,7 +501,7 @@ def run(mice: list[Mouse], seeds: list[int], config: DecoderConfig, recipe: Reci
     mean_per_seed = {d: {str(s): _seed_mean(per_mouse, d, s) for s in seeds} for d in ("pretrained", "scratch")}
     return {"sizes": list(SIZES), "decoders": list(DECODERS), "seeds": seeds, "chance": 0.125, "folds": FOLDS,
             "fold_seed": FOLD_SEED, "config": asdict(config), "recipe": asdict(recipe), "pretraining": pretraining,
-            "mean": mean, "mean_per_seed": mean_per_seed, "per_mouse": per_mouse}
+            "mean": mean, "mean_per_seed": mean_per_seed, "per_mouse": per_mouse, "within_pretraining_mice": within}
 
 
 def _seed_mean(per_mouse: dict, decoder: str, seed: int) -> dict:

@@ -126,6 +126,17 @@ def test_the_result_has_every_decoder_at_every_size(dp):
     assert row["pretrained"]["all"]["mean"] == pytest.approx(np.mean(seeds))
     assert set(result["mean_per_seed"]["scratch"]) == {"0", "1"}
     assert all(b in (1, 2, 4, 8) for b in row["lda_bins"]["16"])
+    within = result["within_pretraining_mice"]["m0"]
+    assert set(within["held_out_accuracy"]) == set(within["lda_held_out_accuracy"]) == {"m1", "m2"}
+
+
+def test_the_within_mouse_check_sees_learning(dp):
+    config = dp.DecoderConfig(bins=4, d_model=16)
+    mice = [synthetic_mouse(dp, f"m{k}", 12, 16, seed=k) for k in range(2)]
+    check = dp.within_mouse_check(mice, config, dp.Recipe(**SMALL), seed=0)
+    assert min(check["held_out_accuracy"].values()) > 0.6 and min(check["lda_held_out_accuracy"].values()) > 0.6
+    untuned = [synthetic_mouse(dp, f"m{k}", 12, 16, seed=k, tuned=False) for k in range(2)]
+    assert max(dp.within_mouse_check(untuned, config, dp.Recipe(**SMALL), seed=0)["held_out_accuracy"].values()) < 0.4
 
 
 def test_the_lda_fallback_decodes_two_trials_per_direction(dp):
