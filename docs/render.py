@@ -447,6 +447,100 @@ def triggers_figure() -> None:
     plt.close(fig)
 
 
+# --- results.md: cross-mouse pretraining of the decoder ----------------------------------------------------------
+PRETRAINING_LABELS = {"pretrained": "pretrained on the other {others} mice, adapted (embeddings + readout)",
+                      "scratch": "same architecture from scratch (calibration trials only)",
+                      "lda": "per-mouse shrinkage LDA on time bins (`lda_binned`)"}
+
+
+def size_label(size: str) -> str:
+    return "all (the training fold)" if size == "all" else f"{size} trials"
+
+
+def pretraining_verdict(mean: dict, per_mouse: dict, sizes: list[str], rival: str) -> tuple[list[str], list[str]]:
+    """Per size: the pretrained decoder's mean over mice against ``rival``'s (difference, the difference's
+    standard error sqrt(se² + se²), mice ahead); and the sizes where it is ahead."""
+    parts, ahead = [], []
+    for size in sizes:
+        ours, theirs = mean["pretrained"][size], mean[rival][size]
+        difference = ours["mean"] - theirs["mean"]
+        se = float(np.hypot(ours["se"], theirs["se"]))
+        mice_ahead = sum(row["pretrained"][size]["mean"] > row[rival][size]["mean"] for row in per_mouse.values())
+        if difference > 0:
+            ahead.append(size)
+        parts.append(f"{size_label(size)}: {ours['mean']:.3f} against {theirs['mean']:.3f} ({difference:+.3f} ± {se:.3f}; "
+                     + ("more than" if abs(difference) > se else "within") + " one standard error; "
+                     f"ahead on {mice_ahead} of {len(per_mouse)} mice)")
+    return parts, ahead
+
+
+def decoder_pretraining_block() -> str:
+    document = load("decoder_pretraining.json")
+    sizes, seeds, mean, per_mouse = document["sizes"], document["seeds"], document["mean"], document["per_mouse"]
+    mice = list(per_mouse)
+    fits = [fit["train_accuracy"] for by_mouse in document["pretraining"].values() for fit in by_mouse.values()]
+    fallback = Counter(b for row in per_mouse.values() for b in row["lda_bins"][sizes[0]])
+    recipe = document["recipe"]
+    lines = [provenance(document, "decoder_pretraining.json")
+             + f" {document['wall_time_s'] / 60:.1f} min wall, {document['cpu_time_s'] / 60:.1f} min CPU on "
+             f"{document['threads']} thread; pretraining seeds {', '.join(map(str, seeds))}.", "",
+             f"Each of the {len(mice)} mice left out in turn; {document['folds']}-fold stratified CV over its trials "
+             f"(fold seed {document['fold_seed']}); in each fold the three decoders are fitted on the same calibration "
+             "trials (balanced over the 8 directions, drawn from the training fold) and scored on the test fold. "
+             "Accuracy: mean over folds (and over pretraining seeds for the two networks) ± standard error over "
+             f"folds; mean over mice ± sqrt(sum se²) / {len(mice)}. Chance {document['chance']}. Pretraining: "
+             f"{recipe['pretrain_steps']} steps, training accuracy {min(fits):.3f}-{max(fits):.3f} over the "
+             f"{len(fits)} runs; adaptation {recipe['adapt_steps']} full-batch steps, from scratch "
+             f"{recipe['scratch_steps']}. At {sizes[0]} trials `lda_binned` is undefined (2 trials per "
+             "direction; see the tool's docstring): the row uses the fallback, pooled-shrinkage LDA with "
+             "leave-one-out choice of bins (bins chosen: " + ", ".join(f"{b} in {n} folds" for b, n in sorted(fallback.items()))
+             + ").", ""]
+    against_lda, ahead_lda = pretraining_verdict(mean, per_mouse, sizes, "lda")
+    against_scratch, ahead_scratch = pretraining_verdict(mean, per_mouse, sizes, "scratch")
+    behind_lda = [s for s in sizes if s not in ahead_lda]
+    lines += ["**Findings** (computed from the tables below):", "",
+              "- **Pretrained against per-mouse LDA** (mean over mice): " + "; ".join(against_lda) + ".",
+              "- **Pretrained against the same network from scratch**: " + "; ".join(against_scratch) + ".",
+              "- **Verdict.** Pretraining on the other mice "
+              + ("puts the decoder ahead of per-mouse LDA at every calibration size"
+                 if not behind_lda else
+                 "does not put the decoder ahead of per-mouse LDA at "
+                 + ", ".join(size_label(s) for s in behind_lda)
+                 + ("" if not ahead_lda else "; it is ahead at " + ", ".join(size_label(s) for s in ahead_lda)))
+              + "; against the same network trained from scratch it is ahead at "
+              + (", ".join(size_label(s) for s in ahead_scratch) if ahead_scratch else "no size")
+              + ". Issue 22's condition for `fit-head` to offer it (it wins against per-mouse LDA): "
+              + ("met." if not behind_lda else "not met.")]
+    within = document.get("within_pretraining_mice")
+    if within:
+        network = [float(np.mean(list(w["held_out_accuracy"].values()))) for w in within.values()]
+        lda = [float(np.mean(list(w["lda_held_out_accuracy"].values()))) for w in within.values()]
+        seed = next(iter(within.values()))["seed"]
+        lines.append(f"- **Diagnostic on the pretraining mice alone** (seed {seed}): pretrained on 4/5 of each "
+                     f"pretraining mouse's trials, the network decodes the other 1/5 with that mouse's own embeddings at "
+                     f"{np.mean(network):.3f} (mean over the {len(within)} sets of pretraining mice; "
+                     f"{min(network):.3f}-{max(network):.3f}), against {np.mean(lda):.3f} for `lda_binned` on the same "
+                     "split: the pretrained network itself decodes new trials of the mice it was trained on "
+                     + ("at least as well as" if np.mean(network) >= np.mean(lda) else "worse than") + " LDA.")
+    lines += ["",
+              "| decoder (mean over mice) | " + " | ".join(size_label(s) for s in sizes) + " |",
+              "|---|" + "---|" * len(sizes)]
+    for name, label in PRETRAINING_LABELS.items():
+        lines.append(f"| {label.format(others=len(mice) - 1)} | "
+                     + " | ".join(fmt(mean[name][s]["mean"], mean[name][s]["se"]) for s in sizes) + " |")
+        for seed in seeds if name in document["mean_per_seed"] else []:
+            cells = document["mean_per_seed"][name][str(seed)]
+            lines.append(f"| &nbsp;&nbsp;seed {seed} | " + " | ".join(fmt(cells[s]["mean"], cells[s]["se"]) for s in sizes)
+                         + " |")
+    lines += ["", "Per mouse (pretrained / from scratch / LDA, mean over folds; ± of the pretrained decoder):", "",
+              "| mouse | neurons | " + " | ".join(size_label(s) for s in sizes) + " |", "|---|---|" + "---|" * len(sizes)]
+    for mouse, row in per_mouse.items():
+        cells = [f"{row['pretrained'][s]['mean']:.3f} ± {row['pretrained'][s]['se']:.3f} / {row['scratch'][s]['mean']:.3f}"
+                 f" / {row['lda'][s]['mean']:.3f}" for s in sizes]
+        lines.append(f"| {mouse} | {row['neurons']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --- intervals.md ----------------------------------------------------------------------------------------------
 COVERAGE_TOLERANCE = 0.02  # issue 25: online coverage within ±0.02 of nominal after the burn-in
 
@@ -802,6 +896,7 @@ BLOCKS = [
     Block("results.md", "forecast", forecast_block),
     Block("results.md", "context", context_block),
     Block("results.md", "served-decoder", served_block, served_figure),
+    Block("results.md", "decoder-pretraining", decoder_pretraining_block),
     Block("results.md", "triggers", triggers_block, triggers_figure),
     Block("results.md", "tokens", tokens_block),
     Block("intervals.md", "intervals", intervals_block),

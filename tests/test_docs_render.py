@@ -90,3 +90,37 @@ def test_the_head_cost_verdict_follows_the_numbers(render):
     next(iter(heads))["receive_to_publish"]["median_ms"] = render.HEAD_LIMIT_MS + 0.05
     path.write_text(json.dumps(document))
     assert render.closed_loop_block().count("**not met** |") == 1
+
+
+def test_the_pretraining_verdict_follows_the_numbers(render):
+    path = render.RESULTS / "decoder_pretraining.json"
+    document = json.loads(path.read_text())
+    mice = len(document["per_mouse"])
+
+    def pretrained(values: dict) -> str:
+        for size, value in values.items():
+            document["mean"]["pretrained"][size]["mean"] = value
+            for row in document["per_mouse"].values():
+                row["pretrained"][size]["mean"] = value
+        path.write_text(json.dumps(document))
+        return render.decoder_pretraining_block()
+
+    block = pretrained(dict.fromkeys(document["sizes"], 1.0))
+    assert "ahead of per-mouse LDA at every calibration size" in block
+    assert "offer it (it wins against per-mouse LDA): met." in block
+    assert block.count(f"ahead on {mice} of {mice} mice") == 2 * len(document["sizes"])
+    block = pretrained(dict.fromkeys(document["sizes"], 0.0))
+    assert ("does not put the decoder ahead of per-mouse LDA at 16 trials, 32 trials, 64 trials, all (the training "
+            "fold); against the same network trained from scratch it is ahead at no size") in block
+    assert "offer it (it wins against per-mouse LDA): not met." in block
+    block = pretrained({"16": 1.0})
+    assert "ahead of per-mouse LDA at 32 trials, 64 trials, all (the training fold); it is ahead at 16 trials" in block
+    assert "not met." in block
+    within = document["within_pretraining_mice"]
+    assert "worse than LDA" in block or "at least as well as LDA" in block
+    for check in within.values():
+        check["held_out_accuracy"] = dict.fromkeys(check["held_out_accuracy"], 1.0)
+    assert "at least as well as LDA" in pretrained({})
+    for check in within.values():
+        check["held_out_accuracy"] = dict.fromkeys(check["held_out_accuracy"], 0.0)
+    assert "worse than LDA" in pretrained({})
