@@ -479,7 +479,7 @@ def decoder_pretraining_block() -> str:
     sizes, seeds, mean, per_mouse = document["sizes"], document["seeds"], document["mean"], document["per_mouse"]
     mice = list(per_mouse)
     fits = [fit["train_accuracy"] for by_mouse in document["pretraining"].values() for fit in by_mouse.values()]
-    fallback = Counter(b for row in per_mouse.values() for b in row["lda_bins"][sizes[0]])
+    fewest = Counter(b for row in per_mouse.values() for b in row["lda_bins"][sizes[0]])
     recipe = document["recipe"]
     lines = [provenance(document, "decoder_pretraining.json")
              + f" {document['wall_time_s'] / 60:.1f} min wall, {document['cpu_time_s'] / 60:.1f} min CPU on "
@@ -491,10 +491,8 @@ def decoder_pretraining_block() -> str:
              f"folds; mean over mice ± sqrt(sum se²) / {len(mice)}. Chance {document['chance']}. Pretraining: "
              f"{recipe['pretrain_steps']} steps, training accuracy {min(fits):.3f}-{max(fits):.3f} over the "
              f"{len(fits)} runs; adaptation {recipe['adapt_steps']} full-batch steps, from scratch "
-             f"{recipe['scratch_steps']}. At {sizes[0]} trials `lda_binned` is undefined (2 trials per "
-             "direction; see the tool's docstring): the row uses the fallback, pooled-shrinkage LDA with "
-             "leave-one-out choice of bins (bins chosen: " + ", ".join(f"{b} in {n} folds" for b, n in sorted(fallback.items()))
-             + ").", ""]
+             f"{recipe['scratch_steps']}. `lda_binned` at {sizes[0]} trials (2 per direction) chose "
+             + ", ".join(f"{b} bins in {n} folds" for b, n in sorted(fewest.items())) + ".", ""]
     against_lda, ahead_lda = pretraining_verdict(mean, per_mouse, sizes, "lda")
     against_scratch, ahead_scratch = pretraining_verdict(mean, per_mouse, sizes, "scratch")
     behind_lda = [s for s in sizes if s not in ahead_lda]

@@ -30,13 +30,9 @@ Protocol, per left-out mouse and pretraining seed:
      parameter; the control that separates pretraining from the architecture);
    - ``lda``: decode-eval's ``lda_binned`` (:class:`rtcalm.eval.decode.BinnedDecoder`: Ledoit-Wolf
      shrinkage LDA on the ΔF/F of the response window in 1/2/4/8 time bins, the count chosen by inner CV
-     on the calibration trials). On 16 calibration trials the inner CV runs as 2 stratified folds of one
-     on the calibration trials). It cannot run on 16 calibration trials (2 per direction): its per-class
-     Ledoit-Wolf shrinkage is exactly 0 on 2 trials, the weights overflow to NaN and it predicts one
-     class (accuracy exactly 0.125 on every mouse; scikit-learn's lsqr/auto LDA is near chance too), and
-     its inner CV would train on 1 trial per class. There, and whenever a direction has fewer than 3
-     calibration trials, the closest fallback: the same candidates with one Ledoit-Wolf shrinkage from
-     the pooled within-class residuals, bins chosen by leave-one-trial-out (:class:`SmallCalibrationLDA`).
+     on the calibration trials). On 16 calibration trials (2 per direction) its inner CV leaves one trial
+     out (:func:`rtcalm.eval.linear.inner_splits`) and the LDA pools the classes' residuals for its
+     shrinkage (:class:`rtcalm.model.heads.linear.ShrinkageLDA`: per class it is undefined on so few).
      The bins chosen per fold are stored (``lda_bins``).
 
 Scores: accuracy per mouse and calibration size as the mean over the 5 outer folds, with the standard
@@ -319,67 +315,11 @@ def calibration_sets(targets: np.ndarray, train: np.ndarray, seed: int) -> dict[
     return sets
 
 
-def lda_binned(recording, data, calibration: np.ndarray):
-    """decode-eval's ``lda_binned`` (:class:`rtcalm.eval.decode.BinnedDecoder`) for these calibration trials;
-    when a direction has fewer than 3 of them, :class:`SmallCalibrationLDA` instead."""
+def lda_binned(recording, data):
+    """decode-eval's ``lda_binned`` (:class:`rtcalm.eval.decode.BinnedDecoder`) on the mouse's trials."""
     from rtcalm.eval.decode import binned_baselines
 
-    decoder = binned_baselines(recording, data)["lda_binned"]
-    if np.bincount(data.targets[calibration]).min() >= 3:
-        return decoder
-    return SmallCalibrationLDA(decoder)
-
-
-class PooledShrinkageLDA:
-    """Shrinkage LDA with one Ledoit-Wolf shrinkage estimated on the within-class residuals of all classes
-    pooled (standardised, shrunk towards mu * I, scaled back); the covariance is solved by least squares."""
-
-    def fit(self, features: np.ndarray, targets: np.ndarray) -> PooledShrinkageLDA:
-        from sklearn.covariance import ledoit_wolf
-
-        x = np.asarray(features, dtype=np.float64)
-        self.classes_, index = np.unique(targets, return_inverse=True)
-        means = np.stack([x[index == g].mean(axis=0) for g in range(self.classes_.size)])  # (classes, p)
-        residuals = x - means[index]
-        scale = residuals.std(axis=0)
-        scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
-        shrunk = ledoit_wolf(residuals / scale, assume_centered=True)[0]
-        covariance = shrunk * scale[:, None] * scale[None, :]
-        self.coef_ = np.linalg.lstsq(covariance, means.T, rcond=None)[0].T  # (classes, p)
-        priors = np.bincount(index) / index.size
-        self.intercept_ = -0.5 * np.sum(means * self.coef_, axis=1) + np.log(priors)
-        return self
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        scores = np.asarray(features, dtype=np.float64) @ self.coef_.T + self.intercept_
-        return self.classes_[np.argmax(scores, axis=1)]
-
-
-class SmallCalibrationLDA:
-    """The fallback for 2 calibration trials per direction, where decode-eval's ``lda_binned`` is undefined:
-    its Ledoit-Wolf shrinkage is estimated per class, and on 2 standardised trials (+x and -x) that
-    estimate is exactly 0, so the within-class covariance has no diagonal part, the weights overflow to NaN
-    and every prediction is the first class (accuracy exactly 1/8); its stratified inner CV would even
-    train on 1 trial per class. Here: the same candidates (1/2/4/8 time bins), :class:`PooledShrinkageLDA`
-    (one shrinkage from the pooled residuals), the bins chosen by a leave-one-trial-out inner CV on the
-    calibration trials. Ties go to fewer bins, as in :func:`rtcalm.eval.linear.select_by_inner_cv`."""
-
-    def __init__(self, binned):
-        self.binned, self.targets = binned.binned, binned.targets
-        self.bin_counts = sorted(self.binned)
-        self.selected: list[dict] = []
-
-    def __call__(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        targets = self.targets[train]
-        best, best_score = self.bin_counts[0], -np.inf
-        for bins in self.bin_counts:
-            features = self.binned[bins][train]
-            hits = [PooledShrinkageLDA().fit(np.delete(features, i, axis=0), np.delete(targets, i))
-                    .predict(features[i:i + 1])[0] == targets[i] for i in range(targets.size)]
-            if np.mean(hits) > best_score + 1e-12:
-                best, best_score = bins, float(np.mean(hits))
-        self.selected.append({"bins": best, "estimator": "pooled_shrinkage_lda", "inner_cv": "leave-one-out"})
-        return PooledShrinkageLDA().fit(self.binned[best][train], targets).predict(self.binned[best][test])
+    return binned_baselines(recording, data)["lda_binned"]
 
 
 def lda_inputs(mouse: Mouse):
@@ -410,7 +350,7 @@ def within_mouse_check(mice: list[Mouse], config: DecoderConfig, recipe: Recipe,
         train_mice.append(Mouse(mouse.name, mouse.responses[train], mouse.targets[train]))
         held_out[mouse.name] = (features(mouse.responses[test], mouse.responses[train], config.bins), mouse.targets[test])
         recording, data = lda_inputs(mouse)
-        lda[mouse.name] = float(np.mean(lda_binned(recording, data, train)(train, test) == mouse.targets[test]))
+        lda[mouse.name] = float(np.mean(lda_binned(recording, data)(train, test) == mouse.targets[test]))
     model, fit = pretrain(train_mice, config, recipe, seed)
     accuracy = {name: float(np.mean(predict(model, x, name) == y)) for name, (x, y) in held_out.items()}
     return {"seed": seed, "train_accuracy": fit["train_accuracy"], "held_out_accuracy": accuracy,
@@ -440,7 +380,7 @@ def evaluate_left_out(mouse: Mouse, models: dict[int, PoyoLite], config: Decoder
             assert not np.intersect1d(calibration, test).size
             calibration_trials[size].append(int(calibration.size))
             x = features(mouse.responses, mouse.responses[calibration], config.bins)
-            lda = lda_binned(recording, data, calibration)
+            lda = lda_binned(recording, data)
             accuracy["lda"][None][size].append(float(np.mean(lda(calibration, test) == mouse.targets[test])))
             lda_bins[size].append(lda.selected[-1]["bins"])
             for seed in seeds:

@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from rtcalm.model.heads.linear import ShrinkageLDA
+from rtcalm.model.heads.linear import MIN_TRIALS_PER_CLASS, ShrinkageLDA
 
 LOGISTIC_C = (0.001, 0.01, 0.1, 1.0)
 RIDGE_ALPHA = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 BIN_COUNTS = (1, 2, 4, 8)
 INNER_FOLDS = 4
+LEAVE_ONE_OUT_MAX_TRIALS = 64  # a smallest class under MIN_TRIALS_PER_CLASS: leave-one-out up to this many trials
 
 
 def make_estimator(kind: str, penalty: float | None = None):
@@ -58,7 +59,12 @@ def inner_splits(targets: np.ndarray, metric: str, folds: int = INNER_FOLDS, see
 
     n = targets.shape[0]
     if metric == "accuracy":
-        folds = max(2, min(folds, int(np.bincount(targets).min())))
+        smallest = int(np.bincount(targets).min())
+        if smallest < MIN_TRIALS_PER_CLASS and n <= LEAVE_ONE_OUT_MAX_TRIALS:
+            # stratified folds would train on at most one trial of the smallest class (on 2 per direction,
+            # one of each: no spread within any class); leaving one trial out keeps all but one class whole
+            return [(np.delete(np.arange(n), i), np.array([i])) for i in range(n)]
+        folds = max(2, min(folds, smallest))
         return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n), targets))
     return list(KFold(n_splits=min(folds, n), shuffle=True, random_state=seed).split(np.zeros(n)))
 

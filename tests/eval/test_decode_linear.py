@@ -28,6 +28,40 @@ def test_shrinkage_lda_is_sklearns_lsqr_auto(trials, features):
     assert np.array_equal(ours.predict(held_out), reference.predict(held_out))
 
 
+@pytest.mark.parametrize("per_class", [1, 2])
+def test_shrinkage_lda_decodes_from_two_trials_per_class(per_class):
+    """Two trials per class (or one, in some classes): the per-class Ledoit-Wolf estimate is 0 or undefined
+    and scikit-learn's weights are NaN; ours pool the residuals and still decode a clear signal."""
+    rng = np.random.default_rng(1)
+    signal = rng.standard_normal((8, 40)) * 2.0
+    counts = np.full(8, 2)
+    counts[:4] = per_class  # per_class 1: half the classes have a single trial
+    targets = np.repeat(np.arange(8), counts)
+    x = signal[targets] + rng.standard_normal((targets.size, 40))
+    lda = ShrinkageLDA().fit(x, targets)
+    assert np.isfinite(lda.coef_).all() and np.isfinite(lda.intercept_).all()
+    test_targets = np.repeat(np.arange(8), 20)
+    accuracy = np.mean(lda.predict(signal[test_targets] + rng.standard_normal((160, 40))) == test_targets)
+    assert accuracy > 0.8
+
+
+def test_shrinkage_lda_without_any_spread_within_classes_is_nearest_mean():
+    means = np.random.default_rng(2).standard_normal((8, 5))
+    lda = ShrinkageLDA().fit(means, np.arange(8))  # one trial per class
+    assert np.isfinite(lda.coef_).all()
+    probes = means + 0.01
+    assert np.array_equal(lda.predict(probes), np.argmin(((probes[:, None] - means[None]) ** 2).sum(-1), axis=1))
+
+
+def test_inner_cv_leaves_one_out_when_a_class_has_two_trials():
+    from rtcalm.eval.linear import inner_splits
+
+    targets = np.repeat(np.arange(8), 2)
+    splits = inner_splits(targets, "accuracy")
+    assert len(splits) == 16 and all(validation.tolist() == [i] for i, (_, validation) in enumerate(splits))
+    assert all(np.bincount(targets[train], minlength=8).min() >= 1 for train, _ in splits)
+    assert len(inner_splits(np.repeat(np.arange(8), 6), "accuracy")) == 4  # enough trials: stratified folds
+
 def test_time_bins_are_contiguous_means():
     per_frame = np.arange(8, dtype=float)[None, :, None] * np.array([1.0, 10.0])  # (1 trial, 8 frames, 2)
     assert np.allclose(time_binned(per_frame, 4), [[0.5, 5, 2.5, 25, 4.5, 45, 6.5, 65]])  # bin-major

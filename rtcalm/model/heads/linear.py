@@ -57,13 +57,41 @@ def _ledoit_wolf_shrinkage(centered: np.ndarray) -> tuple[float, float]:
     return (0.0 if beta == 0 else float(beta / delta)), float(mu)
 
 
+MIN_TRIALS_PER_CLASS = 3  # fewer, and a class's own Ledoit-Wolf estimate degenerates (ShrinkageLDA)
+
+
+def _shrunk_within_class(x: np.ndarray, means: np.ndarray, index: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray]:
+    """(diagonal (p,), u (rows, p)): the within-class covariance diag(diagonal) + u.T @ u as the weighted
+    sum over ``groups`` ((row mask, weight) each) of their residuals' Ledoit-Wolf estimate: standardise,
+    shrink the correlation matrix towards mu * I, scale back."""
+    diagonal = np.zeros(x.shape[1])
+    low_rank = []
+    for rows, weight in groups:
+        centered = x[rows] - means[index[rows]]
+        scale = centered.std(axis=0)
+        scale[scale < 10 * np.finfo(np.float64).eps] = 1.0  # StandardScaler's rule for constant features
+        standardised = centered / scale
+        shrinkage, mu = _ledoit_wolf_shrinkage(standardised)
+        diagonal += weight * shrinkage * mu * scale ** 2
+        low_rank.append(np.sqrt(weight * (1.0 - shrinkage) / centered.shape[0]) * standardised * scale)
+    return diagonal, np.concatenate(low_rank)
+
+
 class ShrinkageLDA:
     """Ledoit-Wolf shrinkage LDA: scikit-learn's ``solver="lsqr", shrinkage="auto"`` estimate.
 
     Per class: standardise that class's centred trials, shrink their correlation matrix towards mu * I
     with the Ledoit-Wolf weight, scale back; the within-class covariance is the prior-weighted sum of
     these. It is a diagonal plus a rank-(trials) matrix, so (Woodbury) the discriminant weights
-    covariance⁻¹ · means need only a (trials, trials) solve."""
+    covariance⁻¹ · means need only a (trials, trials) solve.
+
+    With fewer than ``MIN_TRIALS_PER_CLASS`` trials in some class that estimate degenerates: on two
+    standardised trials (+x and -x) the Ledoit-Wolf weight is exactly 0, on one it is undefined, and with
+    every class like that the covariance has no diagonal part and the weights overflow to NaN (scikit-learn's
+    too). Then, and whenever the per-class estimate has no diagonal part, the shrinkage is estimated once,
+    on all classes' residuals pooled, which small calibration sets and the inner folds of a small one still
+    support; with no spread within any class at all (one trial each, or identical trials) the covariance is
+    the identity, and the rule is the nearest class mean."""
 
     def fit(self, features: np.ndarray, targets: np.ndarray) -> ShrinkageLDA:
         x = np.asarray(features, dtype=np.float64)
@@ -72,18 +100,14 @@ class ShrinkageLDA:
         counts = np.bincount(index)
         priors = counts / n
         means = np.stack([x[index == g].mean(axis=0) for g in range(len(counts))])
-        diagonal = np.zeros(p)
-        low_rank = []
-        for g, count in enumerate(counts):
-            centered = x[index == g] - means[g]
-            scale = centered.std(axis=0)
-            scale[scale < 10 * np.finfo(np.float64).eps] = 1.0  # StandardScaler's rule for constant features
-            standardised = centered / scale
-            shrinkage, mu = _ledoit_wolf_shrinkage(standardised)
-            diagonal += priors[g] * shrinkage * mu * scale ** 2
-            low_rank.append(np.sqrt(priors[g] * (1.0 - shrinkage) / count) * standardised * scale)
-        u = np.concatenate(low_rank)  # covariance = diag(diagonal) + u.T @ u
-        diagonal = np.maximum(diagonal, 1e-12 * max(diagonal.max(), 1e-300))
+        diagonal, u = None, None
+        if counts.min() >= MIN_TRIALS_PER_CLASS:
+            diagonal, u = _shrunk_within_class(x, means, index, [(index == g, priors[g]) for g in range(len(counts))])
+        if diagonal is None or not diagonal.max() > 0:  # pooled residuals
+            diagonal, u = _shrunk_within_class(x, means, index, [(np.ones(n, dtype=bool), 1.0)])
+        if not diagonal.max() > 0:  # no spread within any class: the identity, a nearest-class-mean rule
+            diagonal, u = np.ones(p), np.zeros((0, p))
+        diagonal = np.maximum(diagonal, 1e-12 * diagonal.max())  # covariance = diag(diagonal) + u.T @ u
         scaled_means = means.T / diagonal[:, None]  # (p, classes)
         scaled_u = u / diagonal[None, :]
         inner = np.eye(u.shape[0]) + scaled_u @ u.T
