@@ -492,7 +492,7 @@ def decoder_pretraining_block() -> str:
              f"{recipe['pretrain_steps']} steps, training accuracy {min(fits):.3f}-{max(fits):.3f} over the "
              f"{len(fits)} runs; adaptation {recipe['adapt_steps']} full-batch steps, from scratch "
              f"{recipe['scratch_steps']}. `lda_binned` at {sizes[0]} trials (2 per direction) chose "
-             + ", ".join(f"{b} bins in {n} folds" for b, n in sorted(fewest.items())) + ".", ""]
+             + ", ".join(f"{plural(b, 'bin')} in {n} folds" for b, n in sorted(fewest.items())) + ".", ""]
     against_lda, ahead_lda = pretraining_verdict(mean, per_mouse, sizes, "lda")
     against_scratch, ahead_scratch = pretraining_verdict(mean, per_mouse, sizes, "scratch")
     behind_lda = [s for s in sizes if s not in ahead_lda]
