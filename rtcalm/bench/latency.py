@@ -29,7 +29,8 @@ With ``heads`` (``--head``), the session decodes as a closed loop would: each is
 benchmark's neuron count and model, or a kind (``raw``, ``backbone``, ``both``) for which a head of that
 kind is made with random weights (the cost of a frame does not depend on them) in the largest shape
 ``rtcalm fit-head`` writes for a 2 s window at the model's rate: 8 time bins, 1 principal component,
-8 classes. Their per-frame work is inside the ``model`` stage.
+8 classes. Their per-frame work is inside the ``model`` stage. With ``interleave_frames``
+(``--interleave``), each head is compared with no head within the run (rtcalm.bench.interleave).
 
 A warm-up of ``warmup_frames`` (numba and the backend's first calls, the subscription reaching the
 daemon) precedes the measured frames and is excluded. The frames come from the synthetic generator; at
@@ -275,6 +276,9 @@ class HeadSwitch:
             self.daemon_heads.append(sorted(self.loaded) if reply is None else [h["name"] for h in reply["heads"]])
         except DaemonError as error:
             self.error = f"the daemon refused to switch to {arm!r} ({error.code}: {error.message})"
+            return False
+        except Exception as error:  # a timeout or a closed socket: the run stops and says so
+            self.error = f"switching to {arm!r} failed: {error}"
             return False
         return True
 
