@@ -29,7 +29,7 @@ from rtcalm.engine import StepEngine
 from rtcalm.protocol import Frame, topic_for
 from rtcalm.stats.dff import OnlineDff
 from rtcalm.stats.moments import StreamingStats
-from rtcalm.stats.selection import POYO_CAP, Thresholds, choose_thresholds, is_predictable
+from rtcalm.stats.selection import POYO_CAP, Thresholds, choose_thresholds
 from rtcalm.triggers.ruleset import RuleSet
 
 
@@ -198,16 +198,17 @@ class Session:
     def refresh_predictable(self, method: str, thresholds_every: int) -> float:
         """Recompute the predictable mask from the current skewness and kurtosis; re-choose the
         thresholds (knee) every ``thresholds_every`` frames. Returns the predictable fraction."""
-        snapshot = self.stats.snapshot()
         if method == "poyo-cap":
             self.thresholds = POYO_CAP
-        elif self.thresholds_due(method, thresholds_every):
+        elif self.thresholds_due(method, thresholds_every):  # housekeeping's part: it allocates
+            snapshot = self.stats.snapshot()
             self.thresholds = choose_thresholds(snapshot.skewness, snapshot.kurtosis, method=method)
             self.frames_at_thresholds = self.stream_frames
-        mask = is_predictable(snapshot.skewness, snapshot.kurtosis, self.thresholds)
-        self.predictable[:] = mask
+        # the part that runs right after a prediction is sent: in place, allocating nothing
+        inside = self.stats.shape_mask_into(self.thresholds.skewness.value, self.thresholds.kurtosis.value,
+                                            self.predictable)
         self.frames_at_mask = self.stream_frames
-        return float(mask.mean())
+        return inside / self.n_neurons
 
     def describe(self) -> dict:
         return {"session": self.id, "stream_id": self.stream_id, "neurons": self.n_neurons, "pinned": self.pinned,

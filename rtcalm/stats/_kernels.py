@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+EPS = np.finfo(np.float64).eps  # scipy's zero-variance rule: variance <= (EPS * mean)^2 counts as none
+
 # Rows touched by every frame.
 ROW_COUNT = 0  # number (with forgetting: total weight) of valid values
 ROW_MEAN = 1
@@ -236,3 +238,27 @@ def scale_into(state, warmup, mean_out, std_out, inv_std_out):
         else:
             std_out[i] = np.nan
             inv_std_out[i] = np.nan
+
+
+# The same arithmetic as StreamingStats.snapshot's skewness and kurtosis (and scipy's zero-variance rule),
+# so the mask equals is_predictable(snapshot) bit for bit; no fastmath for the same reason as scale_into.
+@njit(cache=True, error_model="numpy")
+def shape_mask_into(state, skewness_max, kurtosis_max, mask):
+    """``mask`` (bool) = skewness <= ``skewness_max`` and kurtosis (excess) <= ``kurtosis_max``, both
+    defined (a neuron with no values or no variance is not in it); returns how many are."""
+    inside = 0
+    for i in range(mask.shape[0]):
+        count = state[ROW_COUNT, i]
+        mask[i] = False
+        if not count > 0.0:
+            continue
+        mean = state[ROW_MEAN, i]
+        m2 = state[ROW_M2, i] / count
+        if not m2 > (EPS * mean) ** 2:
+            continue
+        skewness = (state[ROW_M3, i] / count) / m2 ** 1.5
+        kurtosis = (state[ROW_M4, i] / count) / m2 ** 2 - 3.0
+        if skewness <= skewness_max and kurtosis <= kurtosis_max:
+            mask[i] = True
+            inside += 1
+    return inside

@@ -45,7 +45,7 @@ from rtcalm.stats.errors import StatsError
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _FLOAT32 = np.dtype(np.float32)
-_EPS = np.finfo(np.float64).eps
+_EPS = k.EPS
 
 
 @dataclass
@@ -225,6 +225,14 @@ class StreamingStats:
             if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == self._frame_shape):
                 raise StatsError(f"{name} must be a float32 array of shape ({self.n_neurons},), got {_describe(out)}")
         k.scale_into(self._state, float(min_count), mean_out, std_out, inv_std_out)
+
+    def shape_mask_into(self, skewness_max: float, kurtosis_max: float, mask: np.ndarray) -> int:
+        """Per neuron, skewness <= ``skewness_max`` and kurtosis <= ``kurtosis_max`` (both defined), into
+        the caller's bool or uint8 (1 / 0) array, allocating nothing: the same statistics and test as
+        :meth:`snapshot` then :func:`rtcalm.stats.selection.is_predictable`. Returns how many pass."""
+        if not (isinstance(mask, np.ndarray) and mask.dtype in (np.bool_, np.uint8) and mask.shape == self._frame_shape):
+            raise StatsError(f"mask must be a bool or uint8 array of shape ({self.n_neurons},), got {_describe(mask)}")
+        return k.shape_mask_into(self._state, float(skewness_max), float(kurtosis_max), mask)
 
     def snapshot(self) -> NeuronStats:
         """The current statistics (new arrays; meant for reporting, not for every frame)."""

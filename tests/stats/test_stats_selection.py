@@ -138,3 +138,43 @@ def test_sparse_synthetic_cells_are_the_unpredictable_ones():
         split = select_predictable(stats.skewness, stats.kurtosis, method=method)
         agreement = np.mean(split.predictable == ~sparse)
         assert agreement > 0.9, (method, agreement)
+
+
+@pytest.mark.parametrize("time_constant", [None, 100.0])
+def test_the_in_place_mask_is_is_predictable_of_the_snapshot(time_constant):
+    """StreamingStats.shape_mask_into (what the daemon runs after a prediction) equals the snapshot's
+    statistics through is_predictable, for skewed, Gaussian, constant and gappy neurons, at several
+    thresholds, into bool and uint8 masks."""
+    from rtcalm.stats.moments import StreamingStats
+    from rtcalm.stats.selection import POYO_CAP, Threshold, Thresholds, is_predictable
+
+    rng = np.random.default_rng(3)
+    n = 200
+    frames = rng.standard_normal((400, n)).astype(np.float32)
+    frames[:, :60] = np.exp(frames[:, :60] * rng.uniform(0.1, 2.0, 60)).astype(np.float32)  # skewed
+    frames[:, 60:65] = 1.0  # no variance: never predictable
+    frames[::5, 70:80] = np.nan
+    frames[:, 80] = np.nan  # no values at all
+    stats = StreamingStats(n, time_constant_frames=time_constant)
+    for frame in frames:
+        stats.update(frame)
+    snapshot = stats.snapshot()
+    for skewness_max, kurtosis_max in ((POYO_CAP.skewness.value, POYO_CAP.kurtosis.value), (0.5, 1.0), (5.0, 50.0)):
+        expected = (snapshot.skewness <= skewness_max) & (snapshot.kurtosis <= kurtosis_max)
+        for dtype in (np.bool_, np.uint8):
+            mask = np.full(n, 7 if dtype == np.uint8 else True, dtype=dtype)
+            assert stats.shape_mask_into(skewness_max, kurtosis_max, mask) == expected.sum()
+            assert np.array_equal(mask.astype(bool), expected)
+    given = Thresholds(Threshold(5.0, "given"), Threshold(50.0, "given"), requested="knee")
+    assert np.array_equal(mask.astype(bool), is_predictable(snapshot.skewness, snapshot.kurtosis, given))
+    assert not mask[60:65].any() and not mask[80]
+
+
+def test_the_in_place_mask_refuses_a_wrong_buffer():
+    from rtcalm.stats.errors import StatsError
+    from rtcalm.stats.moments import StreamingStats
+
+    stats = StreamingStats(4)
+    for bad in (np.zeros(4, np.float32), np.zeros(5, np.bool_), [False] * 4):
+        with pytest.raises(StatsError, match="mask must be a bool or uint8 array of shape"):
+            stats.shape_mask_into(1.0, 1.0, bad)
