@@ -154,7 +154,7 @@ def forecast_block() -> str:
 
 # --- results.md: the served decoder ------------------------------------------------------------------------
 SERVED_LABELS = {
-    "served": "**served** (what `fit-head --features auto` writes: raw / backbone / both, chosen in each fold)",
+    "served": "**served** (what `fit-head --features auto` writes: the inner-CV band's heads averaged, in each fold)",
     "model": "pooled hidden states, logistic / ridge (the old EMA head's readout)",
     "model_time_resolved": "time-resolved head on the backbone (whole-recording z, model restarted per trial)",
     "raw_time_resolved": "the same head on raw frames (whole-recording z, 30 Hz)",
@@ -263,14 +263,17 @@ def served_block() -> str:
         lines.append(f"- **{task.capitalize()}** (seed 0): served {served:.3f} against {best_name} {best:.3f} "
                      f"({served - best:+.3f}); at least the best baseline minus one SE on "
                      f"{sum(r['met'] for r in rows)} of {len(rows)} mice.")
-    choices = Counter(c["features"] for seed in seeds for row in runs[f"direction_seed{seed}"]["per_mouse"].values()
-                      for c in row["served_choices"])
+    folds = [c for seed in seeds for row in runs[f"direction_seed{seed}"]["per_mouse"].values()
+             for c in row["served_choices"]]
+    choices = Counter(c["features"] for c in folds)
     reads = choices["backbone"] + choices["both"]
+    band = [len(c.get("members", [c])) for c in folds]
     raw_row = seed0["mean"].get("raw_time_resolved")
     backbone_row = seed0["mean"].get("model_time_resolved")
-    lines.append(f"- **Kinds chosen** (direction, {sum(choices.values())} outer folds over {len(seeds)} seeds): "
+    lines.append(f"- **What the served head reads** (direction, {len(folds)} outer folds over {len(seeds)} seeds): "
                  + ", ".join(f"{k} {v}" for k, v in choices.most_common())
-                 + f"; a kind that reads the backbone in {reads}."
+                 + f"; the backbone in {reads}. Heads averaged per fold: median {np.median(band):g}, "
+                 f"{min(band)} to {max(band)}."
                  + ("" if raw_row is None or backbone_row is None else
                     f" The time-resolved head on the backbone alone scores {backbone_row:.3f} against {raw_row:.3f} "
                     f"for the same head on raw frames (seed {seeds[0]}, mean): the backbone "
@@ -322,6 +325,47 @@ def served_block() -> str:
             cells = [fmt(m, e) for m, e in zip(course["decoders"][name], course["standard_errors"][name], strict=True)]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "![direction accuracy against the time since onset](figures/decoding_timecourse.png)"]
+    return "\n".join(lines)
+
+
+SERVED_RULES = {
+    "best": "the best inner-CV candidate",
+    "one_se_simplest": "the simplest within one SE of the best (Breiman)",
+    "average_band": "**the average of the candidates within one SE of the best** (served)",
+    "average_all": "the average of every candidate",
+}
+
+
+def served_rules_block() -> str:
+    """The four ways of turning inner-CV scores into the served head (tools/served_rules.py)."""
+    document = load("served_rules.json")
+    runs = document["runs"]
+    seeds = sorted(runs, key=lambda k: int(k.removeprefix("direction_seed")))
+    baselines = [b for b in BASELINES["accuracy"] if b in document["baselines"]]
+    lines = [f"Made by `{document['made_by']}` at commit {document['commit']} ({document['compute_minutes']} min of "
+             "compute); stored in `docs/results/served_rules.json`. Direction accuracy, mean over the "
+             f"{len(document['mice'])} mice, per fold seed; a miss is a mouse and seed where the rule scores below "
+             "the best baseline on that mouse minus its standard error.", "",
+             "| rule | " + " | ".join(f"seed {k.removeprefix('direction_seed')}" for k in seeds)
+             + " | mean | minus the best baseline's mean | misses |", "|---|" + "---|" * (len(seeds) + 3)]
+    summary = {}
+    for rule in document["rules"]:
+        means = [runs[k]["mean"][rule] for k in seeds]
+        best_means = [max(runs[k]["mean"][b] for b in baselines) for k in seeds]
+        misses = 0
+        for row in (row for k in seeds for row in runs[k]["per_mouse"].values()):
+            best = max(baselines, key=lambda b, row=row: row[b])
+            misses += row[rule] < row[best] - row["standard_errors"][best] - 1e-12
+        summary[rule] = (float(np.mean(means)), float(np.mean(means) - np.mean(best_means)), misses)
+        lines.append(f"| {SERVED_RULES.get(rule, rule)} | " + " | ".join(f"{m:.3f}" for m in means)
+                     + f" | {summary[rule][0]:.3f} | {summary[rule][1]:+.3f} | {misses} of "
+                     f"{len(seeds) * len(document['mice'])} |")
+    top = max(summary, key=lambda r: summary[r][0])
+    fewest = min(summary, key=lambda r: summary[r][2])
+    bands = [n for k in seeds for n in runs[k]["band_sizes"]]
+    lines += ["", f"Highest mean: {SERVED_RULES.get(top, top)}; fewest misses: {SERVED_RULES.get(fewest, fewest)}. "
+              f"Candidates within one SE of the best per outer fold: median {np.median(bands):g}, {min(bands)} to "
+              f"{max(bands)}."]
     return "\n".join(lines)
 
 
@@ -894,6 +938,7 @@ BLOCKS = [
     Block("results.md", "forecast", forecast_block),
     Block("results.md", "context", context_block),
     Block("results.md", "served-decoder", served_block, served_figure),
+    Block("results.md", "served-rules", served_rules_block),
     Block("results.md", "decoder-pretraining", decoder_pretraining_block),
     Block("results.md", "triggers", triggers_block, triggers_figure),
     Block("results.md", "tokens", tokens_block),

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     scores = evaluate_recording(cal.recording, args.task, None, folds=args.folds, seed=args.seed, data=cal.data,
                                 fold_decoders={"served": lambda _rec, _data: ServedDecoder(cal, windows, args.features,
                                                                                            args.seed)})
-    head, candidate, inner = fit_served_head(cal, windows, name=name, features=args.features, seed=args.seed)
+    head, choice = fit_served_head(cal, windows, name=name, features=args.features, seed=args.seed)
     baselines = BASELINES[metric]
     provenance = {
         "made_by": "rtcalm fit-head",
@@ -131,8 +131,7 @@ def run(args: argparse.Namespace) -> int:
         "window_frames": cal.window_frames, "class_names": cal.class_names,
         "stats": {"warmup_frames": config.stats.warmup_frames, "time_constant_frames": config.stats.time_constant_frames},
         "features_requested": args.features,
-        "chosen": {"features": candidate.features, "components": candidate.components, "bins": candidate.bins,
-                   "penalty": candidate.penalty, "inner_cv": inner},
+        "chosen": choice.record(),
         "cross_validated": {"folds": args.folds, "seed": args.seed, "served": scores["served"],
                             "baselines": {b: scores[b] for b in baselines},
                             "standard_errors": {n: scores["standard_errors"][n] for n in ("served", *baselines)},
@@ -157,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(label) for label, _ in rows)
     for label, key in rows:
         print(f"  {label:{width}s} {scores[key]:7.3f} ± {errors[key]:.3f}")
-    print(f"chosen on every trial by inner CV: {candidate.describe()} (inner-CV {metric} {inner:.3f})")
+    print(f"chosen on every trial by inner CV: {choice.describe()} (best inner-CV {metric} {choice.best_score:.3f})")
     if cal.class_names:
         print("classes: " + ", ".join(f"{i} = {n}" for i, n in enumerate(cal.class_names)))
     print(f"wrote {path} and {path.with_suffix('.safetensors').name}")

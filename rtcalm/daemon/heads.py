@@ -106,14 +106,14 @@ def _head_config(json_path: Path) -> dict:
         raise invalid(f"not JSON ({exc})") from None
     if not isinstance(document, dict) or document.get("format") != "rtcalm-head" or \
             document.get("version") not in HEAD_VERSIONS:
-        raise invalid("not an rtcalm head (format 'rtcalm-head', version 1, 2 or 3)")
+        raise invalid("not an rtcalm head (format 'rtcalm-head', version 1, 2, 3 or 4)")
     config = document.get("config")
     if not isinstance(config, dict):
         raise invalid("no 'config' map")
     version = document["version"]
     if version >= 2 and config.get("pooling") != "time_bins":
         raise invalid(f"a version {version} head needs pooling 'time_bins', got {config.get('pooling')!r}")
-    if version == 3 and config.get("features") not in FEATURE_KINDS:
+    if version >= 3 and config.get("features") not in FEATURE_KINDS:
         raise invalid(f"features must be one of {', '.join(FEATURE_KINDS)}, got {config.get('features')!r}")
     name = config.get("name")
     if type(name) is not str or not HEAD_NAME_PATTERN.fullmatch(name):

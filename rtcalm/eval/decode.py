@@ -59,6 +59,7 @@ import numpy as np
 
 from rtcalm.data.recording import Recording
 from rtcalm.errors import RtcalmError
+from rtcalm.eval.linear import standard_error
 
 TASKS = {"direction": "accuracy", "orientation": "accuracy", "speed": "r2", "pupil": "r2"}
 FeatureFn = Callable[[Recording], np.ndarray]  # recording -> (trials, features)
@@ -161,24 +162,6 @@ def _score(predictions: np.ndarray, targets: np.ndarray, metric: str) -> float:
     from rtcalm.eval.linear import score
 
     return score(predictions, targets, metric)
-
-
-def standard_error(predictions: np.ndarray, targets: np.ndarray, metric: str, resamples: int = 1000,
-                   seed: int = 0) -> float:
-    """Standard error over trials of one pooled held-out score. Accuracy: binomial, sqrt(p (1 - p) / n).
-    R²: a bootstrap over trials of the mean squared error, each divided by the targets' variance over
-    all trials (a resample's own variance can be near zero when the behaviour is rare, e.g. running in a
-    few trials, which would make its R² meaningless)."""
-    n = targets.shape[0]
-    if metric == "accuracy":
-        accuracy = float(np.mean(predictions == targets))
-        return float(np.sqrt(accuracy * (1.0 - accuracy) / n))
-    variance = float(np.mean((targets - targets.mean()) ** 2))
-    if variance <= 0:
-        return float("nan")
-    squared_errors = (targets - predictions) ** 2
-    samples = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    return float(np.std(squared_errors[samples].mean(axis=1), ddof=1) / variance)
 
 
 class BinnedDecoder:

@@ -6,6 +6,7 @@ LDA they share with the time-resolved head are :mod:`rtcalm.model.heads.linear`:
 
 - :func:`make_estimator`: ``lda`` (no penalty to choose), ``logistic`` (L2, C chosen) and ``ridge``
   (alpha chosen), the last two on standardised features;
+- :func:`score` and its :func:`standard_error` over trials;
 - :func:`select_by_inner_cv`: the candidate (bins, penalty, ...) with the best inner-CV score on the
   *training* trials of an outer fold. The outer test trials are never seen.
 """
@@ -51,6 +52,24 @@ def score(predictions: np.ndarray, targets: np.ndarray, metric: str) -> float:
         return float(np.mean(predictions == targets))
     total = float(np.sum((targets - targets.mean()) ** 2))
     return 1.0 - float(np.sum((targets - predictions) ** 2)) / total if total > 0 else float("nan")
+
+
+def standard_error(predictions: np.ndarray, targets: np.ndarray, metric: str, resamples: int = 1000,
+                   seed: int = 0) -> float:
+    """Standard error over trials of one pooled held-out score. Accuracy: binomial, sqrt(p (1 - p) / n).
+    R²: a bootstrap over trials of the mean squared error, each divided by the targets' variance over
+    all trials (a resample's own variance can be near zero when the behaviour is rare, e.g. running in a
+    few trials, which would make its R² meaningless)."""
+    n = targets.shape[0]
+    if metric == "accuracy":
+        accuracy = float(np.mean(predictions == targets))
+        return float(np.sqrt(accuracy * (1.0 - accuracy) / n))
+    variance = float(np.mean((targets - targets.mean()) ** 2))
+    if variance <= 0:
+        return float("nan")
+    squared_errors = (targets - predictions) ** 2
+    samples = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    return float(np.std(squared_errors[samples].mean(axis=1), ddof=1) / variance)
 
 
 def inner_splits(targets: np.ndarray, metric: str, folds: int = INNER_FOLDS, seed: int = 0):

@@ -1,19 +1,28 @@
-"""The decoder the daemon serves: its kind and hyperparameters chosen by inner cross-validation on features
-read off the daemon's own per-frame path, fitted, and scored on held-out trials.
+"""The decoder the daemon serves: time-resolved heads chosen by inner cross-validation on features read
+off the daemon's own per-frame path, averaged, fitted, and scored on held-out trials.
 
 The candidates are time-resolved heads (:class:`rtcalm.model.heads.TimeResolvedHead`) on
 
 - ``raw``: the ΔF/F frames as the daemon receives them;
-- ``backbone``: the model's hidden state, projected per neuron on its first 1 or 2 principal axes (fitted
-  on the training trials, label-free);
+- ``backbone``: the model's hidden state, projected per neuron on its first principal axis (fitted on
+  the training trials, label-free);
 - ``both``: the two side by side;
 
 each with 1, 2, 4 or 8 time bins of the response window, read out by Ledoit-Wolf shrinkage LDA
 (classification) or ridge with alpha by inner CV (regression). ``features="auto"`` lets every kind
-compete: the candidate with the best inner-CV score wins; one kind restricts the choice to it. The inner
-CV (4 folds, stratified for classification, :func:`rtcalm.eval.linear.inner_splits`; each candidate's
-score averaged over :data:`INNER_REPEATS` fold assignments) sees only the trials it is given; ties go to
-the simpler candidate (raw before backbone before both, fewer bins, then the smaller penalty).
+compete; one kind restricts the candidates to it. The inner CV (4 folds, stratified for classification,
+:func:`rtcalm.eval.linear.inner_splits`; each candidate's score averaged over :data:`INNER_REPEATS` fold
+assignments) sees only the trials it is given.
+
+What is served is the **average of every candidate within one standard error of the best inner-CV
+score** (:func:`rtcalm.model.heads.average_heads`: the mean of their logits, itself one time-resolved
+head, so the daemon streams it at the cost of one). With ~100 trials the candidates' inner-CV scores
+differ by less than their standard error (binomial over the trials for accuracy; for R², the bootstrap of
+:func:`rtcalm.eval.linear.standard_error` on the best candidate's inner predictions), so picking the single
+best is partly picking by chance, and the pick changes from fold to fold. Breiman's one-standard-error
+rule keeps the simplest candidate in that band; averaging the band keeps every candidate's evidence
+instead (tools/served_rules.py compares the rules on the grating mice: docs/results.md). A band of one is
+the single best candidate.
 
 :class:`ServedDecoder` is decode-eval's ``served`` row: per outer fold, the choice and the fit on the
 training trials only, the prediction on the test trials, exactly what ``rtcalm fit-head`` would have
@@ -56,6 +65,35 @@ class Candidate:
         if self.penalty is not None:
             parts.append(f"alpha {self.penalty:g}")
         return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The candidates within ``band`` (one standard error) of the best inner-CV score ``best_score``,
+    simplest first, and the principal axes their backbone features were projected on."""
+    members: tuple[Candidate, ...]
+    scores: tuple[float, ...]  # each member's inner-CV score
+    best_score: float
+    band: float
+    projection: tuple | None
+
+    @property
+    def features(self) -> str:
+        """What the averaged head reads: raw, backbone or both."""
+        raw = any(m.features in ("raw", "both") for m in self.members)
+        backbone = any(m.features in ("backbone", "both") for m in self.members)
+        return "both" if raw and backbone else ("raw" if raw else "backbone")
+
+    def record(self) -> dict:
+        """JSON-ready: the averaged head's features, the best score, the band and every member."""
+        return {"features": self.features, "inner_cv": self.best_score, "band": self.band,
+                "members": [{**asdict(m), "inner_cv": s} for m, s in zip(self.members, self.scores, strict=True)]}
+
+    def describe(self) -> str:
+        if len(self.members) == 1:
+            return self.members[0].describe()
+        return (f"{self.features}, the average of {len(self.members)} heads within one standard error "
+                f"({self.band:.3f}) of the best: " + "; ".join(m.describe() for m in self.members))
 
 
 def candidates(features: str, metric: str, window_frames: int, d_model: int,
@@ -157,25 +195,38 @@ class ServedDecoder:
                 found[candidate] = (total / self.repeats, first)
         return found
 
-    def choose(self, train: np.ndarray) -> tuple[Candidate, float, tuple | None]:
-        """(the candidate with the best inner-CV score, that score, the principal axes used) on the trials
-        ``train``; ties go to the earlier (simpler) candidate."""
+    def choose(self, train: np.ndarray) -> Choice:
+        """The candidates within one standard error of the best inner-CV score on the trials ``train``."""
+        from rtcalm.eval.linear import standard_error
+
         projection = self._projection(train)
-        best, best_score = self.candidates[0], -np.inf
-        for candidate, (candidate_score, _predictions) in self.scores(train, projection).items():
-            if candidate_score > best_score + 1e-12:
-                best, best_score = candidate, candidate_score
-        return best, float(best_score), projection
+        found = self.scores(train, projection)
+        if not found:  # nothing varies across the trials: the simplest candidate, as before
+            return Choice((self.candidates[0],), (float("-inf"),), float("-inf"), 0.0, projection)
+        best = max(found, key=lambda c: found[c][0])  # the first (simplest) of equal scores
+        best_score, best_predictions = found[best]
+        targets = self.targets[train]
+        if self.metric == "accuracy":
+            band = float(np.sqrt(max(best_score * (1.0 - best_score), 0.0) / len(train)))
+        else:
+            band = standard_error(best_predictions, targets, self.metric)
+            band = band if np.isfinite(band) else 0.0
+        members = [c for c in self.candidates if c in found and found[c][0] >= best_score - band - 1e-12]
+        return Choice(tuple(members), tuple(float(found[c][0]) for c in members), float(best_score), band, projection)
 
-    def fit(self, train: np.ndarray, candidate: Candidate, projection, name: str = "task"):
-        """The head of ``candidate`` fitted on the trials ``train``."""
-        from rtcalm.model.heads import fit_time_resolved_head
+    def fit(self, train: np.ndarray, choice: Choice, name: str = "task"):
+        """The average of the choice's heads, each fitted on the trials ``train``."""
+        from rtcalm.model.heads import average_heads, fit_time_resolved_head
 
-        config = self._config(candidate, name)
-        return fit_time_resolved_head(config, self.cal.target_values()[train],
-                                      dff=self.windows.dff[train] if config.uses_raw else None,
-                                      hidden=self.windows.hidden[train] if config.uses_backbone else None,
-                                      alpha=candidate.penalty, projection=projection if candidate.components else None)
+        heads = []
+        for candidate in choice.members:
+            config = self._config(candidate, name)
+            heads.append(fit_time_resolved_head(
+                config, self.cal.target_values()[train],
+                dff=self.windows.dff[train] if config.uses_raw else None,
+                hidden=self.windows.hidden[train] if config.uses_backbone else None,
+                alpha=candidate.penalty, projection=choice.projection if candidate.components else None))
+        return average_heads(heads)
 
     def predict(self, head, test: np.ndarray) -> np.ndarray:
         """What the head decodes at the last frame of each test trial's window: class indices or values."""
@@ -188,18 +239,18 @@ class ServedDecoder:
         return logits.argmax(axis=1) if self.cal.classification else logits[:, 0].astype(np.float64)
 
     def __call__(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        candidate, inner, projection = self.choose(train)
-        self.selected.append({**asdict(candidate), "inner_cv": inner})
-        return self.predict(self.fit(train, candidate, projection), test)
+        choice = self.choose(train)
+        self.selected.append(choice.record())
+        return self.predict(self.fit(train, choice), test)
 
 
 def fit_served_head(cal: Calibration, windows: Windows, *, name: str, features: str = "auto", seed: int = 0):
-    """``rtcalm fit-head``'s head: the candidate chosen by inner CV on every trial, fitted on every trial.
-    Returns (head, candidate, its inner-CV score)."""
+    """``rtcalm fit-head``'s head: the candidates chosen by inner CV on every trial, each fitted on every
+    trial, averaged. Returns (head, the :class:`Choice`)."""
     decoder = ServedDecoder(cal, windows, features, seed)
     every = np.arange(len(cal.onsets))
-    candidate, inner, projection = decoder.choose(every)
-    return decoder.fit(every, candidate, projection, name), candidate, inner
+    choice = decoder.choose(every)
+    return decoder.fit(every, choice, name), choice
 
 
 def decode_frames(engine, frames: np.ndarray, head_paths: Sequence[str], config=None) -> list[dict]:

@@ -53,7 +53,10 @@ def test_json_document(tmp_path, checkpoint):
     assert len(row["selected"]["model_time_resolved"]) == 5  # one inner-CV choice per outer fold
     served = row["selected"]["served"]  # what fit-head --features auto chose inside each outer fold
     assert len(served) == 5 and {s["features"] for s in served} <= {"raw", "backbone", "both"}
-    assert all(0.0 <= s["inner_cv"] <= 1.0 and s["bins"] in (1, 2, 4, 8) for s in served)
+    for choice in served:  # the candidates within one standard error of the best, averaged
+        assert 0.0 <= choice["inner_cv"] <= 1.0 and 0.0 < choice["band"] < 0.5 and choice["members"]
+        assert all(m["bins"] in (1, 2, 4, 8) and choice["inner_cv"] - choice["band"] - 1e-9 <= m["inner_cv"]
+                   <= choice["inner_cv"] for m in choice["members"])
 
 
 def test_bad_task_and_label_less_file(tmp_path, checkpoint):

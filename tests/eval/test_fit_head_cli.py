@@ -76,7 +76,8 @@ def test_fit_head_writes_the_head_with_its_provenance_and_decode_reads_it(capsys
     head_json = tmp_path / "heads" / "direction.json"
     assert doc["head"] == str(head_json) and head_json.with_suffix(".safetensors").is_file()
     written = json.loads(head_json.read_text())
-    assert written["version"] == 3 and written["provenance"]["chosen"] == doc["chosen"]
+    assert written["version"] in (3, 4) and written["provenance"]["chosen"] == doc["chosen"]
+    assert written["version"] == (4 if "bin_sizes" in written["config"] else 3)
     provenance = written["provenance"]
     assert provenance["inputs"] == [{"file": str(trial_file), "sha256": hashlib.sha256(trial_file.read_bytes()).hexdigest()}]
     assert provenance["model"]["version"].startswith("m@") and provenance["command"].startswith("rtcalm fit-head ")
@@ -120,7 +121,7 @@ def test_regression_on_a_behaviour(capsys, tmp_path, trial_file, checkpoint):
                          "--backend", "torch", "--out", tmp_path, "--folds", "4", "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["metric"] == "r2" and doc["chosen"]["penalty"] is not None
+    assert doc["metric"] == "r2" and all(m["penalty"] is not None for m in doc["chosen"]["members"])
     assert set(doc["cross_validated"]["baselines"]) == {"ridge_binned", "linear_mean_response", "chance"}
     assert json.loads((tmp_path / "speed.json").read_text())["config"]["kind"] == "regression"
     code, out, err = run(capsys, "decode", trial_file, "--head", tmp_path / "speed.json", "--backend", "torch", "--json")

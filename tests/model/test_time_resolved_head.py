@@ -1,5 +1,6 @@
 """The time-resolved head, each kind of features (raw, backbone, both): equal to the offline estimator,
-its ring buffer equal to the window forward, its file format (versions 2 and 3)."""
+its ring buffer equal to the window forward, its file format (versions 2, 3 and 4), and the average of
+heads as one head."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rtcalm.model.heads import (
     HeadError,
     TimeResolvedConfig,
     TimeResolvedHead,
+    average_heads,
     fit_head,
     fit_time_resolved_head,
     load_head,
@@ -259,7 +261,7 @@ def _saved(tmp_path, features="backbone"):
 
 
 @pytest.mark.parametrize("features, change, message", [
-    ("backbone", lambda d: d.update(version=4), "version 1, 2 or 3"),
+    ("backbone", lambda d: d.update(version=5), "version 1, 2, 3 or 4"),
     ("backbone", lambda d: d.update(format="other"), "not an rtcalm head"),
     ("backbone", lambda d: d["config"].update(pooling="ema"), "pooling 'time_bins'"),
     ("backbone", lambda d: d.update(version=2), "version 2 head reads the backbone"),
@@ -275,6 +277,12 @@ def _saved(tmp_path, features="backbone"):
     ("raw", lambda d: d["config"].update(components=2), "components must be 0"),
     ("raw", lambda d: d["config"].update(features="both", components=2), "tensors"),
     ("backbone", lambda d: d.pop("config"), "no 'config' map"),
+    ("backbone", lambda d: d["config"].update(bin_sizes=[3, 3, 3, 3]), "only a version 4 head, lists 'bin_sizes'"),
+    ("backbone", lambda d: d.update(version=4), "only a version 4 head, lists 'bin_sizes'"),
+    ("backbone", lambda d: (d.update(version=4), d["config"].update(bin_sizes=[3, 3, 3, 4])), "summing to window_frames"),
+    ("backbone", lambda d: (d.update(version=4), d["config"].update(bin_sizes=[6, 6])), "must list n_bins"),
+    ("backbone", lambda d: (d.update(version=4), d["config"].update(bin_sizes=[3, 3, 6, 0])), "positive integers"),
+    ("backbone", lambda d: (d.update(version=4), d["config"].update(bin_sizes="3,3,3,3")), "positive integers"),
 ])
 def test_malformed_config(tmp_path, features, change, message):
     path, document = _saved(tmp_path, features)
@@ -320,3 +328,64 @@ def test_fit_checks_shapes_and_classes():
         fit_time_resolved_head(_config(features="raw"), y, hidden=x)
     with pytest.raises(HeadError, match="width 5, the config's d_model is 4"):
         fit_time_resolved_head(_config(d_model=4), y, hidden=x)
+
+
+def _fitted_members(z, x, y):
+    """Heads of every kind and several bin counts fitted on the same trials (one shared projection)."""
+    from rtcalm.model.heads.linear import principal_projection
+
+    projection = principal_projection(x, 2)
+    return [fit_time_resolved_head(_config(features=features, n_bins=bins), y, projection=projection,
+                                   **_inputs(features, z, x))
+            for features, bins in (("raw", 4), ("backbone", 1), ("both", 3), ("raw", 12), ("backbone", 4))]
+
+
+def test_the_average_of_heads_is_one_head_computing_the_mean_of_their_logits(tmp_path):
+    z, x, y = _frames(seed=4)
+    members = _fitted_members(z, x, y)
+    averaged = average_heads(members)
+    config = averaged.config
+    assert config.features == "both" and config.components == 2
+    # the union of the edges of 4, 1, 3 and 12 bins over 12 frames: every frame its own bin (array_split's)
+    assert config.n_bins == 12 and config.bin_sizes is None
+    dff, hidden = torch.from_numpy(z), torch.from_numpy(x)
+    with torch.inference_mode():
+        expected = torch.stack([m.window_logits(dff if m.config.uses_raw else None,
+                                                hidden if m.config.uses_backbone else None) for m in members]).mean(0)
+        got = averaged.window_logits(dff, hidden)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-4)
+    # uneven unions keep their bins: 4 and 5 bins over 12 frames (edges 0 3 6 9 12 and 0 3 6 8 10 12)
+    uneven = average_heads([fit_time_resolved_head(_config(features="raw", n_bins=n), y, dff=z) for n in (4, 5)])
+    assert uneven.config.bin_sizes == [3, 3, 2, 1, 1, 2] and uneven.config.n_bins == 6
+    path = save_head(uneven, tmp_path)
+    assert json.loads(path.read_text())["version"] == 4
+    loaded = load_head(path)
+    assert loaded.config == uneven.config
+    with torch.inference_mode():
+        wanted = torch.stack([fit_time_resolved_head(_config(features="raw", n_bins=n), y, dff=z).window_logits(dff, None)
+                              for n in (4, 5)]).mean(0)
+        assert torch.allclose(loaded.window_logits(dff, None), wanted, rtol=1e-5, atol=1e-4)
+    # the daemon's ring buffer streams the loaded average exactly as its forward
+    stream = open_stream(loaded)
+    for t in range(12):
+        out = stream.step(None, z[5, t])
+    assert np.allclose(stream.logits, wanted[5].numpy(), atol=1e-4)
+    assert out["direction"] == CLASSES[int(wanted[5].argmax())]
+
+
+def test_average_heads_refuses_heads_it_cannot_average():
+    z, x, y = _frames(seed=5)
+    raw = fit_time_resolved_head(_config(features="raw"), y, dff=z)
+    with pytest.raises(HeadError, match="no heads"):
+        average_heads([])
+    other_classes = fit_time_resolved_head(_config(features="raw", classes=[0.0, 90.0, 180.0, 270.0, 360.0]),
+                                           np.where(y == 0, 360.0, y), dff=z)
+    with pytest.raises(HeadError, match="differ in classes"):
+        average_heads([raw, other_classes])
+    with pytest.raises(HeadError, match="differ in window_frames"):
+        average_heads([raw, fit_time_resolved_head(_config(features="raw", window_frames=6), y, dff=z[:, :6])])
+    own_projections = [fit_time_resolved_head(_config(), y[keep], hidden=x[keep]) for keep in (y != 0, y != 90)]
+    with pytest.raises(HeadError, match="share one projection"):
+        average_heads(own_projections)
+    with pytest.raises(HeadError, match="same components"):
+        average_heads([fit_time_resolved_head(_config(components=k), y, hidden=x) for k in (1, 2)])

@@ -20,14 +20,16 @@ module         job
                head's tensors
 ``linear``     :func:`time_binned`, :func:`principal_projection`, :class:`ShrinkageLDA`: the linear pieces
                the time-resolved head is fitted with (decode-eval uses them too)
+``averaging``  :func:`average_heads`: the mean of time-resolved heads' logits as one time-resolved head
 ``training``   :func:`finetune_head`: head and backbone trained together (gradient descent)
-``files``      :func:`save_head`, :func:`load_head`, :func:`read_provenance`: the file format, versions 1-3
+``files``      :func:`save_head`, :func:`load_head`, :func:`read_provenance`: the file format, versions 1-4
 ============== =============================================================================================
 
 Choosing a head's kind and hyperparameters by inner cross-validation on features streamed through the
 daemon's own path is :mod:`rtcalm.eval.served` (``rtcalm fit-head``).
 """
 
+from rtcalm.model.heads.averaging import average_heads
 from rtcalm.model.heads.config import FEATURE_KINDS, HeadConfig, HeadError, TimeResolvedConfig
 from rtcalm.model.heads.files import load_head, read_provenance, save_head
 from rtcalm.model.heads.fitting import fit_head, fit_time_resolved_head
@@ -44,6 +46,7 @@ __all__ = [
     "RingStream",
     "TimeResolvedConfig",
     "TimeResolvedHead",
+    "average_heads",
     "finetune_head",
     "fit_head",
     "fit_time_resolved_head",

@@ -14,7 +14,10 @@
   both       ΔF/F, then the projected hidden state                        1 + components
   ========== ============================================================ ===================
 
-  A ``raw`` head has ``components == 0`` (nothing is projected).
+  A ``raw`` head has ``components == 0`` (nothing is projected). The bins split the window as
+  np.array_split does, unless ``bin_sizes`` lists their lengths (oldest first): the average of heads with
+  different bin counts (:func:`rtcalm.model.heads.averaging.average_heads`) reads the union of their bin
+  edges.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class TimeResolvedConfig:
     classes: list[float] = field(default_factory=list)
     pooling: str = "time_bins"
     features: str = "backbone"  # raw | backbone | both (version 2 files are all "backbone")
+    bin_sizes: list[int] | None = None  # frames per bin, oldest first (version 4 files); None: np.array_split
 
     def __post_init__(self):
         if self.pooling != "time_bins":
@@ -90,6 +94,13 @@ class TimeResolvedConfig:
             raise HeadError(f"n_bins ({self.n_bins}) cannot exceed window_frames ({self.window_frames})")
         if self.components > self.d_model:
             raise HeadError(f"components ({self.components}) cannot exceed d_model ({self.d_model})")
+        if self.bin_sizes is not None:
+            sizes = self.bin_sizes
+            if not isinstance(sizes, list) or any(type(s) is not int or s < 1 for s in sizes):
+                raise HeadError(f"bin_sizes must be a list of positive integers, got {sizes!r}")
+            if len(sizes) != self.n_bins or sum(sizes) != self.window_frames:
+                raise HeadError(f"bin_sizes {sizes} must list n_bins ({self.n_bins}) sizes summing to window_frames "
+                                f"({self.window_frames})")
 
     @property
     def uses_raw(self) -> bool:
@@ -119,6 +130,12 @@ class TimeResolvedConfig:
         return self.n_bins * self.frame_features
 
     def bin_of_frame(self) -> np.ndarray:
-        """(window_frames,) the bin of each frame of the window, oldest first (np.array_split's sizes)."""
-        sizes = [len(chunk) for chunk in np.array_split(np.arange(self.window_frames), self.n_bins)]
-        return np.repeat(np.arange(self.n_bins), sizes)
+        """(window_frames,) the bin of each frame of the window, oldest first (``bin_sizes``, or
+        np.array_split's sizes)."""
+        return np.repeat(np.arange(self.n_bins), self.sizes_of_bins())
+
+    def sizes_of_bins(self) -> list[int]:
+        """Frames per bin, oldest first."""
+        if self.bin_sizes is not None:
+            return list(self.bin_sizes)
+        return [len(chunk) for chunk in np.array_split(np.arange(self.window_frames), self.n_bins)]

@@ -10,6 +10,9 @@ version     what
             with ``pooling: "time_bins"`` (no ``features`` key: it reads the backbone)
 3           the time-resolved head with ``features`` (raw, backbone or both); a raw head has
             ``components: 0`` and no projection tensors
+4           version 3 with ``bin_sizes``: bins of given lengths (an average of heads of several
+            bin counts, :func:`rtcalm.model.heads.averaging.average_heads`); a time-resolved head
+            without ``bin_sizes`` is still written as version 3
 =========== ================================================================================
 
 ``provenance`` (optional, any version; written by ``rtcalm fit-head``) says what the head was fitted on:
@@ -29,7 +32,7 @@ from rtcalm.model.heads.config import HeadConfig, HeadError, TimeResolvedConfig
 from rtcalm.model.heads.modules import DecodingHead, TimeResolvedHead
 
 HEAD_FORMAT = "rtcalm-head"
-HEAD_VERSIONS = (1, 2, 3)
+HEAD_VERSIONS = (1, 2, 3, 4)
 
 
 def save_head(head: DecodingHead | TimeResolvedHead, directory, name: str | None = None,
@@ -42,8 +45,14 @@ def save_head(head: DecodingHead | TimeResolvedHead, directory, name: str | None
     directory.mkdir(parents=True, exist_ok=True)
     stem = name or head.config.name
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(directory / f"{stem}.safetensors"))
-    document = {"format": HEAD_FORMAT, "version": 3 if isinstance(head, TimeResolvedHead) else 1,
-                "config": asdict(head.config)}
+    config = asdict(head.config)
+    if isinstance(head, TimeResolvedHead):
+        version = 4 if config["bin_sizes"] is not None else 3
+        if version == 3:
+            del config["bin_sizes"]  # what version 3 readers know
+    else:
+        version = 1
+    document = {"format": HEAD_FORMAT, "version": version, "config": config}
     if provenance is not None:
         document["provenance"] = provenance
     (directory / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -54,7 +63,7 @@ def head_class(document: dict, where) -> tuple[type, type]:
     """(module class, config class) of a head document; HeadError if it is not a head this code reads."""
     if not isinstance(document, dict) or document.get("format") != HEAD_FORMAT or \
             document.get("version") not in HEAD_VERSIONS:
-        raise HeadError(f"{where}: not an rtcalm head (format 'rtcalm-head', version 1, 2 or 3)")
+        raise HeadError(f"{where}: not an rtcalm head (format 'rtcalm-head', version 1, 2, 3 or 4)")
     config = document.get("config")
     if not isinstance(config, dict):
         raise HeadError(f"{where}: no 'config' map")
@@ -65,6 +74,8 @@ def head_class(document: dict, where) -> tuple[type, type]:
                         f"{config.get('pooling')!r}")
     if document["version"] == 2 and "features" in config:
         raise HeadError(f"{where}: a version 2 head reads the backbone and has no 'features' (version 3 has)")
+    if (document["version"] == 4) != ("bin_sizes" in config):
+        raise HeadError(f"{where}: a version 4 head, and only a version 4 head, lists 'bin_sizes'")
     return TimeResolvedHead, TimeResolvedConfig
 
 
