@@ -28,7 +28,8 @@ loop, so a tight-loop reference would flatter or condemn the daemon unfairly):
 With ``heads`` (``--head``), the session decodes as a closed loop would: each is a head file for the
 benchmark's neuron count and model, or a kind (``raw``, ``backbone``, ``both``) for which a head of that
 kind is made with random weights (the cost of a frame does not depend on them) in the largest shape
-``rtcalm fit-head`` writes for a 2 s window at the model's rate: 8 time bins, 1 principal component,
+``rtcalm fit-head`` writes for a 2 s window at the model's rate: the average of heads of every bin count
+it tries (1, 2, 4 and 8 bins: 11 bins over 60 frames, the union of their edges), 1 principal component,
 8 classes. Their per-frame work is inside the ``model`` stage. With ``interleave_frames``
 (``--interleave``), each head is compared with no head within the run (rtcalm.bench.interleave).
 
@@ -93,24 +94,33 @@ HEAD_KINDS = ("raw", "backbone", "both")
 
 
 def benchmark_head(kind: str, directory, *, neurons: int, model: str) -> Path:
-    """A head of ``kind`` with random weights, shaped as fit-head writes one for a 2 s window (8 bins, 1
-    component, 8 classes), for ``neurons`` and ``model``'s width: its per-frame cost is a fitted head's."""
+    """A head of ``kind`` with random weights, shaped as the largest head fit-head writes for a 2 s window
+    (the average of one head per candidate bin count, 1 component, 8 classes), for ``neurons`` and
+    ``model``'s width: its per-frame cost is a fitted head's at most."""
     import torch
 
+    from rtcalm.eval.linear import BIN_COUNTS
     from rtcalm.model.checkpoint import read_checkpoint_config, resolve_model
-    from rtcalm.model.heads import TimeResolvedConfig, TimeResolvedHead, save_head
+    from rtcalm.model.heads import TimeResolvedConfig, TimeResolvedHead, average_heads, save_head
 
     config, _ = read_checkpoint_config(resolve_model(model))
     torch.manual_seed(0)
-    head = TimeResolvedHead(TimeResolvedConfig(
-        f"bench_{kind}", "classification", neurons, config.d_model, window_frames=int(round(2 * config.rate_hz)),
-        n_bins=8, components=0 if kind == "raw" else 1, classes=[45.0 * k for k in range(8)], features=kind))
-    with torch.no_grad():
-        for parameter in head.parameters():
-            parameter.normal_(0.0, 0.01)
-        for buffer in (getattr(head, "projection", None), getattr(head, "projection_mean", None)):
-            if buffer is not None:
-                buffer.normal_(0.0, 0.1)
+    members = []
+    projection = None
+    for bins in BIN_COUNTS:
+        member = TimeResolvedHead(TimeResolvedConfig(
+            f"bench_{kind}", "classification", neurons, config.d_model, window_frames=int(round(2 * config.rate_hz)),
+            n_bins=bins, components=0 if kind == "raw" else 1, classes=[45.0 * k for k in range(8)], features=kind))
+        with torch.no_grad():
+            member.readout.weight.normal_(0.0, 0.01)
+            member.readout.bias.normal_(0.0, 0.01)
+            if member.config.uses_backbone:  # one projection, as heads fitted on the same trials share
+                if projection is None:
+                    projection = (torch.randn(config.d_model) * 0.1, torch.randn(config.d_model, 1) * 0.1)
+                member.projection_mean.copy_(projection[0])
+                member.projection.copy_(projection[1])
+        members.append(member)
+    head = average_heads(members)
     return save_head(head, directory)
 
 
