@@ -854,7 +854,8 @@ def closed_loop_block() -> str:
 def heads_lines(result: dict) -> list[str]:
     """The decoding heads against no head, interleaved in one run (rtcalm.bench.interleave)."""
     report = result["interleaved"]
-    kinds = {head["name"]: head.get("features", "ema") for head in result["heads"]}
+    kinds = {head["name"]: head.get("features", "ema") + (f", {head['n_bins']} bins" if "n_bins" in head else "")
+             for head in result["heads"]}
     lines = [f"Decoding heads at {result['neurons']} neurons against no head, in the same run: {report['cycles']} "
              f"cycles of {len(report['arms'])} blocks of {report['block_frames']} frames (one head or none per block, "
              f"the order rotated every cycle, the first {report['settle_frames']} frames of a block not scored). A "

@@ -45,6 +45,15 @@ def decode_eval(files: list[Path], out: Path, *args: str) -> tuple[dict, list[st
     return json.loads(result.stdout), command, elapsed
 
 
+def compact_choice(choice: dict) -> dict:
+    """One outer fold's served choice, its averaged candidates one line each: {description: inner-CV score}."""
+    from rtcalm.eval.served import Candidate
+
+    members = {Candidate(**{k: m[k] for k in ("features", "components", "bins", "penalty")}).describe(): m["inner_cv"]
+               for m in choice["members"]}
+    return {"features": choice["features"], "inner_cv": choice["inner_cv"], "band": choice["band"], "members": members}
+
+
 def compact(document: dict) -> dict:
     """Means, standard errors and per-mouse scores of every decoder, and the served row's choices."""
     names = [n for n in document if isinstance(document[n], float) and n not in ("folds", "seed")]
@@ -58,7 +67,7 @@ def compact(document: dict) -> dict:
         "per_mouse": {row["mouse"]: {"trials": row["trials"], "neurons": row["neurons"],
                                      **{n: row[n] for n in names},
                                      "standard_errors": row["standard_errors"],
-                                     "served_choices": row["selected"].get("served", [])}
+                                     "served_choices": [compact_choice(c) for c in row["selected"].get("served", [])]}
                       for row in document["per_file"]},
     }
 

@@ -2,7 +2,7 @@
 rig's calibration block (README.md here has the two commands).
 
 Data files, not code: ``direction.json`` (the head's config and its provenance: the calibration files and
-their SHA-256, the model version, the inner-CV choice, the cross-validated accuracy, the command) and
+their SHA-256, the model version, the heads inner CV kept and averaged, the cross-validated accuracy, the command) and
 ``direction.safetensors`` (its tensors), in the format of :mod:`rtcalm.model.heads`.
 """
 
