@@ -56,7 +56,6 @@ def test_missing_markers_are_one_line_errors(render):
 
 
 def test_the_decoding_verdict_follows_the_numbers(render):
-    assert "missed on mrcuts30" in render.served_block()
     path = render.RESULTS / "decoding_served.json"
     document = json.loads(path.read_text())
     for key, run in document["runs"].items():
@@ -68,6 +67,29 @@ def test_the_decoding_verdict_follows_the_numbers(render):
     block = render.served_block()
     assert "missed on" not in block and "met on every seed" in block
     assert "within 0.01 or above on every seed" in block
+    first = document["runs"]["direction_seed1"]
+    mouse = next(iter(first["per_mouse"]))
+    first["per_mouse"][mouse]["served"] = 0.0
+    first["mean"]["served"] = 0.0
+    path.write_text(json.dumps(document))
+    block = render.served_block()
+    assert f"missed on {mouse} (seed 1: 0.000 against" in block
+    assert "more than 0.01 below on some seed" in block
+
+
+def test_the_served_rule_comparison_follows_the_numbers(render):
+    path = render.RESULTS / "served_rules.json"
+    document = json.loads(path.read_text())
+    for run in document["runs"].values():
+        for row in run["per_mouse"].values():
+            row["average_all"] = 1.0
+            row["best"] = 0.0
+        run["mean"]["average_all"], run["mean"]["best"] = 1.0, 0.0
+    path.write_text(json.dumps(document))
+    block = render.served_rules_block()
+    assert f"Highest mean: {render.SERVED_RULES['average_all']}; fewest misses: {render.SERVED_RULES['average_all']}" in block
+    assert f"| {render.SERVED_RULES['best']} | 0.000 | 0.000 | 0.000 | 0.000 |" in block
+    assert block.count(f"18 of {3 * len(document['mice'])} |") == 1  # the best rule misses every mouse and seed
 
 
 def test_the_interval_verdict_follows_the_numbers(render):
