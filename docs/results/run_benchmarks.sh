@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark quoted in docs/benchmarks.md, one after another, each writing its record (command, commit,
 # machine, result) to docs/results/bench/; then the stage-waterfall figure. Run from the repository root on a
-# machine with nothing else running (about 25 minutes on 2 cores), commit the records, then
+# machine with nothing else running (about 30 minutes on 2 cores), commit the records, then
 # `python docs/render.py` writes the tables.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,8 +18,9 @@ run rtcalm bench latency --neurons 4096 --frames 1800 --no-references --rules co
   --json "$out/latency-4096-rules.json"
 run rtcalm bench latency --neurons 512 --frames 1800 --no-references --config configs/bench_intervals.toml \
   --json "$out/latency-512-intervals.json"
-# The heads against no head in one run, blocks of 5 s in rotating order (12 cycles of 4 blocks: 4 minutes)
-run rtcalm bench latency --neurons 512 --frames 7200 --no-references --head raw --head backbone --head both \
+# The heads against no head in one run, blocks of 5 s in rotating order (24 cycles of 4 blocks: 8 minutes;
+# 12 cycles left the median's 25th-75th percentile band about 0.2 ms wide, twice the 0.1 ms limit)
+run rtcalm bench latency --neurons 512 --frames 14400 --no-references --head raw --head backbone --head both \
   --interleave 150 --json "$out/latency-512-heads-interleaved.json"
 run rtcalm bench quality --neurons 512 --json "$out/quality-512.json"
 run rtcalm bench transport --neurons 512 --json "$out/transport-512.json"
