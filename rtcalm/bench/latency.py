@@ -29,8 +29,8 @@ With ``heads`` (``--head``), the session decodes as a closed loop would: each is
 benchmark's neuron count and model, or a kind (``raw``, ``backbone``, ``both``) for which a head of that
 kind is made with random weights (the cost of a frame does not depend on them) in the largest shape
 ``rtcalm fit-head`` writes for a 2 s window at the model's rate: the average of heads of every bin count
-it tries (1, 2, 4 and 8 bins: 11 bins over 60 frames, the union of their edges), 1 principal component,
-8 classes. Their per-frame work is inside the ``model`` stage. With ``interleave_frames``
+it tries (1, 2, 4 and 8 nested bins: 8 bins, the union of their edges), 1 principal component, 8
+classes. Their per-frame work is inside the ``model`` stage. With ``interleave_frames``
 (``--interleave``), each head is compared with no head within the run (rtcalm.bench.interleave).
 
 A warm-up of ``warmup_frames`` (numba and the backend's first calls, the subscription reaching the
@@ -102,15 +102,18 @@ def benchmark_head(kind: str, directory, *, neurons: int, model: str) -> Path:
     from rtcalm.eval.linear import BIN_COUNTS
     from rtcalm.model.checkpoint import read_checkpoint_config, resolve_model
     from rtcalm.model.heads import TimeResolvedConfig, TimeResolvedHead, average_heads, save_head
+    from rtcalm.model.heads.linear import nested_bin_sizes
 
     config, _ = read_checkpoint_config(resolve_model(model))
     torch.manual_seed(0)
     members = []
     projection = None
+    window = int(round(2 * config.rate_hz))
     for bins in BIN_COUNTS:
         member = TimeResolvedHead(TimeResolvedConfig(
-            f"bench_{kind}", "classification", neurons, config.d_model, window_frames=int(round(2 * config.rate_hz)),
-            n_bins=bins, components=0 if kind == "raw" else 1, classes=[45.0 * k for k in range(8)], features=kind))
+            f"bench_{kind}", "classification", neurons, config.d_model, window_frames=window, n_bins=bins,
+            components=0 if kind == "raw" else 1, classes=[45.0 * k for k in range(8)], features=kind,
+            bin_sizes=nested_bin_sizes(window, bins)))
         with torch.no_grad():
             member.readout.weight.normal_(0.0, 0.01)
             member.readout.bias.normal_(0.0, 0.01)

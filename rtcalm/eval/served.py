@@ -8,7 +8,8 @@ The candidates are time-resolved heads (:class:`rtcalm.model.heads.TimeResolvedH
   the training trials, label-free);
 - ``both``: the two side by side;
 
-each with 1, 2, 4 or 8 time bins of the response window, read out by Ledoit-Wolf shrinkage LDA
+each with 1, 2, 4 or 8 time bins of the response window (nested: the edges of n bins are among those of 2n,
+:func:`rtcalm.model.heads.linear.nested_bin_sizes`, so an average of them has at most 8 bins), read out by Ledoit-Wolf shrinkage LDA
 (classification) or ridge with alpha by inner CV (regression). ``features="auto"`` lets every kind
 compete; one kind restricts the candidates to it. The inner CV (4 folds, stratified for classification,
 :func:`rtcalm.eval.linear.inner_splits`; each candidate's score averaged over :data:`INNER_REPEATS` fold
@@ -127,6 +128,13 @@ class ServedDecoder:
         self.selected: list[dict] = []
 
     # --- per-fold pieces ---
+    def _bin_sizes(self, bins: int) -> list[int] | None:
+        """The candidate's nested bin lengths (None where they are np.array_split's, a version 3 head)."""
+        from rtcalm.model.heads.linear import nested_bin_sizes
+
+        sizes = nested_bin_sizes(self.window_frames, bins)
+        return None if sizes == [len(c) for c in np.array_split(np.arange(self.window_frames), bins)] else sizes
+
     def _config(self, candidate: Candidate, name: str = "task"):
         from rtcalm.model.heads import TimeResolvedConfig
 
@@ -135,7 +143,7 @@ class ServedDecoder:
                                   n_neurons=cal.n_neurons, d_model=self.windows.hidden.shape[-1],
                                   window_frames=self.window_frames, n_bins=candidate.bins,
                                   components=candidate.components, classes=list(cal.classes),
-                                  features=candidate.features)
+                                  features=candidate.features, bin_sizes=self._bin_sizes(candidate.bins))
 
     def _projection(self, train: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         from rtcalm.model.heads.linear import principal_projection
@@ -162,7 +170,7 @@ class ServedDecoder:
             per_frame = window_features(head, self.windows.dff if head.config.uses_raw else None,
                                         self.windows.hidden if head.config.uses_backbone else None)
             for bins in dict.fromkeys(c.bins for c in self.candidates if (c.features, c.components) == (kind, components)):
-                binned[kind, components, bins] = time_binned(per_frame, bins)
+                binned[kind, components, bins] = time_binned(per_frame, bins, self._bin_sizes(bins))
         return binned
 
     def scores(self, train: np.ndarray, projection) -> dict[Candidate, tuple[float, np.ndarray]]:

@@ -389,3 +389,24 @@ def test_average_heads_refuses_heads_it_cannot_average():
         average_heads(own_projections)
     with pytest.raises(HeadError, match="same components"):
         average_heads([fit_time_resolved_head(_config(components=k), y, hidden=x) for k in (1, 2)])
+
+
+def test_nested_bins_nest_and_time_binned_takes_their_lengths():
+    from rtcalm.model.heads.linear import nested_bin_sizes, time_binned
+
+    assert nested_bin_sizes(60, 8) == [8, 7, 8, 7, 8, 7, 8, 7] and nested_bin_sizes(60, 4) == [15] * 4
+    for frames in (8, 32, 60, 61, 97):
+        edges = {n: set(np.cumsum([0, *nested_bin_sizes(frames, n)]).tolist()) for n in (1, 2, 4, 8)}
+        assert edges[1] <= edges[2] <= edges[4] <= edges[8] and len(edges[8]) == 9
+    with pytest.raises(ValueError, match="between 1 and the 6 frames"):
+        nested_bin_sizes(6, 8)
+    per_frame = np.arange(2 * 7 * 3, dtype=np.float64).reshape(2, 7, 3)
+    binned = time_binned(per_frame, 4, nested_bin_sizes(7, 4))  # lengths 2 2 1 2
+    assert np.allclose(binned[0, :3], per_frame[0, :2].mean(0)) and np.allclose(binned[0, 6:9], per_frame[0, 4])
+    with pytest.raises(ValueError, match="summing to the 7 frames"):
+        time_binned(per_frame, 2, [3, 3])
+    # heads of 1, 2, 4 and 8 nested bins average to 8 bins
+    z, x, y = _frames(trials=96, seed=6)
+    heads = [fit_time_resolved_head(_config(features="raw", window_frames=12, n_bins=n,
+                                            bin_sizes=nested_bin_sizes(12, n)), y, dff=z) for n in (1, 2, 4, 8)]
+    assert average_heads(heads).config.n_bins == 8

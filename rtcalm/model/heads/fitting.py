@@ -116,7 +116,8 @@ def fit_time_resolved_head(config: TimeResolvedConfig, targets: np.ndarray, *, d
             head.projection_mean.copy_(torch.from_numpy(np.asarray(mean, np.float64)))
             head.projection.copy_(torch.from_numpy(np.asarray(basis, np.float64)[:, :config.components]))
     per_frame = window_features(head, dff if config.uses_raw else None, hidden if config.uses_backbone else None)
-    weight, bias = linear_readout(time_binned(per_frame, config.n_bins), np.asarray(targets, np.float64), config, alpha)
+    binned = time_binned(per_frame, config.n_bins, config.bin_sizes)
+    weight, bias = linear_readout(binned, np.asarray(targets, np.float64), config, alpha)
     _set_readout(head, weight, bias)
     return head.eval()
 

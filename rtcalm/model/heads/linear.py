@@ -1,7 +1,8 @@
 """The closed-form linear pieces a time-resolved head is fitted with and folded into (:mod:`.fitting`):
 
 - :func:`time_binned`: a trial's per-frame features (frames, F) averaged in ``n_bins`` equal, contiguous
-  time bins of the response window and concatenated, (n_bins * F,);
+  time bins of the response window (or bins of given lengths) and concatenated, (n_bins * F,);
+- :func:`nested_bin_sizes`: bin lengths whose edges nest when the bin count doubles;
 - :func:`principal_projection`: the principal axes of the backbone's hidden states;
 - :class:`ShrinkageLDA`: linear discriminant analysis with Ledoit-Wolf shrinkage, the same estimate as
   scikit-learn's ``LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")`` (a test checks the
@@ -17,14 +18,31 @@ from __future__ import annotations
 import numpy as np
 
 
-def time_binned(per_frame: np.ndarray, n_bins: int) -> np.ndarray:
-    """(trials, frames, F) -> (trials, n_bins * F): the mean of each of ``n_bins`` contiguous, as equal as
-    possible, runs of frames (``np.array_split``), bin-major."""
+def time_binned(per_frame: np.ndarray, n_bins: int, sizes=None) -> np.ndarray:
+    """(trials, frames, F) -> (trials, n_bins * F): the mean of each of ``n_bins`` contiguous runs of frames,
+    bin-major: as equal as possible (``np.array_split``), or of the lengths ``sizes`` (summing to frames)."""
     trials, frames = per_frame.shape[:2]
     if not 1 <= n_bins <= frames:
         raise ValueError(f"n_bins must be between 1 and the {frames} frames of the window, got {n_bins}")
     flat = per_frame.reshape(trials, frames, -1)
-    return np.concatenate([chunk.mean(axis=1) for chunk in np.array_split(flat, n_bins, axis=1)], axis=1)
+    if sizes is None:
+        chunks = np.array_split(flat, n_bins, axis=1)
+    else:
+        if len(sizes) != n_bins or sum(sizes) != frames:
+            raise ValueError(f"bin sizes {list(sizes)} must be {n_bins} lengths summing to the {frames} frames")
+        chunks = np.split(flat, np.cumsum(sizes)[:-1], axis=1)
+    return np.concatenate([chunk.mean(axis=1) for chunk in chunks], axis=1)
+
+
+def nested_bin_sizes(frames: int, n_bins: int) -> list[int]:
+    """Lengths of ``n_bins`` contiguous bins of ``frames``, edge k at round(k * frames / n_bins) (halves up):
+    the edges of n bins are among those of 2n bins (edge 2k of 2n is edge k of n), so the average of heads of
+    1, 2, 4 and 8 bins has 8 bins, where np.array_split's (60 frames: 8 8 8 8 7 7 7 7 against 15 15 15 15)
+    would give 11."""
+    if not 1 <= n_bins <= frames:
+        raise ValueError(f"n_bins must be between 1 and the {frames} frames of the window, got {n_bins}")
+    edges = [(2 * k * frames + n_bins) // (2 * n_bins) for k in range(n_bins + 1)]
+    return [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def principal_projection(hidden: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
