@@ -8,9 +8,9 @@ The candidates are time-resolved heads (:class:`rtcalm.model.heads.TimeResolvedH
   the training trials, label-free);
 - ``both``: the two side by side;
 
-each with 1, 2, 4 or 8 time bins of the response window (nested: the edges of n bins are among those of 2n,
-:func:`rtcalm.model.heads.linear.nested_bin_sizes`, so an average of them has at most 8 bins), read out by Ledoit-Wolf shrinkage LDA
-(classification) or ridge with alpha by inner CV (regression). ``features="auto"`` lets every kind
+each with 1, 2, 4 or 8 time bins of the response window (nested: the edges of n bins are among those of
+2n, :func:`rtcalm.model.heads.linear.nested_bin_sizes`, so an average of them has at most 8 bins), read
+out by Ledoit-Wolf shrinkage LDA (classification) or ridge with alpha by inner CV (regression). ``features="auto"`` lets every kind
 compete; one kind restricts the candidates to it. The inner CV (4 folds, stratified for classification,
 :func:`rtcalm.eval.linear.inner_splits`; each candidate's score averaged over :data:`INNER_REPEATS` fold
 assignments) sees only the trials it is given.

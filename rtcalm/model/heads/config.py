@@ -15,9 +15,9 @@
   ========== ============================================================ ===================
 
   A ``raw`` head has ``components == 0`` (nothing is projected). The bins split the window as
-  np.array_split does, unless ``bin_sizes`` lists their lengths (oldest first): the average of heads with
-  different bin counts (:func:`rtcalm.model.heads.averaging.average_heads`) reads the union of their bin
-  edges.
+  np.array_split does, unless ``bin_sizes`` lists their lengths (oldest first): fit-head's nested bins
+  (:func:`rtcalm.model.heads.linear.nested_bin_sizes`), and the average of heads with different bin
+  counts (:func:`rtcalm.model.heads.averaging.average_heads`), which reads the union of their bin edges.
 """
 
 from __future__ import annotations

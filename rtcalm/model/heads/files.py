@@ -10,9 +10,9 @@ version     what
             with ``pooling: "time_bins"`` (no ``features`` key: it reads the backbone)
 3           the time-resolved head with ``features`` (raw, backbone or both); a raw head has
             ``components: 0`` and no projection tensors
-4           version 3 with ``bin_sizes``: bins of given lengths (an average of heads of several
-            bin counts, :func:`rtcalm.model.heads.averaging.average_heads`); a time-resolved head
-            without ``bin_sizes`` is still written as version 3
+4           version 3 with ``bin_sizes``: bins of given lengths (fit-head's nested bins, and the
+            average of heads of several bin counts, :func:`rtcalm.model.heads.averaging.average_heads`);
+            a time-resolved head without ``bin_sizes`` is still written as version 3
 =========== ================================================================================
 
 ``provenance`` (optional, any version; written by ``rtcalm fit-head``) says what the head was fitted on:
