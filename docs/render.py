@@ -361,9 +361,10 @@ def served_rules_block() -> str:
                      + f" | {summary[rule][0]:.3f} | {summary[rule][1]:+.3f} | {misses} of "
                      f"{len(seeds) * len(document['mice'])} |")
     top = max(summary, key=lambda r: summary[r][0])
-    fewest = min(summary, key=lambda r: summary[r][2])
+    fewest = min(misses for _mean, _difference, misses in summary.values())
+    tied = [SERVED_RULES.get(r, r) for r in summary if summary[r][2] == fewest]
     bands = [n for k in seeds for n in runs[k]["band_sizes"]]
-    lines += ["", f"Highest mean: {SERVED_RULES.get(top, top)}; fewest misses: {SERVED_RULES.get(fewest, fewest)}. "
+    lines += ["", f"Highest mean: {SERVED_RULES.get(top, top)}; fewest misses ({fewest}): {', '.join(tied)}. "
               f"Candidates within one SE of the best per outer fold: median {np.median(bands):g}, {min(bands)} to "
               f"{max(bands)}."]
     return "\n".join(lines)

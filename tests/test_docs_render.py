@@ -87,7 +87,9 @@ def test_the_served_rule_comparison_follows_the_numbers(render):
         run["mean"]["average_all"], run["mean"]["best"] = 1.0, 0.0
     path.write_text(json.dumps(document))
     block = render.served_rules_block()
-    assert f"Highest mean: {render.SERVED_RULES['average_all']}; fewest misses: {render.SERVED_RULES['average_all']}" in block
+    assert f"Highest mean: {render.SERVED_RULES['average_all']}; fewest misses (0): " in block
+    assert render.SERVED_RULES["average_all"] in block.split("fewest misses (0): ")[1].split(". ")[0]
+    assert render.SERVED_RULES["best"] not in block.split("fewest misses (0): ")[1].split(". ")[0]
     assert f"| {render.SERVED_RULES['best']} | 0.000 | 0.000 | 0.000 | 0.000 |" in block
     assert block.count(f"18 of {3 * len(document['mice'])} |") == 1  # the best rule misses every mouse and seed
 
