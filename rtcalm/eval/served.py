@@ -128,22 +128,17 @@ class ServedDecoder:
         self.selected: list[dict] = []
 
     # --- per-fold pieces ---
-    def _bin_sizes(self, bins: int) -> list[int] | None:
-        """The candidate's nested bin lengths (None where they are np.array_split's, a version 3 head)."""
-        from rtcalm.model.heads.linear import nested_bin_sizes
-
-        sizes = nested_bin_sizes(self.window_frames, bins)
-        return None if sizes == [len(c) for c in np.array_split(np.arange(self.window_frames), bins)] else sizes
-
     def _config(self, candidate: Candidate, name: str = "task"):
         from rtcalm.model.heads import TimeResolvedConfig
+        from rtcalm.model.heads.linear import nested_bin_sizes
 
         cal = self.cal
         return TimeResolvedConfig(name=name, kind="classification" if cal.classification else "regression",
                                   n_neurons=cal.n_neurons, d_model=self.windows.hidden.shape[-1],
                                   window_frames=self.window_frames, n_bins=candidate.bins,
                                   components=candidate.components, classes=list(cal.classes),
-                                  features=candidate.features, bin_sizes=self._bin_sizes(candidate.bins))
+                                  features=candidate.features,
+                                  bin_sizes=nested_bin_sizes(self.window_frames, candidate.bins))
 
     def _projection(self, train: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         from rtcalm.model.heads.linear import principal_projection
@@ -158,7 +153,7 @@ class ServedDecoder:
 
         from rtcalm.model.heads import TimeResolvedHead
         from rtcalm.model.heads.fitting import window_features
-        from rtcalm.model.heads.linear import time_binned
+        from rtcalm.model.heads.linear import nested_bin_sizes, time_binned
 
         binned = {}
         for kind, components in dict.fromkeys((c.features, c.components) for c in self.candidates):
@@ -170,7 +165,8 @@ class ServedDecoder:
             per_frame = window_features(head, self.windows.dff if head.config.uses_raw else None,
                                         self.windows.hidden if head.config.uses_backbone else None)
             for bins in dict.fromkeys(c.bins for c in self.candidates if (c.features, c.components) == (kind, components)):
-                binned[kind, components, bins] = time_binned(per_frame, bins, self._bin_sizes(bins))
+                binned[kind, components, bins] = time_binned(per_frame, bins,
+                                                               nested_bin_sizes(self.window_frames, bins))
         return binned
 
     def scores(self, train: np.ndarray, projection) -> dict[Candidate, tuple[float, np.ndarray]]:

@@ -5,6 +5,7 @@ and hot swaps do to heads."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -392,10 +393,16 @@ def test_time_resolved_head_decodes_every_frame_like_the_offline_head(harness, m
     too_many_bins.write_text(document)
     wrong_pooling = save_time_resolved_head(tmp_path / "pooling")
     wrong_pooling.write_text(wrong_pooling.read_text().replace('"time_bins"', '"ema"'))
+    bad_sizes = save_time_resolved_head(tmp_path / "sizes")  # version 4: bins of given lengths, here 9 of 8 frames
+    document = json.loads(bad_sizes.read_text())
+    document["version"] = 4
+    document["config"]["bin_sizes"] = [3, 3, 3]
+    bad_sizes.write_text(json.dumps(document))
     for path, code, words in [(save_time_resolved_head(tmp_path / "wide", n_neurons=N + 1), "head_mismatch", "n_neurons"),
                               (truncated, "head_invalid", "too small"),
                               (too_many_bins, "head_invalid", "cannot exceed window_frames"),
-                              (wrong_pooling, "head_invalid", "pooling 'time_bins'")]:
+                              (wrong_pooling, "head_invalid", "pooling 'time_bins'"),
+                              (bad_sizes, "head_invalid", "summing to window_frames")]:
         with pytest.raises(DaemonError) as info:
             harness.control.load_head("tr", str(path))
         assert (info.value.code, words in info.value.message) == (code, True), (path, info.value)

@@ -410,3 +410,9 @@ def test_nested_bins_nest_and_time_binned_takes_their_lengths():
     heads = [fit_time_resolved_head(_config(features="raw", window_frames=12, n_bins=n,
                                             bin_sizes=nested_bin_sizes(12, n)), y, dff=z) for n in (1, 2, 4, 8)]
     assert average_heads(heads).config.n_bins == 8
+
+
+def test_bin_sizes_equal_to_the_even_split_are_the_even_split():
+    """One spelling per binning: lengths that are np.array_split's own are stored as none (a version 3 file)."""
+    assert _config(n_bins=4, bin_sizes=[3, 3, 3, 3]).bin_sizes is None
+    assert _config(n_bins=2, bin_sizes=[7, 5]).bin_sizes == [7, 5]

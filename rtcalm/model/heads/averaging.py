@@ -63,9 +63,7 @@ def average_heads(heads: Sequence[TimeResolvedHead]) -> TimeResolvedHead:
     edges = np.unique(np.concatenate([_edges(c) for c in configs]))
     sizes = np.diff(edges)
     n_bins = len(sizes)
-    array_split = [len(c) for c in np.array_split(np.arange(first.window_frames), n_bins)]
-    config = replace(first, features=features, components=components, n_bins=n_bins,
-                     bin_sizes=None if sizes.tolist() == array_split else sizes.tolist())
+    config = replace(first, features=features, components=components, n_bins=n_bins, bin_sizes=sizes.tolist())
     averaged = TimeResolvedHead(config)
     n = first.n_neurons
     raw_columns = slice(0, n) if config.uses_raw else None

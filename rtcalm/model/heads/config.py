@@ -73,7 +73,7 @@ class TimeResolvedConfig:
     classes: list[float] = field(default_factory=list)
     pooling: str = "time_bins"
     features: str = "backbone"  # raw | backbone | both (version 2 files are all "backbone")
-    bin_sizes: list[int] | None = None  # frames per bin, oldest first (version 4 files); None: np.array_split
+    bin_sizes: list[int] | None = None  # frames per bin, oldest first (version 4 files); None: np.array_split's
 
     def __post_init__(self):
         if self.pooling != "time_bins":
@@ -101,6 +101,8 @@ class TimeResolvedConfig:
             if len(sizes) != self.n_bins or sum(sizes) != self.window_frames:
                 raise HeadError(f"bin_sizes {sizes} must list n_bins ({self.n_bins}) sizes summing to window_frames "
                                 f"({self.window_frames})")
+            if sizes == self._equal_sizes():
+                self.bin_sizes = None  # np.array_split's own: one spelling, a version 3 file
 
     @property
     def uses_raw(self) -> bool:
@@ -136,6 +138,7 @@ class TimeResolvedConfig:
 
     def sizes_of_bins(self) -> list[int]:
         """Frames per bin, oldest first."""
-        if self.bin_sizes is not None:
-            return list(self.bin_sizes)
+        return list(self.bin_sizes) if self.bin_sizes is not None else self._equal_sizes()
+
+    def _equal_sizes(self) -> list[int]:
         return [len(chunk) for chunk in np.array_split(np.arange(self.window_frames), self.n_bins)]
