@@ -49,15 +49,15 @@ def complexity(candidate) -> tuple[int, int]:
     return width * candidate.bins, ("raw", "backbone", "both").index(candidate.features)
 
 
-def members(rule: str, choice, scores: dict) -> list:
-    """The candidates a rule averages (one for a rule that picks), from the library's choice (band) and
+def members(rule: str, choice) -> list:
+    """The candidates a rule averages (one for a rule that picks), from the library's choice: its band and
     every candidate's inner-CV score."""
     if rule == "average_band":
         return list(choice.members)
     if rule == "average_all":
-        return list(scores)
+        return list(choice.scores)
     if rule == "best":
-        return [max(scores, key=lambda c: scores[c][0])]
+        return [max(choice.scores, key=choice.scores.get)]
     return [min(choice.members, key=complexity)]
 
 
@@ -78,13 +78,12 @@ class RuleDecoders:
             cal, windows = self.streamed(recording)
             decoder = ServedDecoder(cal, windows, "auto", seed=self.seed)
             choice = decoder.choose(train)
-            scores = decoder.scores(train, choice.projection)
-            heads = {c: decoder.fit(train, Choice((c,), (s,), s, 0.0, choice.projection))
-                     for c, (s, _) in scores.items()}
+            heads = {c: decoder.fit(train, Choice((c,), choice.scores, choice.best_score, 0.0, choice.projection))
+                     for c in choice.scores}
             self.bands.append(len(choice.members))
             if any(k[0] != key[0] for k in self.cache):
                 self.cache.clear()  # decode-eval runs one recording's folds for every rule, then the next
-            self.cache[key] = (decoder, choice, scores, heads)
+            self.cache[key] = (decoder, choice, heads)
         return self.cache[key]
 
     def factory(self, rule: str):
@@ -92,8 +91,8 @@ class RuleDecoders:
 
         def for_recording(recording, data):
             def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-                decoder, choice, scores, heads = self.fold(recording, train)
-                return decoder.predict(average_heads([heads[c] for c in members(rule, choice, scores)]), test)
+                decoder, choice, heads = self.fold(recording, train)
+                return decoder.predict(average_heads([heads[c] for c in members(rule, choice)]), test)
             return fit_predict
         return for_recording
 

@@ -71,9 +71,10 @@ class Candidate:
 @dataclass(frozen=True)
 class Choice:
     """The candidates within ``band`` (one standard error) of the best inner-CV score ``best_score``,
-    simplest first, and the principal axes their backbone features were projected on."""
+    simplest first, every usable candidate's inner-CV score, and the principal axes their backbone features
+    were projected on."""
     members: tuple[Candidate, ...]
-    scores: tuple[float, ...]  # each member's inner-CV score
+    scores: dict  # Candidate -> inner-CV score, every usable candidate (the members among them)
     best_score: float
     band: float
     projection: tuple | None
@@ -88,7 +89,7 @@ class Choice:
     def record(self) -> dict:
         """JSON-ready: the averaged head's features, the best score, the band and every member."""
         return {"features": self.features, "inner_cv": self.best_score, "band": self.band,
-                "members": [{**asdict(m), "inner_cv": s} for m, s in zip(self.members, self.scores, strict=True)]}
+                "members": [{**asdict(m), "inner_cv": self.scores[m]} for m in self.members]}
 
     def describe(self) -> str:
         if len(self.members) == 1:
@@ -206,7 +207,7 @@ class ServedDecoder:
         projection = self._projection(train)
         found = self.scores(train, projection)
         if not found:  # nothing varies across the trials: the simplest candidate, as before
-            return Choice((self.candidates[0],), (float("-inf"),), float("-inf"), 0.0, projection)
+            return Choice((self.candidates[0],), {self.candidates[0]: float("-inf")}, float("-inf"), 0.0, projection)
         best = max(found, key=lambda c: found[c][0])  # the first (simplest) of equal scores
         best_score, best_predictions = found[best]
         targets = self.targets[train]
@@ -216,7 +217,8 @@ class ServedDecoder:
             band = standard_error(best_predictions, targets, self.metric)
             band = band if np.isfinite(band) else 0.0
         members = [c for c in self.candidates if c in found and found[c][0] >= best_score - band - 1e-12]
-        return Choice(tuple(members), tuple(float(found[c][0]) for c in members), float(best_score), band, projection)
+        scores = {c: float(score) for c, (score, _predictions) in found.items()}
+        return Choice(tuple(members), scores, float(best_score), band, projection)
 
     def fit(self, train: np.ndarray, choice: Choice, name: str = "task"):
         """The average of the choice's heads, each fitted on the trials ``train``."""

@@ -24,11 +24,11 @@ def test_complexity_orders_by_features_times_bins_then_kind(rules):
 
 
 def test_each_rule_takes_its_members(rules):
-    scores = {RAW1: (0.30, None), RAW8: (0.42, None), BACKBONE2: (0.40, None), BOTH1: (0.20, None)}
-    band = Choice((RAW8, BACKBONE2), (0.42, 0.40), 0.42, 0.05, None)
-    assert rules.members("best", band, scores) == [RAW8]
-    assert rules.members("one_se_simplest", band, scores) == [BACKBONE2]  # 2 features per neuron against 8
-    assert rules.members("average_band", band, scores) == [RAW8, BACKBONE2]
-    assert rules.members("average_all", band, scores) == [RAW1, RAW8, BACKBONE2, BOTH1]
+    scores = {RAW1: 0.30, RAW8: 0.42, BACKBONE2: 0.40, BOTH1: 0.20}
+    band = Choice((RAW8, BACKBONE2), scores, 0.42, 0.05, None)
+    assert rules.members("best", band) == [RAW8]
+    assert rules.members("one_se_simplest", band) == [BACKBONE2]  # 2 features per neuron against 8
+    assert rules.members("average_band", band) == [RAW8, BACKBONE2]
+    assert rules.members("average_all", band) == [RAW1, RAW8, BACKBONE2, BOTH1]
     assert band.features == "both" and band.record()["members"][1]["inner_cv"] == 0.40
     assert band.describe().startswith("both, the average of 2 heads within one standard error (0.050)")

@@ -65,9 +65,7 @@ def average_heads(heads: Sequence[TimeResolvedHead]) -> TimeResolvedHead:
     n_bins = len(sizes)
     config = replace(first, features=features, components=components, n_bins=n_bins, bin_sizes=sizes.tolist())
     averaged = TimeResolvedHead(config)
-    n = first.n_neurons
-    raw_columns = slice(0, n) if config.uses_raw else None
-    backbone_columns = slice(n if config.uses_raw else 0, config.frame_features) if config.uses_backbone else None
+    n, projected = first.n_neurons, first.n_neurons * components  # the ΔF/F's columns first, the projection's last
     weight = np.zeros((config.n_outputs, n_bins, config.frame_features))
     bias = np.zeros(config.n_outputs)
     for head in heads:
@@ -77,12 +75,10 @@ def average_heads(heads: Sequence[TimeResolvedHead]) -> TimeResolvedHead:
         bin_of = np.searchsorted(own_edges, edges[:-1], side="right") - 1  # each new bin's bin in this head
         share = sizes / np.diff(own_edges)[bin_of]  # (new bins,) its part of that bin's mean
         rewritten = own[:, bin_of, :] * share[None, :, None]
-        offset = 0
         if c.uses_raw:
-            weight[:, :, raw_columns] += rewritten[:, :, :n]
-            offset = n
+            weight[:, :, :n] += rewritten[:, :, :n]
         if c.uses_backbone:
-            weight[:, :, backbone_columns] += rewritten[:, :, offset:]
+            weight[:, :, -projected:] += rewritten[:, :, -projected:]
         bias += head.readout.bias.detach().double().numpy()
     with torch.no_grad():
         averaged.readout.weight.copy_(torch.from_numpy((weight / len(heads)).reshape(config.n_outputs, -1)))
